@@ -1,0 +1,78 @@
+"""The ``hpcbench`` command: a click group whose subcommands live in their own modules.
+
+Subcommands are imported only when used, so ``hpcbench --help`` stays fast and a heavy
+dependency of one command (torch, matplotlib) never slows down another.
+Every :class:`~hpcbench.errors.HpcbenchError` becomes one line on stderr and its exit code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from hpcbench import __version__
+from hpcbench.errors import HpcbenchError
+
+# name -> (module, attribute, one-line help). Keep sorted by the order a user meets them.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "topo": ("hpcbench.commands.topo", "topo", "Show a node's topology or write a site config."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a subcommand's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module, attr, _ = entry
+        command = getattr(importlib.import_module(module), attr)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{module}.{attr} is not a click command")
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Use the short help from COMMANDS so that --help imports no subcommand module.
+        rows = [(name, helptext) for name, (_, _, helptext) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hpcbench")
+def cli() -> None:
+    """Plan, launch and measure multi-process multi-GPU inference benchmarks on HPC nodes."""
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Console-script entry point: run the CLI, turning hpcbench errors into one line."""
+    try:
+        return cli.main(args=argv, prog_name="hpcbench", standalone_mode=False)
+    except HpcbenchError as error:
+        click.echo(f"hpcbench: error: {error}", err=True)
+        sys.exit(error.exit_code)
+    except click.exceptions.Abort:
+        click.echo("hpcbench: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        # click's own usage errors (unknown option, bad choice) keep click's one-line message.
+        error.show()
+        sys.exit(2)
+    except click.exceptions.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except KeyboardInterrupt:
+        click.echo("hpcbench: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

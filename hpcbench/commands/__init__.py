@@ -1,0 +1,1 @@
+"""Click commands, one module each; the logic they call lives elsewhere."""

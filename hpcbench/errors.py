@@ -1,0 +1,66 @@
+"""One root exception and one subclass per area.
+
+The CLI catches :class:`HpcbenchError` at the top and prints ``str(error)`` as one line:
+what was wrong, where (file and key path), the bad value and what would be valid. Usage and
+configuration mistakes exit 2; failures of a run (a rank died, a job was cancelled) exit 1.
+"""
+
+from __future__ import annotations
+
+
+class HpcbenchError(Exception):
+    """Root of every error hpcbench reports to a user."""
+
+    exit_code = 2
+
+
+class ConfigError(HpcbenchError):
+    """A site config, spec, sweep or reference file is missing, malformed or invalid."""
+
+
+class TopologyError(HpcbenchError):
+    """A topology source cannot be read or describes an impossible node."""
+
+
+class PlanError(HpcbenchError):
+    """A placement request cannot be satisfied or an explicit layout breaks a rule."""
+
+
+class UsageError(HpcbenchError):
+    """A command-line value is invalid."""
+
+
+class RunError(HpcbenchError):
+    """A benchmark run failed (a rank died, timed out or the job ended early)."""
+
+    exit_code = 1
+
+
+class BarrierTimeout(RunError):
+    """Some ranks never arrived at a barrier within its timeout."""
+
+
+class MetricsError(HpcbenchError):
+    """A metrics file is missing, unfinished, truncated or of an unknown format."""
+
+
+class SlurmError(RunError):
+    """Slurm refused a job or the job ended in a failed state."""
+
+
+class ArchiveError(HpcbenchError):
+    """An archive operation failed."""
+
+
+def closest(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """Return ' (did you mean X?)' for the closest choice, or '' when none is close.
+
+    >>> closest("partiton", ["partition", "account"])
+    " (did you mean 'partition'?)"
+    >>> closest("zzz", ["partition"])
+    ''
+    """
+    import difflib
+
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""

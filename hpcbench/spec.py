@@ -1,0 +1,112 @@
+"""The benchmark specification: what every rank runs, merged once from defaults, files and flags.
+
+A :class:`RunSpec` is written to ``spec.json`` in the run directory and read back by every rank,
+so a rank's behaviour depends on nothing but that file, the plan and its identity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcbench.errors import ConfigError, closest
+
+BACKENDS = ("cpu", "torch")
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+BARRIERS = ("shm", "file")
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """Everything a rank needs to know about the workload and the measurement."""
+
+    backend: str = "cpu"
+    model: str = "mlp"
+    batch_size: int = 64
+    precision: str = "fp32"
+    # Exactly one of duration_s / num_batches drives the timed phase.
+    duration_s: float | None = 5.0
+    num_batches: int | None = None
+    warmup_batches: int = 5
+    prefetchers: int = 2
+    queue_depth: int = 8
+    barrier: str = "shm"
+    barrier_timeout_s: float = 120.0
+    strict_binding: bool = False
+    # "synthetic" or a folder of shards written by ``hpcbench data make``.
+    data: str = "synthetic"
+    stage_data: bool = False
+    telemetry_hz: float = 10.0
+    channels_last: bool = True
+    cuda_graph: bool = False
+    compile: bool = False
+    # Backend-specific knobs (e.g. the CPU backend's hidden size), kept as plain JSON values.
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("barrier", self.barrier, BARRIERS)
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size: must be at least 1, got {self.batch_size}")
+        if (self.duration_s is None) == (self.num_batches is None):
+            raise ConfigError("give exactly one of duration_s and num_batches")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ConfigError(f"duration_s: must be positive, got {self.duration_s}")
+        if self.num_batches is not None and self.num_batches < 1:
+            raise ConfigError(f"num_batches: must be at least 1, got {self.num_batches}")
+        if self.warmup_batches < 0:
+            raise ConfigError(f"warmup_batches: must be 0 or more, got {self.warmup_batches}")
+        if self.prefetchers < 1:
+            raise ConfigError(f"prefetchers: must be at least 1, got {self.prefetchers}")
+        if self.queue_depth < 1:
+            raise ConfigError(f"queue_depth: must be at least 1, got {self.queue_depth}")
+        if self.barrier_timeout_s <= 0:
+            raise ConfigError(f"barrier_timeout_s: must be positive, got {self.barrier_timeout_s}")
+        if self.telemetry_hz < 0:
+            raise ConfigError(f"telemetry_hz: must be 0 (off) or more, got {self.telemetry_hz}")
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["options"] = dict(self.options)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = "spec") -> RunSpec:
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in names:
+                raise ConfigError(f"{where}: unknown key {key!r}{closest(key, names)}")
+        try:
+            return cls(**dict(data))
+        except TypeError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+
+    def replace(self, **changes: Any) -> RunSpec:
+        return dataclasses.replace(self, **changes)
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def read(cls, path: Path) -> RunSpec:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: spec file not found") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from exc
+        return cls.from_json(data, where=str(path))
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(
+            f"{name}: {value!r} is not one of {', '.join(choices)}{closest(str(value), choices)}"
+        )
