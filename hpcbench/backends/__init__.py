@@ -1,0 +1,1 @@
+"""Inference backends: each provides a batch source and one engine per local device."""
