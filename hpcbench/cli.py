@@ -51,10 +51,10 @@ def cli() -> None:
     """Plan, launch and measure multi-process multi-GPU inference benchmarks on HPC nodes."""
 
 
-def main(argv: list[str] | None = None) -> Any:
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI, turning hpcbench errors into one line."""
     try:
-        return cli.main(args=argv, prog_name="hpcbench", standalone_mode=False)
+        result: Any = cli.main(args=argv, prog_name="hpcbench", standalone_mode=False)
     except HpcbenchError as error:
         click.echo(f"hpcbench: error: {error}", err=True)
         sys.exit(error.exit_code)
@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(1)
+    # A command may return an exit status (e.g. `check` exits 1 on a regression).
+    sys.exit(result if isinstance(result, int) else 0)
 
 
 if __name__ == "__main__":
