@@ -9,6 +9,26 @@ py="$repo/.venv/bin"
 
 echo "== ruff" && "$py/ruff" check hpcbench tests benchmarks && "$py/ruff" format --check hpcbench tests benchmarks
 echo "== mypy" && "$py/mypy"
+# The Slurm tests run against a real local cluster (2 slurmd on this host, slurmdbd for sacct).
+# A cluster that is already up with those settings is reused and left running; one started here
+# is stopped on exit. If it cannot start, the slurm tests skip locally and fail under CI=true.
+echo "== slurm"
+slurm_ready() {
+    bash scripts/slurm-cluster status >/dev/null 2>&1 &&
+        (eval "$(bash scripts/slurm-cluster env)" && ((HPCBENCH_SLURM_NODES >= 2 && HPCBENCH_SLURM_DBD)))
+}
+if [[ "${HPCBENCH_SLURM:-1}" != 0 ]]; then
+    if slurm_ready; then
+        echo "reusing the running local Slurm cluster"
+    elif bash scripts/slurm-cluster start --nodes 2 --dbd; then
+        trap 'bash scripts/slurm-cluster stop' EXIT
+    else
+        echo "test.sh: the local Slurm cluster did not start; slurm tests will skip (fail in CI)" >&2
+    fi
+    if bash scripts/slurm-cluster status >/dev/null 2>&1; then
+        eval "$(bash scripts/slurm-cluster env)"
+    fi
+fi
 echo "== pytest"
 set +e
 "$py/python" -m pytest "$@"
