@@ -19,6 +19,11 @@ from hpcbench.errors import HpcbenchError
 # name -> (module, attribute, one-line help). Keep sorted by the order a user meets them.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "topo": ("hpcbench.commands.topo", "topo", "Show a node's topology or write a site config."),
+    "aggregate": (
+        "hpcbench.commands.aggregate",
+        "aggregate",
+        "Merge a run's rank files into result.h5 and summary.json.",
+    ),
 }
 
 

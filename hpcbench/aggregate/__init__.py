@@ -1,0 +1,99 @@
+"""Aggregation: one honest number from many ranks, with DLBS-compatible figures.
+
+``aggregate_run(run_dir)`` reads every ``rank-NNNNN.h5`` of a run, computes the figures of
+DESIGN.md ("The numbers"; explained in docs/concepts.md), writes ``result.h5`` and
+``summary.json`` and returns the summary. ``format_summary(summary)`` renders it for a terminal.
+The figures themselves are pure functions in :mod:`hpcbench.aggregate.figures`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hpcbench.aggregate.load import RESULT_FILE, SUMMARY_FILE, LoadedRun, load_run
+from hpcbench.aggregate.result import write_result, write_summary
+from hpcbench.aggregate.summary import format_summary, summarize
+from hpcbench.errors import MetricsError, UsageError
+
+__all__ = [
+    "RESULT_FILE",
+    "SUMMARY_FILE",
+    "LoadedRun",
+    "aggregate_run",
+    "format_summary",
+    "load_run",
+    "read_summary",
+    "summarize_run",
+]
+
+
+def summarize_run(
+    run_dir: Path,
+    *,
+    dlbs_trim: int = 50,
+    allow_partial: bool = False,
+    reference: Path | None = None,
+) -> dict[str, Any]:
+    """The summary of ``run_dir`` computed from its rank files, writing nothing."""
+    run = load_run(Path(run_dir), allow_partial=allow_partial)
+    return summarize(run, dlbs_trim=dlbs_trim, reference=_reference_summary(reference))
+
+
+def aggregate_run(
+    run_dir: Path,
+    *,
+    dlbs_trim: int = 50,
+    allow_partial: bool = False,
+    reference: Path | None = None,
+) -> dict[str, Any]:
+    """Aggregate a run: write ``result.h5`` and ``summary.json`` in ``run_dir``; return the summary.
+
+    Raises :class:`~hpcbench.errors.MetricsError` naming the file when a rank file is missing
+    or unfinished (unless ``allow_partial``: then the finished ranks are aggregated and the
+    summary says ``complete: false``) or when a rank file is truncated or corrupt.
+    ``reference`` is a single-rank run (its directory or its ``summary.json``) for efficiency.
+    """
+    run_dir = Path(run_dir)
+    run = load_run(run_dir, allow_partial=allow_partial)
+    summary = summarize(run, dlbs_trim=dlbs_trim, reference=_reference_summary(reference))
+    write_result(run_dir / RESULT_FILE, run.ranks, summary)
+    write_summary(run_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """A run's ``summary.json`` when present, else its summary computed without writing.
+
+    ``run_dir`` may also name a ``summary.json`` file directly.
+    """
+    path = Path(run_dir)
+    if path.is_file():
+        summary_path = path
+    else:
+        summary_path = path / SUMMARY_FILE
+        if not summary_path.exists():
+            return summarize_run(path, allow_partial=True)
+    try:
+        data = json.loads(summary_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MetricsError(f"{summary_path}: unreadable summary ({exc})") from exc
+    if not isinstance(data, dict) or "throughput" not in data:
+        raise MetricsError(f"{summary_path}: not an hpcbench summary (no 'throughput' key)")
+    return data
+
+
+def _reference_summary(reference: Path | None) -> dict[str, Any] | None:
+    if reference is None:
+        return None
+    summary = read_summary(Path(reference))
+    world_size = summary.get("run", {}).get("world_size")
+    if world_size != 1:
+        raise UsageError(
+            f"--reference {reference}: a single-rank run is needed for efficiency, "
+            f"this one has {world_size} ranks"
+        )
+    if summary["throughput"].get("common_window_img_s") is None:
+        raise UsageError(f"--reference {reference}: the reference run has no throughput figure")
+    return summary

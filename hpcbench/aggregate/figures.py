@@ -1,0 +1,221 @@
+"""The numbers of DESIGN.md ("The numbers"), as pure vectorised numpy functions.
+
+Every function takes plain arrays (integer nanoseconds since the epoch, images per batch,
+device indices) and returns plain numbers, so each figure can be checked against a hand
+computation without files. Nothing here loops over batches in Python: a run of 64 ranks with
+100 000 batches each is aggregated in well under a second.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+NS_PER_S = 1_000_000_000
+NS_PER_MS = 1_000_000
+LATENCY_PERCENTILES = (50, 90, 99)
+
+
+def common_window(t_begin_ns: Sequence[int], t_finish_ns: Sequence[int]) -> tuple[int, int]:
+    """The window in which every rank was in its timed phase: [latest begin, earliest finish].
+
+    The window is empty (end <= start) when some rank finished before another began.
+
+    >>> common_window([100, 130], [900, 850])
+    (130, 850)
+    """
+    return int(np.max(np.asarray(t_begin_ns, dtype=np.int64))), int(
+        np.min(np.asarray(t_finish_ns, dtype=np.int64))
+    )
+
+
+def images_in_window(
+    t_start_ns: np.ndarray,
+    t_end_ns: np.ndarray,
+    images: np.ndarray,
+    window_start_ns: int,
+    window_end_ns: int,
+) -> np.ndarray:
+    """Images each batch contributes to the window, a straddling batch pro-rated by time.
+
+    A batch entirely inside counts fully, one entirely outside not at all, and one that
+    straddles an edge in proportion to the part of its [start, end] interval inside the
+    window (its images are taken to progress uniformly while it runs). A batch of zero
+    duration counts fully when it ended inside the window.
+
+    >>> images_in_window(np.array([0, 20, 40]), np.array([20, 30, 60]), np.array([8, 8, 8]),
+    ...                  15, 50).tolist()
+    [2.0, 8.0, 4.0]
+    """
+    t_start = np.asarray(t_start_ns, dtype=np.int64)
+    t_end = np.asarray(t_end_ns, dtype=np.int64)
+    duration = (t_end - t_start).astype(np.float64)
+    inside = (np.minimum(t_end, window_end_ns) - np.maximum(t_start, window_start_ns)).astype(
+        np.float64
+    )
+    np.clip(inside, 0.0, None, out=inside)
+    fraction = np.divide(inside, duration, out=np.zeros_like(inside), where=duration > 0)
+    instant = duration <= 0
+    if instant.any():
+        fraction[instant] = (
+            (t_end[instant] >= window_start_ns) & (t_end[instant] <= window_end_ns)
+        ).astype(np.float64)
+    return fraction * np.asarray(images, dtype=np.float64)
+
+
+def rate_img_s(images: float, duration_ns: int | float) -> float | None:
+    """Images per second over ``duration_ns``; None when the duration is not positive.
+
+    >>> rate_img_s(1000, 2 * NS_PER_S)
+    500.0
+    >>> rate_img_s(10, 0) is None
+    True
+    """
+    if duration_ns <= 0:
+        return None
+    return float(images) * NS_PER_S / float(duration_ns)
+
+
+def dlbs_iteration_times_ms(t_end_ns: np.ndarray, t_begin_ns: int, num_devices: int) -> np.ndarray:
+    """A rank's DLBS iteration times in milliseconds.
+
+    DLBS ran one synchronous iteration over all G of a rank's GPUs at a time; here an iteration
+    is G consecutive batch completions in end-time order, and its time is the gap from the end
+    of the previous iteration (the first one's from ``t_begin_ns``). A trailing group of fewer
+    than G completions is not an iteration.
+
+    >>> dlbs_iteration_times_ms(np.array([3, 1, 2, 4, 5]) * NS_PER_MS, 0, 2).tolist()
+    [2.0, 2.0]
+    """
+    if num_devices < 1:
+        raise ValueError(f"num_devices must be at least 1, got {num_devices}")
+    ends = np.sort(np.asarray(t_end_ns, dtype=np.int64))
+    count = ends.shape[0] // num_devices
+    if count == 0:
+        return np.zeros(0, dtype=np.float64)
+    iteration_ends = ends[num_devices - 1 : count * num_devices : num_devices]
+    gaps_ns = np.diff(iteration_ends, prepend=np.int64(t_begin_ns))
+    return gaps_ns.astype(np.float64) / NS_PER_MS
+
+
+@dataclass(frozen=True, slots=True)
+class DlbsAdjusted:
+    """DLBS's "adjusted" throughput, or why it is undefined for this run."""
+
+    img_s: float | None
+    reason: str | None
+    mean_iteration_ms: float | None
+
+
+def dlbs_adjusted(
+    iteration_times_ms: Sequence[np.ndarray],
+    num_devices: Sequence[int],
+    batch_sizes: Sequence[int | None],
+    trim: int,
+    rank_ids: Sequence[int] | None = None,
+) -> DlbsAdjusted:
+    """(Σ G_i)·B·1000 / mean_i(mean(t_i[N:K−N])), defined as DLBS defined it.
+
+    Undefined (``img_s`` None and a ``reason``) when the ranks have unequal GPU counts or batch
+    sizes, or when some rank has K ≤ 2N iterations, so that nothing is left after trimming.
+    ``rank_ids`` name the ranks in that reason (default: their positions).
+
+    >>> t = [np.array([47.0] * 50 + [49.0] * 100 + [54.0] * 50),
+    ...      np.array([52.0] * 50 + [54.0] * 100 + [65.0] * 50)]
+    >>> round(dlbs_adjusted(t, [4, 4], [128, 128], 50).img_s, 1)
+    19883.5
+    >>> dlbs_adjusted(t, [4, 2], [128, 128], 50).reason
+    'ranks use unequal GPU counts (4, 2); DLBS adjusted assumes equal ranks'
+    """
+    if trim < 0:
+        raise ValueError(f"trim must be non-negative, got {trim}")
+    if not iteration_times_ms:
+        return DlbsAdjusted(None, "no ranks", None)
+    devices = tuple(int(g) for g in num_devices)
+    if len(set(devices)) > 1:
+        shown = ", ".join(str(g) for g in devices)
+        return DlbsAdjusted(
+            None, f"ranks use unequal GPU counts ({shown}); DLBS adjusted assumes equal ranks", None
+        )
+    if any(b is None for b in batch_sizes):
+        return DlbsAdjusted(None, "the per-device batch size is not recorded", None)
+    sizes = tuple(int(b) for b in batch_sizes if b is not None)
+    if len(set(sizes)) > 1:
+        shown = ", ".join(str(b) for b in sizes)
+        return DlbsAdjusted(
+            None,
+            f"ranks use unequal batch sizes ({shown}); DLBS adjusted assumes equal ranks",
+            None,
+        )
+    ids = list(rank_ids) if rank_ids is not None else list(range(len(iteration_times_ms)))
+    means = []
+    for rank, times in zip(ids, iteration_times_ms):
+        k = int(times.shape[0])
+        if k <= 2 * trim:
+            return DlbsAdjusted(
+                None,
+                f"rank {rank} has K={k} iterations, not more than 2N={2 * trim} (trim N={trim})",
+                None,
+            )
+        means.append(float(np.mean(times[trim : k - trim])))
+    mean_ms = float(np.mean(means))
+    if mean_ms <= 0:
+        return DlbsAdjusted(None, "mean iteration time is zero", mean_ms)
+    total_devices = sum(devices)
+    return DlbsAdjusted(total_devices * sizes[0] * 1000.0 / mean_ms, None, mean_ms)
+
+
+def latency_ms(latency_ns: np.ndarray) -> dict[str, float | None]:
+    """Batch latency percentiles p50/p90/p99 and the maximum, in milliseconds.
+
+    >>> latency_ms(np.arange(1, 101) * NS_PER_MS)
+    {'p50': 50.5, 'p90': 90.1, 'p99': 99.01, 'max': 100.0}
+    >>> latency_ms(np.array([], dtype=np.int64))["p50"] is None
+    True
+    """
+    values = np.asarray(latency_ns)
+    if values.shape[0] == 0:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    percentiles = np.percentile(values, LATENCY_PERCENTILES)
+    result: dict[str, float | None] = {
+        f"p{q}": round(float(v) / NS_PER_MS, 6) for q, v in zip(LATENCY_PERCENTILES, percentiles)
+    }
+    result["max"] = round(float(values.max()) / NS_PER_MS, 6)
+    return result
+
+
+def spread_s(times_ns: Sequence[int | None]) -> float | None:
+    """max − min of the given times in seconds; None when any time is missing or none given.
+
+    >>> spread_s([1_000_000_000, 1_002_000_000, 1_001_000_000])
+    0.002
+    >>> spread_s([1, None]) is None
+    True
+    """
+    if not times_ns or any(t is None for t in times_ns):
+        return None
+    values = np.asarray(times_ns, dtype=np.int64)
+    return float(values.max() - values.min()) / NS_PER_S
+
+
+def throughput_over_time(
+    t_end_ns: np.ndarray, images: np.ndarray, start_ns: int, end_ns: int, bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images per second in ``bins`` equal time bins of [start, end], by batch completion time.
+
+    Returns (bin centres in seconds after ``start_ns``, img/s per bin).
+
+    >>> centres, rate = throughput_over_time(np.array([1, 2, 3, 4]) * NS_PER_S // 5,
+    ...                                      np.array([10, 10, 10, 10]), 0, NS_PER_S, 2)
+    >>> centres.tolist(), rate.tolist()
+    ([0.25, 0.75], [40.0, 40.0])
+    """
+    edges = np.linspace(start_ns, end_ns, bins + 1)
+    counts, _ = np.histogram(
+        np.asarray(t_end_ns, dtype=np.float64), bins=edges, weights=np.asarray(images, np.float64)
+    )
+    width_s = (end_ns - start_ns) / bins / NS_PER_S
+    centres = (edges[:-1] + edges[1:]) / 2.0
+    return (centres - start_ns) / NS_PER_S, counts / width_s

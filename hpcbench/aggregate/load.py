@@ -1,0 +1,230 @@
+"""Finding and reading a run's rank files, and the run's metadata, for aggregation.
+
+A run directory holds ``rank-NNNNN.h5`` per finished rank (``rank-NNNNN.h5.part`` while a rank
+runs or after it died), and usually ``run.json``, ``plan.json`` and ``spec.json``. A merged
+``result.h5`` holds the same rank groups under ``/ranks``, so reports and plots also work where
+only the merged file was kept (an archive).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from hpcbench.errors import MetricsError
+from hpcbench.metrics import (
+    BATCH_FIELDS,
+    PHASES,
+    SCHEMA_VERSION,
+    PhaseData,
+    RankFile,
+    rank_file_name,
+    read_rank_file,
+)
+
+_RANK_FILE = re.compile(r"^rank-(\d+)\.h5(\.part)?$")
+RESULT_FILE = "result.h5"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedRun:
+    """The ranks that can be aggregated, and what is missing or unfinished."""
+
+    run_dir: Path
+    world_size: int
+    ranks: tuple[RankFile, ...]
+    # (rank, why it is left out), e.g. (3, "rank-00003.h5.part left: the rank did not finish")
+    excluded: tuple[tuple[int, str], ...]
+    run_json: dict[str, Any] | None
+    plan_json: dict[str, Any] | None
+    spec_json: dict[str, Any] | None
+
+    @property
+    def complete(self) -> bool:
+        return not self.excluded
+
+
+def load_run(run_dir: Path, *, allow_partial: bool = False) -> LoadedRun:
+    """Read every rank file of ``run_dir``.
+
+    A missing rank file, a ``.part`` left by a rank that did not finish, or fewer files than
+    the world size raises :class:`MetricsError` naming the file, unless ``allow_partial``: then
+    the finished ranks are returned and the others listed in ``excluded``. A truncated or
+    corrupt finished file always raises, naming it.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MetricsError(f"{run_dir}: run directory not found")
+    run_json = _read_json(run_dir / "run.json")
+    plan_json = _read_json(run_dir / "plan.json")
+    spec_json = _read_json(run_dir / "spec.json")
+
+    finished: dict[int, Path] = {}
+    unfinished: dict[int, Path] = {}
+    for entry in run_dir.iterdir():
+        match = _RANK_FILE.match(entry.name)
+        if match:
+            (unfinished if match.group(2) else finished)[int(match.group(1))] = entry
+
+    world_size = _world_size(run_dir, plan_json, finished, unfinished)
+    excluded: list[tuple[int, str]] = []
+    for rank in range(world_size):
+        if rank in finished:
+            continue
+        name = rank_file_name(rank)
+        if rank in unfinished:
+            excluded.append((rank, f"{name}.part left: the rank did not finish"))
+        else:
+            excluded.append((rank, f"{name} missing"))
+    if excluded and not allow_partial:
+        shown = "; ".join(why for _, why in excluded[:4])
+        more = f" (and {len(excluded) - 4} more)" if len(excluded) > 4 else ""
+        raise MetricsError(
+            f"{run_dir}: {len(excluded)} of {world_size} rank files not finished: {shown}{more}; "
+            "pass --allow-partial to aggregate the finished ranks"
+        )
+    ranks = []
+    for rank in sorted(finished):
+        if rank >= world_size:
+            raise MetricsError(
+                f"{finished[rank]}: rank {rank} is outside the world size {world_size}"
+            )
+        loaded = read_rank_file(finished[rank])
+        _check_rank(loaded, rank, world_size)
+        ranks.append(loaded)
+    if not ranks:
+        raise MetricsError(f"{run_dir}: no finished rank file (rank-NNNNN.h5) to aggregate")
+    return LoadedRun(
+        run_dir=run_dir,
+        world_size=world_size,
+        ranks=tuple(ranks),
+        excluded=tuple(excluded),
+        run_json=run_json,
+        plan_json=plan_json,
+        spec_json=spec_json,
+    )
+
+
+def _world_size(
+    run_dir: Path,
+    plan_json: dict[str, Any] | None,
+    finished: dict[int, Path],
+    unfinished: dict[int, Path],
+) -> int:
+    if plan_json is not None and isinstance(plan_json.get("ranks"), list):
+        return len(plan_json["ranks"])
+    sizes = set()
+    for path in finished.values():
+        try:
+            with h5py.File(path, "r") as f:
+                sizes.add(int(f.attrs["world_size"]))
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise MetricsError(f"{path}: unreadable or truncated rank file ({exc})") from exc
+    if len(sizes) > 1:
+        raise MetricsError(f"{run_dir}: rank files disagree on world_size ({sorted(sizes)})")
+    if sizes:
+        return sizes.pop()
+    if unfinished:
+        return max(unfinished) + 1
+    raise MetricsError(f"{run_dir}: no rank files (rank-NNNNN.h5) and no plan.json")
+
+
+def _check_rank(rank_file: RankFile, rank: int, world_size: int) -> None:
+    where = rank_file.path
+    if rank_file.rank != rank:
+        raise MetricsError(f"{where}: attribute rank={rank_file.rank} does not match the name")
+    if int(rank_file.attrs.get("world_size", world_size)) != world_size:
+        raise MetricsError(
+            f"{where}: world_size={rank_file.attrs.get('world_size')} but the run has {world_size}"
+        )
+    if not rank_file.complete:
+        raise MetricsError(f"{where}: attribute complete is false (the rank did not finish)")
+    if rank_file.t_begin_ns is None or rank_file.t_finish_ns is None:
+        raise MetricsError(f"{where}: timed phase has no t_begin_ns/t_finish_ns attributes")
+    if rank_file.t_finish_ns < rank_file.t_begin_ns:
+        raise MetricsError(
+            f"{where}: timed phase ends ({rank_file.t_finish_ns}) before it begins "
+            f"({rank_file.t_begin_ns})"
+        )
+    timed = rank_file.timed
+    if len(timed) and bool(np.any(timed.t_end_ns < timed.t_start_ns)):
+        bad = int(np.argmax(timed.t_end_ns < timed.t_start_ns))
+        raise MetricsError(f"{where}: timed batch {bad} ends before it starts")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise MetricsError(f"{path}: unreadable JSON ({exc})") from exc
+    return data if isinstance(data, dict) else None
+
+
+# ------------------------------------------------------------------------------ result.h5
+def read_result_ranks(path: Path) -> tuple[RankFile, ...]:
+    """The rank groups stored in a merged ``result.h5``, read like rank files."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if "ranks" not in f:
+                raise MetricsError(f"{path}: no /ranks group (not an hpcbench result file)")
+            return tuple(
+                _read_rank_group(f["ranks"][name], Path(f"{path}:/ranks/{name}"))
+                for name in sorted(f["ranks"])
+            )
+    except MetricsError:
+        raise
+    except FileNotFoundError as exc:
+        raise MetricsError(f"{path}: result file not found") from exc
+    except (OSError, KeyError, ValueError) as exc:
+        raise MetricsError(f"{path}: unreadable or truncated result file ({exc})") from exc
+
+
+def _read_rank_group(group: h5py.Group, where: Path) -> RankFile:
+    attrs = {k: _plain(v) for k, v in group.attrs.items()}
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        raise MetricsError(f"{where}: schema_version {attrs.get('schema_version')!r} unsupported")
+    phases = {}
+    for phase in PHASES:
+        arrays = {
+            name: np.asarray(group[phase][name][()], dtype=dtype)
+            for name, dtype in BATCH_FIELDS.items()
+        }
+        phases[phase] = PhaseData(**arrays)
+    timed_attrs = group["timed"].attrs
+    barriers: list[tuple[str, int, int]] = []
+    if "barriers" in group:
+        g = group["barriers"]
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in g["name"][()]]
+        barriers = [
+            (n, int(a), int(r)) for n, a, r in zip(names, g["arrive_ns"][()], g["release_ns"][()])
+        ]
+    t_begin = timed_attrs.get("t_begin_ns")
+    t_finish = timed_attrs.get("t_finish_ns")
+    return RankFile(
+        path=where,
+        attrs=attrs,
+        timed=phases["timed"],
+        warmup=phases["warmup"],
+        t_begin_ns=None if t_begin is None else int(t_begin),
+        t_finish_ns=None if t_finish is None else int(t_finish),
+        barriers=barriers,
+        complete=bool(attrs.get("complete", False)),
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

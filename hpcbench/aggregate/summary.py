@@ -1,0 +1,411 @@
+"""Build the run summary (the ``summary.json`` contract) from loaded rank files, and print it.
+
+The keys named in issue 5 are a contract other tools read (archive, checks, reports):
+``throughput.common_window_img_s``, ``throughput.sum_own_img_s``,
+``throughput.dlbs_adjusted_img_s`` (null when undefined) with ``throughput.dlbs_adjusted_reason``,
+``throughput.dlbs_effective_sum_img_s``, ``window.start_ns``, ``window.end_ns``,
+``skew.start_s``, ``latency_ms.{p50,p90,p99,max}``, ``complete`` and
+``ranks: [{rank, gpus, images, own_img_s, t_begin_ns, t_finish_ns}]``, plus the ``run`` block
+and per-rank ``cpus``, ``cpus_actual``, ``gpus``, ``gpus_visible``. Other keys add detail.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from hpcbench.aggregate import figures
+from hpcbench.aggregate.load import LoadedRun
+from hpcbench.cpulist import format_cpulist
+from hpcbench.errors import MetricsError
+from hpcbench.metrics import RankFile
+
+SUMMARY_SCHEMA = "hpcbench.summary"
+SUMMARY_SCHEMA_VERSION = 1
+START_BARRIER = "start"
+END_BARRIER = "end"
+
+
+def summarize(
+    run: LoadedRun,
+    *,
+    dlbs_trim: int = 50,
+    reference: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The summary of a loaded run; ``reference`` is a single-rank run's summary (or None)."""
+    if dlbs_trim < 0:
+        raise MetricsError(f"dlbs trim must be non-negative, got {dlbs_trim}")
+    ranks = run.ranks
+    begins = [int(r.t_begin_ns) for r in ranks if r.t_begin_ns is not None]
+    finishes = [int(r.t_finish_ns) for r in ranks if r.t_finish_ns is not None]
+    window_start_ns, window_end_ns = figures.common_window(begins, finishes)
+    window_ns = window_end_ns - window_start_ns
+
+    rank_rows: list[dict[str, Any]] = []
+    iteration_times: list[np.ndarray] = []
+    devices_per_rank: list[int] = []
+    batch_sizes: list[int | None] = []
+    window_images_total = 0.0
+    latencies: list[np.ndarray] = []
+    effective_missing: list[int] = []
+    for rank_file in ranks:
+        num_devices = _num_devices(rank_file, run.plan_json)
+        batch_size = _batch_size(rank_file)
+        timed = rank_file.timed
+        # load_run checked that both bounds exist.
+        t_begin_ns, t_finish_ns = int(rank_file.t_begin_ns or 0), int(rank_file.t_finish_ns or 0)
+        duration_ns = t_finish_ns - t_begin_ns
+        images = int(timed.images.sum(dtype=np.int64))
+        in_window = figures.images_in_window(
+            timed.t_start_ns, timed.t_end_ns, timed.images, window_start_ns, window_end_ns
+        )
+        rank_window_images = float(in_window.sum()) if window_ns > 0 else 0.0
+        window_images_total += rank_window_images
+        latency_ns = timed.t_end_ns - timed.t_start_ns
+        latencies.append(latency_ns)
+        iterations = figures.dlbs_iteration_times_ms(timed.t_end_ns, t_begin_ns, num_devices)
+        iteration_times.append(iterations)
+        devices_per_rank.append(num_devices)
+        batch_sizes.append(batch_size)
+
+        start = _barrier(rank_file, START_BARRIER, first=True)
+        end = _barrier(rank_file, END_BARRIER, first=False)
+        effective = None
+        if start is not None and end is not None:
+            effective = figures.rate_img_s(images, end[1] - start[0])
+        if effective is None:
+            effective_missing.append(rank_file.rank)
+
+        plan = rank_file.json_attr("plan_json") or _plan_entry(run.plan_json, rank_file.rank)
+        binding = rank_file.json_attr("binding_json") or {}
+        gpus = [int(g) for g in plan.get("gpus", [])] if plan else None
+        rank_rows.append(
+            {
+                "rank": rank_file.rank,
+                "host": rank_file.attrs.get("host"),
+                "node": rank_file.attrs.get("node", plan.get("node") if plan else None),
+                "local_rank": rank_file.attrs.get(
+                    "local_rank", plan.get("local_rank") if plan else None
+                ),
+                "gpus": gpus,
+                "gpus_visible": binding.get("cuda_visible_devices"),
+                "cpus": [int(c) for c in plan.get("cpus", [])] if plan else None,
+                "cpus_actual": [int(c) for c in binding["cpus"]] if "cpus" in binding else None,
+                "binding_mismatches": list(binding.get("mismatches", [])),
+                "num_devices": num_devices,
+                "batch_size": batch_size,
+                "batches": len(timed),
+                "images": images,
+                "own_img_s": figures.rate_img_s(images, duration_ns),
+                "window_images": rank_window_images,
+                "window_img_s": figures.rate_img_s(rank_window_images, window_ns),
+                "dlbs_effective_img_s": effective,
+                "dlbs_iterations": int(iterations.shape[0]),
+                "t_begin_ns": rank_file.t_begin_ns,
+                "t_finish_ns": rank_file.t_finish_ns,
+                "start_barrier_ns": _barrier_json(start),
+                "end_barrier_ns": _barrier_json(end),
+                "latency_ms": figures.latency_ms(latency_ns),
+                "devices": _device_rows(rank_file, num_devices, gpus, duration_ns),
+            }
+        )
+
+    adjusted = figures.dlbs_adjusted(
+        iteration_times, devices_per_rank, batch_sizes, dlbs_trim, [r.rank for r in ranks]
+    )
+    effective_sum = None
+    effective_reason = None
+    if effective_missing:
+        effective_reason = (
+            f"rank(s) {_short_list(effective_missing)} recorded no '{START_BARRIER}'/"
+            f"'{END_BARRIER}' barrier events"
+        )
+    else:
+        effective_sum = float(sum(row["dlbs_effective_img_s"] for row in rank_rows))
+    dlbs_candidates = [v for v in (adjusted.img_s, effective_sum) if v is not None]
+
+    common_img_s = figures.rate_img_s(window_images_total, window_ns)
+    window_reason = None
+    if common_img_s is None:
+        window_reason = (
+            "the ranks' timed phases do not overlap: a rank finished "
+            f"{-window_ns / figures.NS_PER_S:.3f} s before the last one began"
+        )
+    own_values = [row["own_img_s"] for row in rank_rows]
+    sum_own = float(sum(v for v in own_values if v is not None))
+    total_devices = sum(devices_per_rank)
+
+    starts = [row["start_barrier_ns"] for row in rank_rows]
+    ends = [row["end_barrier_ns"] for row in rank_rows]
+    all_latency = np.concatenate(latencies) if latencies else np.zeros(0, np.int64)
+
+    summary: dict[str, Any] = {
+        "schema": SUMMARY_SCHEMA,
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "complete": run.complete,
+        "excluded_ranks": [{"rank": r, "reason": why} for r, why in run.excluded],
+        "run": run_block(run),
+        "throughput": {
+            "common_window_img_s": common_img_s,
+            "common_window_reason": window_reason,
+            "per_device_img_s": (
+                common_img_s / total_devices if common_img_s and total_devices else None
+            ),
+            "sum_own_img_s": sum_own,
+            "dlbs_adjusted_img_s": adjusted.img_s,
+            "dlbs_adjusted_reason": adjusted.reason,
+            "dlbs_trim": dlbs_trim,
+            "dlbs_mean_iteration_ms": adjusted.mean_iteration_ms,
+            "dlbs_effective_sum_img_s": effective_sum,
+            "dlbs_effective_reason": effective_reason,
+            "dlbs_reported_img_s": max(dlbs_candidates) if dlbs_candidates else None,
+        },
+        "window": {
+            "start_ns": window_start_ns,
+            "end_ns": window_end_ns,
+            "length_s": window_ns / figures.NS_PER_S,
+            "images": window_images_total,
+        },
+        "images": int(sum(row["images"] for row in rank_rows)),
+        "devices": total_devices,
+        "skew": {
+            "start_s": figures.spread_s(
+                [s["release"] if s else None for s in starts]
+                if all(starts)
+                else [row["t_begin_ns"] for row in rank_rows]
+            ),
+            "end_s": figures.spread_s([e["release"] if e else None for e in ends]),
+            "begin_s": figures.spread_s([row["t_begin_ns"] for row in rank_rows]),
+            "finish_s": figures.spread_s([row["t_finish_ns"] for row in rank_rows]),
+        },
+        "latency_ms": figures.latency_ms(all_latency),
+        "efficiency": _efficiency(common_img_s, run.world_size, reference),
+        "ranks": rank_rows,
+    }
+    return summary
+
+
+def _num_devices(rank_file: RankFile, plan_json: Mapping[str, Any] | None) -> int:
+    value = rank_file.attrs.get("num_devices")
+    if value is not None:
+        return int(value)
+    plan = rank_file.json_attr("plan_json") or _plan_entry(plan_json, rank_file.rank)
+    if plan and plan.get("gpus"):
+        return len(plan["gpus"])
+    devices = rank_file.timed.device
+    return int(devices.max()) + 1 if len(devices) else 1
+
+
+def _batch_size(rank_file: RankFile) -> int | None:
+    value = rank_file.attrs.get("batch_size")
+    if value is not None:
+        return int(value)
+    sizes = np.unique(rank_file.timed.images)
+    return int(sizes[0]) if sizes.shape[0] == 1 else None
+
+
+def _plan_entry(plan_json: Mapping[str, Any] | None, rank: int) -> dict[str, Any] | None:
+    if not plan_json:
+        return None
+    for entry in plan_json.get("ranks", []):
+        if isinstance(entry, dict) and entry.get("rank") == rank:
+            return entry
+    return None
+
+
+def _barrier(rank_file: RankFile, name: str, *, first: bool) -> tuple[int, int] | None:
+    events = [(arrive, release) for n, arrive, release in rank_file.barriers if n == name]
+    if not events:
+        return None
+    return events[0] if first else events[-1]
+
+
+def _barrier_json(event: tuple[int, int] | None) -> dict[str, int] | None:
+    return None if event is None else {"arrive": event[0], "release": event[1]}
+
+
+def _device_rows(
+    rank_file: RankFile, num_devices: int, gpus: Sequence[int] | None, duration_ns: int
+) -> list[dict[str, Any]]:
+    timed = rank_file.timed
+    count = max(num_devices, int(timed.device.max()) + 1 if len(timed) else 0)
+    per_device = np.bincount(
+        timed.device.astype(np.int64), weights=timed.images.astype(np.float64), minlength=count
+    )
+    batches = np.bincount(timed.device.astype(np.int64), minlength=count)
+    return [
+        {
+            "device": device,
+            "gpu": gpus[device] if gpus and device < len(gpus) else None,
+            "batches": int(batches[device]),
+            "images": int(per_device[device]),
+            "own_img_s": figures.rate_img_s(float(per_device[device]), duration_ns),
+        }
+        for device in range(count)
+    ]
+
+
+def _efficiency(
+    common_img_s: float | None, world_size: int, reference: Mapping[str, Any] | None
+) -> dict[str, Any] | None:
+    if reference is None:
+        return None
+    ref_img_s = reference["throughput"]["common_window_img_s"]
+    ref_run = reference.get("run", {})
+    ideal = world_size * ref_img_s if ref_img_s else None
+    return {
+        "reference_run_id": ref_run.get("run_id"),
+        "reference_img_s": ref_img_s,
+        "ideal_img_s": ideal,
+        "value": common_img_s / ideal if common_img_s is not None and ideal else None,
+    }
+
+
+def _short_list(values: Sequence[int]) -> str:
+    shown = ", ".join(str(v) for v in values[:8])
+    return shown + (f" and {len(values) - 8} more" if len(values) > 8 else "")
+
+
+def run_block(run: LoadedRun) -> dict[str, Any]:
+    """The ``run`` block: what ran, where and how it was laid out."""
+    first = run.ranks[0]
+    spec = run.spec_json or first.json_attr("config_json") or {}
+    attrs = first.attrs
+    run_json = run.run_json or {}
+
+    def pick(key: str) -> Any:
+        value = attrs.get(key)
+        return spec.get(key) if value is None else value
+
+    placements = []
+    for rank_file in run.ranks:
+        plan = rank_file.json_attr("plan_json") or _plan_entry(run.plan_json, rank_file.rank)
+        placements.append((rank_file, plan or {}))
+    nodes_seen = {p.get("node", rank_file.attrs.get("node")) for rank_file, p in placements}
+    first_node = min((n for n in nodes_seen if n is not None), default=None)
+    node_ranks = [
+        (r, p)
+        for r, p in placements
+        if first_node is None or p.get("node", r.attrs.get("node")) == first_node
+    ]
+    gpu_layout = ";".join(",".join(str(g) for g in p.get("gpus", [])) for _, p in node_ranks)
+    cpu_layout = ";".join(format_cpulist(p.get("cpus", [])) for _, p in node_ranks)
+    has_gpus = any(p.get("gpus") for _, p in node_ranks)
+    slurm = next(
+        (s for s in (r.json_attr("slurm_json") for r in run.ranks) if s),
+        None,
+    )
+    plan_nodes = (run.plan_json or {}).get("nodes")
+    return {
+        "run_id": run_json.get("run_id", attrs.get("run_id")),
+        "created": run_json.get("created"),
+        "backend": pick("backend"),
+        "model": pick("model"),
+        "batch_size": pick("batch_size"),
+        "precision": pick("precision"),
+        "world_size": run.world_size,
+        "nodes": int(plan_nodes) if plan_nodes else max(len(nodes_seen - {None}), 1),
+        "layout": gpu_layout if has_gpus else cpu_layout,
+        "gpu_layout": gpu_layout if has_gpus else None,
+        "cpu_layout": cpu_layout or None,
+        "hosts": sorted({str(r.attrs.get("host")) for r in run.ranks if r.attrs.get("host")}),
+        "slurm": slurm,
+        "hpcbench_version": run_json.get("hpcbench_version", run_json.get("version")),
+    }
+
+
+# ------------------------------------------------------------------------------ printing
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """A readable, multi-line rendering of a summary for a terminal."""
+    run = summary.get("run", {})
+    tp = summary["throughput"]
+    window = summary["window"]
+    skew = summary["skew"]
+    lat = summary["latency_ms"]
+    lines = [
+        f"run {run.get('run_id')}: {run.get('backend')}/{run.get('model')} "
+        f"batch {run.get('batch_size')} {run.get('precision')}, {run.get('world_size')} rank(s) "
+        f"on {run.get('nodes')} node(s), layout {run.get('layout') or '-'}",
+    ]
+    if not summary.get("complete", True):
+        lines.append(
+            "INCOMPLETE: aggregated without "
+            + "; ".join(e["reason"] for e in summary.get("excluded_ranks", []))
+        )
+    if tp["common_window_img_s"] is None:
+        lines.append(f"common-window throughput: undefined ({tp['common_window_reason']})")
+    else:
+        lines.append(
+            f"common-window throughput: {_num(tp['common_window_img_s'])} img/s "
+            f"({_num(tp['per_device_img_s'])} per device) over {window['length_s']:.3f} s"
+        )
+    lines.append(f"sum of own throughputs:   {_num(tp['sum_own_img_s'])} img/s")
+    adjusted = (
+        f"{_num(tp['dlbs_adjusted_img_s'])} img/s"
+        if tp["dlbs_adjusted_img_s"] is not None
+        else f"undefined ({tp['dlbs_adjusted_reason']})"
+    )
+    lines.append(f"DLBS adjusted (N={tp['dlbs_trim']}):   {adjusted}")
+    effective = (
+        f"{_num(tp['dlbs_effective_sum_img_s'])} img/s"
+        if tp["dlbs_effective_sum_img_s"] is not None
+        else f"undefined ({tp['dlbs_effective_reason']})"
+    )
+    lines.append(f"DLBS sum of effective:    {effective}")
+    lines.append(
+        f"skew: start {_secs(skew['start_s'])}, end {_secs(skew['end_s'])}, "
+        f"timed-phase ends {_secs(skew['finish_s'])}"
+    )
+    if lat["p50"] is not None:
+        lines.append(
+            f"batch latency ms: p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  "
+            f"p99 {lat['p99']:.3f}  max {lat['max']:.3f}"
+        )
+    eff = summary.get("efficiency")
+    if eff:
+        value = "undefined" if eff["value"] is None else f"{100 * eff['value']:.1f} %"
+        lines.append(
+            f"efficiency vs {run.get('world_size')} × single-rank "
+            f"{_num(eff['reference_img_s'])} img/s: {value}"
+        )
+    lines.append("rank  host          gpus      images      own img/s  effective img/s")
+    for row in summary["ranks"]:
+        gpus = ",".join(str(g) for g in row["gpus"]) if row.get("gpus") else str(row["num_devices"])
+        lines.append(
+            f"{row['rank']:>4}  {str(row.get('host') or '-')[:12]:<12}  {gpus:<8}  "
+            f"{row['images']:>10}  {_num(row['own_img_s']):>13}  "
+            f"{_num(row['dlbs_effective_img_s']):>15}"
+        )
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}".replace(",", " ")
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 1e-3:
+        return f"{value * 1e6:.0f} µs"
+    if value < 1:
+        return f"{value * 1e3:.2f} ms"
+    return f"{value:.3f} s"
+
+
+def dumps(summary: Mapping[str, Any]) -> str:
+    """The summary as JSON text (stable key order, non-finite numbers as null)."""
+    return json.dumps(_finite(summary), indent=2) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
