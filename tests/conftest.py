@@ -16,3 +16,34 @@ def hwloc_fixtures() -> Path:
     if not path.is_dir():
         pytest.fail(f"topology fixtures not found at {path} (shared/ must sit beside the repo)")
     return path
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite tests/golden/ files from the current output instead of comparing",
+    )
+
+
+@pytest.fixture
+def golden(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """``golden(name, text)``: compare ``text`` with ``tests/golden/name`` whole.
+
+    A missing golden file fails; ``pytest --update-golden`` (re)writes it on purpose.
+    """
+    update = request.config.getoption("--update-golden")
+
+    def check(name: str, text: str) -> None:
+        path = REPO / "tests" / "golden" / name
+        if update:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            return
+        if not path.is_file():
+            pytest.fail(f"golden file {path} is missing; create it with pytest --update-golden")
+        expected = path.read_text()
+        assert text == expected, f"output differs from {path} (pytest --update-golden rewrites it)"
+
+    return check

@@ -1,0 +1,201 @@
+"""Rendering sbatch scripts (pure): golden files for several site configs and layouts."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hpcbench.errors import ConfigError, PlanError, UsageError
+from hpcbench.plan.model import Plan, RankPlacement
+from hpcbench.site import NodeType, SlurmSettings
+from hpcbench.slurm.render import ArrayPoint, JobRequest, render_array, render_job
+from hpcbench.spec import RunSpec
+from hpcbench.topology.model import Core, Gpu, NumaNode, Topology
+
+PY = "/opt/venv/bin/python"
+
+
+def two_socket_node(cores_per_socket: int, gpus_per_socket: int, numa_per_socket: bool = True):
+    """A node of 2 sockets; GPUs split evenly, numbered socket by socket."""
+    cores, numa = [], []
+    for s in range(2):
+        cpus = tuple(range(s * cores_per_socket, (s + 1) * cores_per_socket))
+        node = s if numa_per_socket else 0
+        cores += [Core(s, node, (c,)) for c in cpus]
+    if numa_per_socket:
+        numa = [
+            NumaNode(s, s, tuple(range(s * cores_per_socket, (s + 1) * cores_per_socket)))
+            for s in range(2)
+        ]
+    else:
+        numa = [NumaNode(0, None, tuple(range(2 * cores_per_socket)))]
+    gpus = []
+    for g in range(2 * gpus_per_socket):
+        s = g // gpus_per_socket
+        cpus = tuple(range(s * cores_per_socket, (s + 1) * cores_per_socket))
+        gpus.append(Gpu(g, f"0000:{g + 1:02x}:00.0", "fake", s if numa_per_socket else 0, cpus))
+    return Topology.build(source="test", cores=cores, numa_nodes=numa, gpus=gpus)
+
+
+def socket_plan(
+    cores_per_socket: int,
+    gpus: list[tuple[int, ...]],
+    nodes: int = 1,
+    mem_node_per_socket: bool = True,
+) -> Plan:
+    ranks = []
+    for n in range(nodes):
+        for local, gpu_set in enumerate(gpus):
+            cpus = tuple(range(local * cores_per_socket, (local + 1) * cores_per_socket))
+            mem = (local,) if mem_node_per_socket else (0,)
+            ranks.append(
+                RankPlacement(n * len(gpus) + local, n, local, local, mem[0], cpus, gpu_set, mem)
+            )
+    return Plan(tuple(ranks), (), "test", nodes)
+
+
+LOCAL = two_socket_node(1, 2, numa_per_socket=False)
+DGX = two_socket_node(18, 4)
+
+CASES = {
+    # The test cluster: 2 real cores as 2 fake sockets, 4 fake GPUs, one NUMA node.
+    "local-2ranks": (
+        NodeType("local", LOCAL, slurm=SlurmSettings(partition="debug", time_limit_min=10)),
+        socket_plan(1, [(0, 1), (2, 3)], mem_node_per_socket=False),
+        RunSpec(),
+    ),
+    "local-2nodes": (
+        NodeType("local", LOCAL, slurm=SlurmSettings(partition="debug")),
+        socket_plan(1, [(0,), (2,)], nodes=2, mem_node_per_socket=False),
+        RunSpec(barrier="file"),
+    ),
+    # A DGX-like node on Slurm 23.11 (map:/mask: spellings), account, QoS, site setup lines.
+    "dgx-2311": (
+        NodeType(
+            "gpu",
+            DGX,
+            setup=("module load cuda/12.4", 'export NCCL_DEBUG="WARN"'),
+            slurm=SlurmSettings(
+                partition="gpu",
+                account="proj 42",
+                qos="normal",
+                slurm_version="23.11.4",
+                time_limit_min=30,
+                extra_sbatch=("--constraint=h100",),
+            ),
+        ),
+        socket_plan(18, [(0, 2), (4, 6)]),
+        RunSpec(),
+    ),
+    "dgx-one-gpu-per-rank-2205": (
+        NodeType("gpu", DGX, slurm=SlurmSettings(partition="gpu", slurm_version="22.05.8")),
+        socket_plan(18, [(0,), (4,)]),
+        RunSpec(),
+    ),
+    # srun binding off: every rank goes through the numactl wrapper; not exclusive.
+    "dgx-numactl": (
+        NodeType(
+            "gpu",
+            DGX,
+            data_root="/local/scratch",
+            slurm=SlurmSettings(srun_binding=False, exclusive=False),
+        ),
+        socket_plan(18, [(0, 1, 2, 3), (4, 5, 6, 7)]),
+        RunSpec(data="/shared/imagenet shards", stage_data=True),
+    ),
+    "cpu-only": (
+        NodeType("cpu", two_socket_node(18, 0), slurm=SlurmSettings(partition="cpu")),
+        socket_plan(18, [(), ()]),
+        RunSpec(),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_render_matches_golden(name: str, golden) -> None:  # type: ignore[no-untyped-def]
+    node_type, plan, spec = CASES[name]
+    request = JobRequest(
+        plan,
+        spec,
+        node_type,
+        f"/runs/{name}",
+        job_name=f"hb-{name}",
+        site_name="testsite",
+        python=PY,
+    )
+    text = render_job(request)
+    assert text == render_job(request)  # pure: same inputs, same script
+    golden(f"{name}.sbatch", text)
+    subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+
+
+def test_array_matches_golden(golden) -> None:  # type: ignore[no-untyped-def]
+    node_type = NodeType("local", LOCAL, slurm=SlurmSettings(partition="debug"))
+    points = [
+        ArrayPoint(0, "/runs/sweep/p000/job.sbatch", socket_plan(1, [(0, 1), (2, 3)], 1, False)),
+        ArrayPoint(
+            1,
+            "/runs/sweep/p001/job.sbatch",
+            Plan((RankPlacement(0, 0, 0, 0, 0, (0, 1), (0, 1, 2, 3), (0,)),), (), "t"),
+        ),
+    ]
+    text = render_array(points, node_type, "/runs/sweep", max_parallel=1)
+    golden("sweep-array.sbatch", text)
+    assert "#SBATCH --array=0,1%1\n" in text
+    assert "#SBATCH --ntasks-per-node=2\n" in text  # the widest point sets the allocation
+
+
+def test_user_values_are_shell_quoted() -> None:
+    node_type = NodeType("local", LOCAL, slurm=SlurmSettings(partition="debug; rm -rf ~"))
+    plan = socket_plan(1, [(0, 1), (2, 3)], mem_node_per_socket=False)
+    text = render_job(JobRequest(plan, RunSpec(), node_type, "/runs/$(reboot)", job_name="a b"))
+    assert "#SBATCH --partition='debug; rm -rf ~'\n" in text
+    assert "RUN_DIR='/runs/$(reboot)'\n" in text
+    assert "#SBATCH --job-name='a b'\n" in text
+
+
+def test_line_breaks_in_values_are_refused() -> None:
+    node_type = NodeType("local", LOCAL, slurm=SlurmSettings(partition="debug"))
+    plan = socket_plan(1, [(0, 1), (2, 3)], mem_node_per_socket=False)
+    with pytest.raises(UsageError, match="line break"):
+        render_job(JobRequest(plan, RunSpec(), node_type, "/runs/x", job_name="a\n#SBATCH -N 9"))
+
+
+def test_site_templates_override_packaged(tmp_path: Path) -> None:
+    (tmp_path / "srun_launch.j2").write_text("mpirun -np {{ job.world_size }} site-launcher\n")
+    node_type = NodeType("local", LOCAL, slurm=SlurmSettings())
+    plan = socket_plan(1, [(0, 1), (2, 3)], mem_node_per_socket=False)
+    text = render_job(JobRequest(plan, RunSpec(), node_type, "/runs/x"), tmp_path)
+    assert "mpirun -np 2 site-launcher\n" in text
+    assert "#SBATCH --nodes=1\n" in text  # the packaged header is still used
+
+
+def test_site_template_with_unknown_variable_fails(tmp_path: Path) -> None:
+    (tmp_path / "srun_launch.j2").write_text("srun {{ job.no_such_field }}\n")
+    node_type = NodeType("local", LOCAL, slurm=SlurmSettings())
+    plan = socket_plan(1, [(0, 1), (2, 3)], mem_node_per_socket=False)
+    with pytest.raises(ConfigError, match="no_such_field"):
+        render_job(JobRequest(plan, RunSpec(), node_type, "/runs/x"), tmp_path)
+
+
+def test_uneven_cpu_split_is_refused() -> None:
+    node_type = NodeType("gpu", DGX, slurm=SlurmSettings())
+    ranks = tuple(RankPlacement(i, 0, i, 0, 0, (i,), (), (0,)) for i in range(5))
+    with pytest.raises(PlanError, match="cannot split the node's 36 CPUs evenly"):
+        render_job(JobRequest(Plan(ranks, (), "t"), RunSpec(), node_type, "/runs/x"))
+
+
+def test_gpu_beyond_node_is_refused() -> None:
+    node_type = NodeType("local", LOCAL, slurm=SlurmSettings())
+    plan = socket_plan(1, [(0, 1), (2, 7)], mem_node_per_socket=False)
+    with pytest.raises(PlanError, match="uses GPU 7 but node type 'local' has 4"):
+        render_job(JobRequest(plan, RunSpec(), node_type, "/runs/x"))
+
+
+def test_relative_run_dir_is_refused() -> None:
+    node_type = NodeType("local", LOCAL, slurm=SlurmSettings())
+    plan = socket_plan(1, [(0, 1), (2, 3)], mem_node_per_socket=False)
+    with pytest.raises(UsageError, match="absolute"):
+        render_job(JobRequest(plan, RunSpec(), node_type, "runs/x"))
