@@ -1,0 +1,73 @@
+"""``hpcbench topo``: show a node's topology, print it as JSON, or write a site config."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+from hpcbench.errors import UsageError
+from hpcbench.topology.model import Topology
+from hpcbench.topology.sources import topology_from_options, topology_source_options
+
+
+@click.command("topo")
+@topology_source_options
+@click.option("--json", "as_json", is_flag=True, help="Print the stable JSON form instead.")
+@click.option(
+    "--write",
+    "write_path",
+    metavar="FILE",
+    default=None,
+    help="Write a site config (YAML) for this node to FILE; it validates as written.",
+)
+@click.option(
+    "--name",
+    default=None,
+    help="Site name for --write (default: the file name without .yaml).",
+)
+def topo(
+    sysfs_root: str | None,
+    from_hwloc: str | None,
+    site: str | None,
+    partition: str | None,
+    as_json: bool,
+    write_path: str | None,
+    name: str | None,
+) -> None:
+    """Show a node's topology: sockets, NUMA nodes, cores, GPUs and NICs.
+
+    With no source it probes this host (sysfs, plus NVML when an NVIDIA driver is present).
+    """
+    from hpcbench.topology.render import render_tree
+
+    topology, _ = topology_from_options(sysfs_root, from_hwloc, site, partition)
+    if write_path is not None:
+        _write_site_config(topology, Path(write_path), name)
+        click.echo(f"wrote {write_path}", err=True)
+    if as_json:
+        click.echo(json.dumps(topology.to_json(), indent=2))
+    elif write_path is None:
+        click.echo(render_tree(topology))
+
+
+def _write_site_config(topology: Topology, path: Path, name: str | None) -> None:
+    from hpcbench.site import load_site, site_config_text
+
+    site_name = name or path.name.removesuffix(".yaml").removesuffix(".yml") or "site"
+    text = site_config_text(topology, name=site_name)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise UsageError(f"--write {path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        load_site(tmp)  # what we write must load back and validate
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,628 @@
+"""Site configs: a cluster's node types, their topology and what Slurm needs.
+
+Raw YAML → JSON-schema validation (``hpcbench/schemas/site-config.schema.json``) → frozen
+dataclasses, once. Every error names the file and the key path (``site_configs/x.yaml:
+node_types.gpu.topology.gpus[3].numa_node``), the bad value and what would be valid. The format is
+documented in ``docs/site-config.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from hpcbench.cpulist import CpuListError, format_cpulist, parse_cpulist
+from hpcbench.errors import ConfigError, HpcbenchError, closest
+from hpcbench.topology.model import Core, Gpu, Nic, NumaNode, Topology
+
+
+@dataclass(frozen=True, slots=True)
+class SlurmSettings:
+    """What ``sbatch``/``srun`` need for one node type (None = leave to the cluster default)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gres_name: str = "gpu"
+    slurm_version: str | None = None
+    # False → launch ranks through the numactl wrapper instead of srun's --cpu-bind/--gpu-bind.
+    srun_binding: bool = True
+    exclusive: bool = True
+    time_limit_min: int | None = None
+    extra_sbatch: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeType:
+    """One kind of compute node (usually one Slurm partition)."""
+
+    name: str
+    topology: Topology
+    reserved_cores: tuple[int, ...] = ()
+    setup: tuple[str, ...] = ()
+    data_root: str | None = None
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    """A validated site config file."""
+
+    name: str
+    path: Path
+    description: str
+    node_types: Mapping[str, NodeType]
+    templates_dir: Path | None = None
+    default_node_type: str | None = None
+
+    def node_type(self, partition: str | None = None) -> NodeType:
+        """The node type for a Slurm partition (or node-type name); None → the default one."""
+        if partition is None:
+            if self.default_node_type is not None:
+                return self.node_types[self.default_node_type]
+            if len(self.node_types) == 1:
+                return next(iter(self.node_types.values()))
+            raise ConfigError(
+                f"{self.path}: has node types {sorted(self.node_types)} and no default_node_type;"
+                f" choose one with --partition"
+            )
+        if partition in self.node_types:
+            return self.node_types[partition]
+        for node_type in self.node_types.values():
+            if node_type.slurm.partition == partition:
+                return node_type
+        choices = sorted(
+            set(self.node_types)
+            | {n.slurm.partition for n in self.node_types.values() if n.slurm.partition}
+        )
+        raise ConfigError(
+            f"{self.path}: no node type or Slurm partition named {partition!r}"
+            f"{closest(partition, choices)} (choices: {', '.join(choices)})"
+        )
+
+
+# ------------------------------------------------------------------------------------ loading
+@lru_cache(maxsize=1)
+def site_schema() -> dict[str, Any]:
+    """The JSON schema of site configs, shipped in the package."""
+    text = resources.files("hpcbench").joinpath("schemas/site-config.schema.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def resolve_site_path(name_or_path: str | os.PathLike[str]) -> Path:
+    """A site config path: an existing file, or the name of a shipped one (``nvidia-dgx-a100``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    text = str(name_or_path)
+    if os.sep not in text and "/" not in text:
+        from hpcbench.resources import site_configs_dir
+
+        shipped_dir = site_configs_dir()
+        stem = text[:-5] if text.endswith(".yaml") else text
+        shipped = shipped_dir / f"{stem}.yaml"
+        if shipped.is_file():
+            return shipped
+        names = sorted(p.stem for p in shipped_dir.glob("*.yaml"))
+        if not path.exists():
+            raise ConfigError(
+                f"site config not found: {text} (no such file, and no shipped site config of "
+                f"that name{closest(stem, names)}; shipped: {', '.join(names)})"
+            )
+    if path.is_dir():
+        raise ConfigError(f"site config {text} is a directory, not a YAML file")
+    raise ConfigError(f"site config not found: {text}")
+
+
+def load_site(path: str | os.PathLike[str]) -> SiteConfig:
+    """Read, validate and build a site config (a path, or the name of a shipped one)."""
+    file = resolve_site_path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read site config {file}: {exc.strerror or exc}") from exc
+    data = parse_yaml(text, str(file))
+    return site_from_dict(data, file)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in mapping:
+            mark = key_node.start_mark
+            raise ConfigError(
+                f"line {mark.line + 1} column {mark.column + 1}: key {key!r} appears twice"
+            )
+        mapping[key] = loader.construct_object(value_node, deep=True)
+    return mapping
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """Parse YAML text, turning syntax errors into one-line :class:`ConfigError`s."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        at = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{where}: malformed YAML{at}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: malformed YAML: {exc}") from None
+
+
+def key_path(parts: Sequence[str | int]) -> str:
+    """Spell a JSON path the way users read it.
+
+    >>> key_path(["node_types", "gpu", "topology", "gpus", 3, "numa_node"])
+    'node_types.gpu.topology.gpus[3].numa_node'
+    >>> key_path([])
+    '(top level)'
+    """
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _schema_error_message(error: Any, schema: Mapping[str, Any]) -> str:
+    """One line for one jsonschema ValidationError."""
+    path = list(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        if extra and allowed:
+            key = extra[0]
+            return (
+                f"{key_path([*path, key])}: unknown key {key!r}{closest(key, allowed)} "
+                f"(valid keys here: {', '.join(allowed)})"
+            )
+    if error.validator == "required":
+        return f"{key_path(path)}: {error.message.replace('is a required property', 'is missing')}"
+    if error.validator == "type":
+        expected = error.validator_value
+        expected_text = " or ".join(expected) if isinstance(expected, list) else expected
+        hint = ""
+        if "string" in str(expected) and isinstance(error.instance, int | float):
+            hint = ' (quote it in YAML, e.g. "22.05")'
+        return (
+            f"{key_path(path)}: expected {expected_text}, got {error.instance!r}"
+            f" ({type(error.instance).__name__}){hint}"
+        )
+    if error.validator == "enum":
+        choices = ", ".join(repr(c) for c in error.validator_value)
+        suggestion = closest(str(error.instance), [str(c) for c in error.validator_value])
+        return (
+            f"{key_path(path)}: {error.instance!r} is not allowed{suggestion} (choices: {choices})"
+        )
+    if error.validator == "propertyNames":
+        return f"{key_path(path)}: {error.message}"
+    return f"{key_path(path)}: {error.message}"
+
+
+def validate_site_dict(data: Any, where: str) -> None:
+    """Validate raw site-config data against the schema; raise one-line ConfigError."""
+    import jsonschema
+
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"{where}: a site config must be a YAML mapping, this file is {kind}")
+    schema = site_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), e.path))
+    if not errors:
+        return
+    # Prefer the deepest, most specific error of the first failing location.
+    best = jsonschema.exceptions.best_match(errors)
+    for error in errors:
+        if error.validator == "additionalProperties":
+            best = error
+            break
+    raise ConfigError(f"{where}: {_schema_error_message(best, schema)}")
+
+
+def site_from_dict(data: Any, path: Path) -> SiteConfig:
+    """Validate raw data from ``path`` and build the :class:`SiteConfig`."""
+    where = str(path)
+    validate_site_dict(data, where)
+    base = path.parent
+    node_types: dict[str, NodeType] = {}
+    for name, raw in data["node_types"].items():
+        node_types[name] = _node_type(name, raw, base, where)
+    default = data.get("default_node_type")
+    if default is not None and default not in node_types:
+        raise ConfigError(
+            f"{where}: default_node_type: {default!r} is not a node type"
+            f"{closest(default, list(node_types))} (node types: {', '.join(node_types)})"
+        )
+    templates = data.get("templates_dir")
+    templates_dir = None
+    if templates:
+        templates_dir = (base / templates).resolve()
+        if not templates_dir.is_dir():
+            raise ConfigError(f"{where}: templates_dir: {templates_dir} is not a directory")
+    return SiteConfig(
+        name=data["name"],
+        path=path,
+        description=data.get("description", ""),
+        node_types=MappingProxyType(node_types),
+        templates_dir=templates_dir,
+        default_node_type=default,
+    )
+
+
+def _cpus(value: Any, where: str, path: Sequence[str | int]) -> tuple[int, ...]:
+    if isinstance(value, str):
+        try:
+            return parse_cpulist(value)
+        except CpuListError as exc:
+            raise ConfigError(f"{where}: {key_path(path)}: {exc}") from None
+    cpus = tuple(int(c) for c in value)
+    if len(set(cpus)) != len(cpus):
+        dup = sorted({c for c in cpus if cpus.count(c) > 1})
+        raise ConfigError(f"{where}: {key_path(path)}: CPU {dup[0]} is listed twice")
+    return tuple(sorted(cpus))
+
+
+def _node_type(name: str, raw: Mapping[str, Any], base: Path, where: str) -> NodeType:
+    prefix = ["node_types", name]
+    topology = topology_from_dict(
+        raw["topology"], base=base, where=where, path=[*prefix, "topology"], name=name
+    )
+    reserved = _cpus(raw.get("reserved_cores", ()), where, [*prefix, "reserved_cores"])
+    unknown = sorted(set(reserved) - set(topology.cpus))
+    if unknown:
+        raise ConfigError(
+            f"{where}: {key_path([*prefix, 'reserved_cores'])}: CPU {unknown[0]} does not exist "
+            f"(CPUs: {format_cpulist(topology.cpus)})"
+        )
+    slurm_raw = raw.get("slurm", {})
+    slurm = SlurmSettings(
+        partition=slurm_raw.get("partition"),
+        account=slurm_raw.get("account"),
+        qos=slurm_raw.get("qos"),
+        gres_name=slurm_raw.get("gres_name", "gpu"),
+        slurm_version=slurm_raw.get("slurm_version"),
+        srun_binding=slurm_raw.get("srun_binding", True),
+        exclusive=slurm_raw.get("exclusive", True),
+        time_limit_min=slurm_raw.get("time_limit_min"),
+        extra_sbatch=tuple(slurm_raw.get("extra_sbatch", ())),
+    )
+    return NodeType(
+        name=name,
+        topology=topology,
+        reserved_cores=reserved,
+        setup=tuple(raw.get("setup", ())),
+        data_root=raw.get("data_root"),
+        slurm=slurm,
+        description=raw.get("description", ""),
+    )
+
+
+def _split_cores(
+    cpus: tuple[int, ...], threads_per_core: int, numbering: str
+) -> list[tuple[int, ...]] | None:
+    """Group a NUMA node's CPUs into cores; None when the count does not divide.
+
+    "blocked" is Linux's x86 numbering (the second threads of all cores follow the first ones:
+    core 0 = CPUs 0 and 36 on a 36-core node); "adjacent" pairs consecutive ids (0,1), (2,3).
+
+    >>> _split_cores((0, 1, 2, 36, 37, 38), 2, "blocked")
+    [(0, 36), (1, 37), (2, 38)]
+    >>> _split_cores((0, 1, 2, 3), 2, "adjacent")
+    [(0, 1), (2, 3)]
+    >>> _split_cores((0, 1, 2), 2, "blocked") is None
+    True
+    """
+    if len(cpus) % threads_per_core:
+        return None
+    per = len(cpus) // threads_per_core
+    if numbering == "adjacent":
+        return [cpus[i : i + threads_per_core] for i in range(0, len(cpus), threads_per_core)]
+    return [tuple(cpus[k * per + i] for k in range(threads_per_core)) for i in range(per)]
+
+
+def topology_from_dict(
+    raw: Mapping[str, Any],
+    *,
+    base: Path,
+    where: str,
+    path: Sequence[str | int] = ("topology",),
+    name: str = "",
+) -> Topology:
+    """Build a Topology from a validated ``topology:`` block (inline, or ``hwloc_xml:``)."""
+    path = list(path)
+    source = f"site:{where}" + (f"#{name}" if name else "")
+    if "hwloc_xml" in raw:
+        extra = sorted(set(raw) - {"hwloc_xml", "notes", "hostname"})
+        if extra:
+            raise ConfigError(
+                f"{where}: {key_path([*path, extra[0]])}: give the topology either inline or as "
+                f"hwloc_xml, not both"
+            )
+        from hpcbench.topology.hwloc import read_hwloc_xml
+
+        xml_path = base / raw["hwloc_xml"]
+        if not xml_path.is_file():
+            raise ConfigError(
+                f"{where}: {key_path([*path, 'hwloc_xml'])}: file not found: {xml_path}"
+            )
+        try:
+            topology = read_hwloc_xml(xml_path)
+        except HpcbenchError as exc:
+            raise ConfigError(f"{where}: {key_path([*path, 'hwloc_xml'])}: {exc}") from None
+        return Topology.build(
+            source=source,
+            cores=topology.cores,
+            numa_nodes=topology.numa_nodes,
+            gpus=topology.gpus,
+            nics=topology.nics,
+            hostname=raw.get("hostname", topology.hostname),
+            notes=(*topology.notes, *raw.get("notes", ())),
+        )
+    if "numa_nodes" not in raw:
+        raise ConfigError(
+            f"{where}: {key_path(path)}: needs numa_nodes (an inline topology) or hwloc_xml"
+        )
+    threads_per_core = raw.get("threads_per_core", 1)
+    numbering = raw.get("thread_numbering", "blocked")
+    owner: dict[int, int] = {}
+    cores: list[Core] = []
+    numa_nodes: list[NumaNode] = []
+    ids_seen: dict[int, int] = {}
+    for i, node in enumerate(raw["numa_nodes"]):
+        npath = [*path, "numa_nodes", i]
+        node_id = node["id"]
+        if node_id in ids_seen:
+            raise ConfigError(
+                f"{where}: {key_path([*npath, 'id'])}: NUMA node {node_id} is also "
+                f"numa_nodes[{ids_seen[node_id]}]"
+            )
+        ids_seen[node_id] = i
+        if "cores" in node:
+            groups = [_cpus(c, where, [*npath, "cores", j]) for j, c in enumerate(node["cores"])]
+            for j, group in enumerate(groups):
+                if not group:
+                    raise ConfigError(f"{where}: {key_path([*npath, 'cores', j])}: empty core")
+            cpus = tuple(sorted(c for g in groups for c in g))
+            if "cpus" in node and _cpus(node["cpus"], where, [*npath, "cpus"]) != cpus:
+                raise ConfigError(
+                    f"{where}: {key_path([*npath, 'cpus'])}: differs from the CPUs of its cores "
+                    f"({format_cpulist(cpus)}); give one of them"
+                )
+            cpu_key = "cores"
+        else:
+            cpus = _cpus(node.get("cpus", ()), where, [*npath, "cpus"])
+            split = _split_cores(cpus, threads_per_core, numbering)
+            if split is None:
+                raise ConfigError(
+                    f"{where}: {key_path([*npath, 'cpus'])}: {len(cpus)} CPUs do not split into "
+                    f"cores of threads_per_core={threads_per_core}; list the cores explicitly"
+                    f" under 'cores'"
+                )
+            groups = split
+            cpu_key = "cpus"
+        for cpu in cpus:
+            if cpu in owner:
+                raise ConfigError(
+                    f"{where}: {key_path([*npath, cpu_key])}: CPU {cpu} is listed twice (also in "
+                    f"numa_nodes[{owner[cpu]}])"
+                )
+            owner[cpu] = i
+        package = node.get("package")
+        if cpus and package is None:
+            raise ConfigError(
+                f"{where}: {key_path(npath)}: a NUMA node with CPUs needs 'package' (its socket)"
+            )
+        numa_nodes.append(
+            NumaNode(
+                id=node_id,
+                package=package if cpus else None,
+                cpus=cpus,
+                memory_mb=node.get("memory_mb"),
+            )
+        )
+        cores.extend(Core(package=package, numa_node=node_id, cpus=g) for g in groups)
+    if not cores:
+        raise ConfigError(f"{where}: {key_path([*path, 'numa_nodes'])}: no NUMA node has CPUs")
+    node_cpus = {n.id: n.cpus for n in numa_nodes}
+    all_cpus = set(owner)
+    gpus: list[Gpu] = []
+    index_seen: dict[int, int] = {}
+    for i, gpu in enumerate(raw.get("gpus", ())):
+        gpath = [*path, "gpus", i]
+        index = gpu["index"]
+        if index in index_seen:
+            raise ConfigError(
+                f"{where}: {key_path([*gpath, 'index'])}: GPU index {index} is also "
+                f"gpus[{index_seen[index]}]"
+            )
+        index_seen[index] = i
+        numa = gpu.get("numa_node")
+        if numa is not None and numa not in node_cpus:
+            raise ConfigError(
+                f"{where}: {key_path([*gpath, 'numa_node'])}: NUMA node {numa} does not exist "
+                f"(NUMA nodes: {', '.join(str(n) for n in sorted(node_cpus))})"
+            )
+        if "cpus" in gpu:
+            gpu_cpus = _cpus(gpu["cpus"], where, [*gpath, "cpus"])
+            missing = sorted(set(gpu_cpus) - all_cpus)
+            if missing:
+                raise ConfigError(
+                    f"{where}: {key_path([*gpath, 'cpus'])}: CPU {missing[0]} does not exist "
+                    f"(CPUs: {format_cpulist(all_cpus)})"
+                )
+        else:
+            # Local CPUs default to the GPU's NUMA node; no NUMA node → no locality (flat VM).
+            gpu_cpus = node_cpus[numa] if numa is not None else ()
+        gpus.append(
+            Gpu(
+                index=index,
+                pci_bus_id=gpu.get("pci_bus_id") or "",
+                model=gpu.get("model", "unknown"),
+                numa_node=numa,
+                cpus=gpu_cpus,
+                pcie_path=tuple(gpu.get("pcie_path", ())),
+                pcie_switch=gpu.get("pcie_switch"),
+                uuid=gpu.get("uuid"),
+                memory_mb=gpu.get("memory_mb"),
+            )
+        )
+    nics: list[Nic] = []
+    for i, nic in enumerate(raw.get("nics", ())):
+        numa = nic.get("numa_node")
+        if numa is not None and numa not in node_cpus:
+            raise ConfigError(
+                f"{where}: {key_path([*path, 'nics', i, 'numa_node'])}: NUMA node {numa} does "
+                f"not exist (NUMA nodes: {', '.join(str(n) for n in sorted(node_cpus))})"
+            )
+        nics.append(
+            Nic(
+                name=nic["name"],
+                kind=nic["kind"],
+                pci_bus_id=nic.get("pci_bus_id"),
+                numa_node=numa,
+                pcie_switch=nic.get("pcie_switch"),
+            )
+        )
+    try:
+        return Topology.build(
+            source=source,
+            cores=cores,
+            numa_nodes=numa_nodes,
+            gpus=gpus,
+            nics=nics,
+            hostname=raw.get("hostname"),
+            notes=raw.get("notes", ()),
+            where=f"{where}: {key_path(path)}",
+        )
+    except HpcbenchError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+# ------------------------------------------------------------------------------------ writing
+def _numbering_of(topology: Topology) -> tuple[int, str] | None:
+    """(threads_per_core, numbering) that regenerates the topology's cores, or None."""
+    tpc = topology.threads_per_core
+    if any(len(c.cpus) != tpc for c in topology.cores):
+        return None
+    want = {c.cpus for c in topology.cores}
+    for numbering in ("blocked", "adjacent"):
+        got: set[tuple[int, ...]] = set()
+        for node in topology.numa_nodes:
+            split = _split_cores(node.cpus, tpc, numbering)
+            if split is None:
+                break
+            got.update(split)
+        else:
+            if got == want:
+                return tpc, numbering
+        if tpc == 1:
+            break
+    return None
+
+
+def topology_to_dict(topology: Topology) -> dict[str, Any]:
+    """The inline ``topology:`` block of a site config that rebuilds ``topology``."""
+    numbering = _numbering_of(topology)
+    out: dict[str, Any] = {}
+    if numbering is not None:
+        out["threads_per_core"], out["thread_numbering"] = numbering
+    nodes = []
+    for node in topology.numa_nodes:
+        entry: dict[str, Any] = {"id": node.id}
+        if node.cpus:
+            entry["package"] = node.package
+        if numbering is None:
+            entry["cores"] = [
+                format_cpulist(c.cpus) for c in topology.cores if c.numa_node == node.id
+            ]
+        else:
+            entry["cpus"] = format_cpulist(node.cpus)
+        if node.memory_mb is not None:
+            entry["memory_mb"] = node.memory_mb
+        nodes.append(entry)
+    out["numa_nodes"] = nodes
+    gpus = []
+    for gpu in topology.gpus:
+        entry = {"index": gpu.index, "model": gpu.model, "numa_node": gpu.numa_node}
+        if gpu.pci_bus_id:
+            entry["pci_bus_id"] = gpu.pci_bus_id
+        entry["pcie_switch"] = gpu.pcie_switch
+        if gpu.pcie_path:
+            entry["pcie_path"] = list(gpu.pcie_path)
+        default_cpus = topology.numa_node(gpu.numa_node).cpus if gpu.numa_node is not None else ()
+        if gpu.cpus != default_cpus:
+            entry["cpus"] = format_cpulist(gpu.cpus)
+        if gpu.uuid:
+            entry["uuid"] = gpu.uuid
+        if gpu.memory_mb is not None:
+            entry["memory_mb"] = gpu.memory_mb
+        gpus.append(entry)
+    if gpus:
+        out["gpus"] = gpus
+    if topology.nics:
+        out["nics"] = [
+            {
+                "name": n.name,
+                "kind": n.kind,
+                "pci_bus_id": n.pci_bus_id,
+                "numa_node": n.numa_node,
+                "pcie_switch": n.pcie_switch,
+            }
+            for n in topology.nics
+        ]
+    if topology.hostname:
+        out["hostname"] = topology.hostname
+    if topology.notes:
+        out["notes"] = list(topology.notes)
+    return out
+
+
+def site_config_text(topology: Topology, *, name: str, node_type: str = "default") -> str:
+    """A complete site config (YAML text) for one node type with this topology."""
+    header = (
+        f"# Site config written by `hpcbench topo --write` from {topology.source}.\n"
+        "# Fill in the slurm block (partition, account, ...) and reserved_cores; see\n"
+        "# docs/site-config.md for every key.\n"
+    )
+    data = {
+        "name": name,
+        "description": f"Written by hpcbench topo from {topology.source}",
+        "node_types": {
+            node_type: {
+                "topology": topology_to_dict(topology),
+                "reserved_cores": [],
+                "setup": [],
+                "data_root": None,
+                "slurm": {"partition": None, "gres_name": "gpu"},
+            }
+        },
+    }
+    return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
