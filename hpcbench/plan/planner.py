@@ -1,0 +1,461 @@
+"""The placement planner: a request and a node's topology in, a :class:`Plan` out.
+
+Pure and fast (a sweep plans thousands of times): every topology-only table comes from
+:func:`hpcbench.plan.index.topology_index`, cached per topology.
+
+How an automatic plan is made (docs/placement.md explains it for users):
+
+* Domains are the sockets, or the NUMA nodes with CPUs when ``granularity == "numa"``.
+  ``ranks="auto"`` gives one rank per domain. More ranks than domains are dealt out block-wise
+  (the first domains take one more when they do not divide evenly); fewer ranks than domains
+  must divide them, and each rank then takes a run of whole domains.
+* Cores: each rank gets ``cores_per_rank`` physical cores, by default an equal share of the free
+  cores of its domain (cores holding a reserved CPU are never used), in contiguous blocks so
+  that a block stays inside a NUMA node where it can. Only the first hardware thread of each
+  core is listed unless ``use_hwthreads``: a rank still owns its whole physical core (no other
+  rank is put on the sibling), but OpenMP/MKL pools sized from the affinity mask get one thread
+  per core, which is what compute-bound inference wants.
+* GPUs: each rank takes GPUs local to its NUMA node first, then to its domain, then GPUs that
+  report no locality; within that, the PCIe switch where the rank has fewest GPUs, then the
+  switch fewest ranks use, then the lowest index (Apollo 2 x 2 -> 0,2 and 4,6). ``None`` GPUs
+  per rank means an equal share of the local ones.
+* Memory: the NUMA nodes of the rank's cores. Data dir: ``{data_root}/rankNNNNN``.
+
+The result, explicit or planned, goes through :func:`hpcbench.plan.layout.check_rules`; a
+broken rule is a :class:`PlanError` unless ``accept_warnings``, when it becomes a plan warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar
+
+import click
+
+from hpcbench.errors import PlanError
+from hpcbench.plan.index import GRANULARITIES, Granularity, TopologyIndex, topology_index
+from hpcbench.plan.layout import (
+    check_rules,
+    gpu_tier,
+    parse_cpu_layout,
+    parse_gpu_layout,
+    validate_layout,
+)
+from hpcbench.plan.model import Plan, RankPlacement
+from hpcbench.topology.model import Topology
+
+DATA_ROOT_PLACEHOLDER = "{data_root}"
+
+
+@dataclass(frozen=True, slots=True)
+class PlanRequest:
+    """What the user asked for; :func:`make_plan` turns it into a :class:`Plan`.
+
+    ``ranks`` are per node. ``gpus_per_rank`` None means an equal share of the GPUs local to
+    the rank's domain (0 on CPU-only nodes). ``cores_per_rank`` None means an equal share of
+    the domain's free cores. ``gpus``/``cpus`` are explicit layouts in the seed's syntax
+    (``"0,2;4,6"``, ``"0-17;18-35"``), checked and never rewritten. ``reserved_cores`` are
+    OS CPU ids the site keeps for the system.
+    """
+
+    ranks: int | Literal["auto"] = "auto"
+    gpus_per_rank: int | None = None
+    cores_per_rank: int | None = None
+    use_hwthreads: bool = False
+    granularity: Granularity = "socket"
+    gpus: str | None = None
+    cpus: str | None = None
+    nodes: int = 1
+    reserved_cores: tuple[int, ...] = ()
+    accept_warnings: bool = False
+    data_root: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.ranks != "auto" and (
+            isinstance(self.ranks, bool) or not isinstance(self.ranks, int) or self.ranks < 1
+        ):
+            raise PlanError(f"--ranks: {self.ranks!r} is not a positive number or 'auto'")
+        if self.gpus_per_rank is not None and self.gpus_per_rank < 0:
+            raise PlanError(f"--gpus-per-rank: {self.gpus_per_rank} is negative")
+        if self.cores_per_rank is not None and self.cores_per_rank < 1:
+            raise PlanError(f"--cores-per-rank: {self.cores_per_rank} must be at least 1")
+        if self.granularity not in GRANULARITIES:
+            raise PlanError(
+                f"granularity: {self.granularity!r} is not one of {', '.join(GRANULARITIES)}"
+            )
+        if self.nodes < 1:
+            raise PlanError(f"--nodes: {self.nodes} must be at least 1")
+        if self.cpus is not None and self.cores_per_rank is not None:
+            raise PlanError("--cores-per-rank cannot be combined with an explicit --cpus layout")
+        if self.cpus is not None and self.use_hwthreads:
+            raise PlanError(
+                "--hwthreads cannot be combined with an explicit --cpus layout (list the "
+                "hardware threads in --cpus instead)"
+            )
+
+
+def make_plan(topology: Topology, request: PlanRequest) -> Plan:
+    """Place ``request.ranks`` ranks per node on ``topology``, following DESIGN.md's rules.
+
+    Raises :class:`PlanError` (exit 2, one line naming the rank and the rule) when the request
+    cannot be met or a layout breaks a rule and ``request.accept_warnings`` is false.
+    """
+    index = topology_index(topology)
+    granularity = request.granularity
+    cpu_layout = None if request.cpus is None else parse_cpu_layout(request.cpus)
+    gpu_layout = None if request.gpus is None else parse_gpu_layout(request.gpus)
+    validate_layout(index, cpu_layout, gpu_layout)
+    nranks = _rank_count(index, request, cpu_layout, gpu_layout)
+
+    if cpu_layout is None:
+        slots = _core_slots(index, nranks, request)
+        if gpu_layout is not None:
+            slots = _match_slots_to_gpus(index, slots, gpu_layout, granularity)
+        if request.use_hwthreads:
+            cpus = [tuple(cpu for c in cores for cpu in index.core_cpus[c]) for cores in slots]
+        else:
+            cpus = [tuple(index.core_cpus[c][0] for c in cores) for cores in slots]
+        rank_cores = slots
+    else:
+        cpus = list(cpu_layout)
+        rank_cores = [index.cores_of(c) for c in cpu_layout]
+    gpus = _choose_gpus(index, rank_cores, request) if gpu_layout is None else list(gpu_layout)
+
+    violations = check_rules(index, cpus, gpus, granularity, request.reserved_cores)
+    if violations and not request.accept_warnings:
+        broken = "; ".join(v.message for v in violations)
+        raise PlanError(
+            f"the layout breaks placement rules: {broken}; pass --accept-warnings to run it anyway"
+        )
+    warnings = tuple(v.message for v in violations)
+
+    per_node = []
+    for local, (rank_cpus, rank_gpus, cores) in enumerate(zip(cpus, gpus, rank_cores)):
+        packages = {index.core_package[c] for c in cores}
+        mem_nodes = tuple(sorted({index.core_numa[c] for c in cores}))
+        per_node.append((local, rank_cpus, tuple(rank_gpus), packages, mem_nodes))
+    root = request.data_root or DATA_ROOT_PLACEHOLDER
+    ranks = []
+    for node in range(request.nodes):
+        for local, rank_cpus, rank_gpus, packages, numa in per_node:
+            rank = node * nranks + local
+            ranks.append(
+                RankPlacement(
+                    rank=rank,
+                    node=node,
+                    local_rank=local,
+                    socket=next(iter(packages)) if len(packages) == 1 else None,
+                    numa_node=numa[0] if len(numa) == 1 else None,
+                    cpus=rank_cpus,
+                    gpus=rank_gpus,
+                    mem_nodes=numa,
+                    data_dir=f"{root}/rank{rank:05d}",
+                )
+            )
+    return Plan(ranks=tuple(ranks), warnings=warnings, source=topology.source, nodes=request.nodes)
+
+
+# ----------------------------------------------------------------------------- ranks and cores
+def _rank_count(
+    index: TopologyIndex,
+    request: PlanRequest,
+    cpu_layout: Sequence[Sequence[int]] | None,
+    gpu_layout: Sequence[Sequence[int]] | None,
+) -> int:
+    counts = []
+    if cpu_layout is not None:
+        counts.append(("--cpus", len(cpu_layout)))
+    if gpu_layout is not None:
+        counts.append(("--gpus", len(gpu_layout)))
+    if request.ranks != "auto":
+        counts.append(("--ranks", request.ranks))
+    if counts:
+        if len({n for _, n in counts}) > 1:
+            said = ", ".join(f"{flag} gives {n}" for flag, n in counts)
+            raise PlanError(f"the number of ranks per node disagrees: {said}")
+        return counts[0][1]
+    return len(index.domains[request.granularity])
+
+
+def _core_slots(index: TopologyIndex, nranks: int, request: PlanRequest) -> list[tuple[int, ...]]:
+    """Core ids per local rank, in rank order."""
+    domains = index.domains[request.granularity]
+    kind = "socket" if request.granularity == "socket" else "NUMA node"
+    reserved = {index.cpu_core[c] for c in request.reserved_cores if c in index.cpu_core}
+    free_total = len(index.core_cpus) - len(reserved)
+    if nranks > free_total:
+        raise PlanError(
+            f"{nranks} ranks per node need at least {nranks} physical cores but the node has "
+            f"{free_total} free (rule 1: no two ranks on one physical core)"
+        )
+    ndomains = len(domains)
+    groups: list[tuple[tuple[int, ...], int]]
+    if nranks >= ndomains:
+        base, extra = divmod(nranks, ndomains)
+        groups = [((d,), base + (1 if d < extra else 0)) for d in range(ndomains)]
+    else:
+        if ndomains % nranks:
+            divisors = [str(n) for n in range(1, ndomains) if ndomains % n == 0]
+            raise PlanError(
+                f"{nranks} ranks cannot share the node's {ndomains} {kind}s evenly: use "
+                f"{', '.join(divisors)} or at least {ndomains} ranks per node"
+            )
+        size = ndomains // nranks
+        groups = [(tuple(range(j * size, (j + 1) * size)), 1) for j in range(nranks)]
+    slots: list[tuple[int, ...]] = []
+    for group, k in groups:
+        if k == 0:
+            continue
+        free = [c for d in group for c in domains[d].cores if c not in reserved]
+        label = " and ".join(domains[d].label for d in group)
+        note = f", {len(reserved)} reserved on the node" if reserved else ""
+        per_rank = request.cores_per_rank or len(free) // k
+        if per_rank == 0:
+            raise PlanError(
+                f"rank {len(slots) + len(free)} gets no cores: {label} has {len(free)} free "
+                f"physical cores for {k} ranks{note} (rule 1: every rank is pinned)"
+            )
+        if per_rank * k > len(free):
+            raise PlanError(
+                f"rank {len(slots) + len(free) // per_rank} gets no cores: {k} ranks x "
+                f"{per_rank} cores do not fit on {label}, which has {len(free)} free physical "
+                f"cores{note} (rule 1: disjoint cores)"
+            )
+        slots.extend(tuple(free[j * per_rank : (j + 1) * per_rank]) for j in range(k))
+    return slots
+
+
+def _match_slots_to_gpus(
+    index: TopologyIndex,
+    slots: list[tuple[int, ...]],
+    gpu_layout: Sequence[Sequence[int]],
+    granularity: Granularity,
+) -> list[tuple[int, ...]]:
+    """Give each rank of an explicit GPU layout the core slot on its GPUs' domain."""
+    slot_domains = [set(index.domains_of_cores(granularity, s)) for s in slots]
+    gpu_domain = index.gpu_domain[granularity]
+    left = list(range(len(slots)))
+    ordered: list[tuple[int, ...]] = []
+    for rank_gpus in gpu_layout:
+        homes = {gpu_domain[g] for g in rank_gpus} - {None}
+        choice = next((s for s in left if homes <= slot_domains[s]), None)
+        if choice is None:
+            choice = next((s for s in left if homes & slot_domains[s]), left[0])
+        left.remove(choice)
+        ordered.append(slots[choice])
+    return ordered
+
+
+# ----------------------------------------------------------------------------- GPUs
+def _choose_gpus(
+    index: TopologyIndex, rank_cores: Sequence[Sequence[int]], request: PlanRequest
+) -> list[tuple[int, ...]]:
+    """Pick each rank's GPUs: local first, then spread over PCIe switches (rule 2, rule 3)."""
+    granularity = request.granularity
+    gpu_ids = index.gpu_ids
+    nranks = len(rank_cores)
+    wanted = request.gpus_per_rank
+    if not gpu_ids:
+        if wanted:
+            raise PlanError(
+                f"--gpus-per-rank {wanted}: this node has no GPUs (use --gpus-per-rank 0)"
+            )
+        return [() for _ in rank_cores]
+    if wanted is not None and wanted * nranks > len(gpu_ids):
+        raise PlanError(
+            f"rank {len(gpu_ids) // wanted} gets no GPUs: {nranks} ranks x {wanted} GPUs need "
+            f"{wanted * nranks} GPUs but the node has {len(gpu_ids)}"
+        )
+    domains = index.domains[granularity]
+    rank_domains = [frozenset(index.domains_of_cores(granularity, c)) for c in rank_cores]
+    rank_numa = [frozenset(index.core_numa[c] for c in cores) for cores in rank_cores]
+    switch = index.gpu_switch
+    taken: set[int] = set()
+    load: dict[str, int] = {}
+    chosen: list[tuple[int, ...]] = []
+    for rank in range(nranks):
+        mine = rank_domains[rank]
+        if wanted is not None:
+            count = wanted
+        elif index.gpus_unattached:
+            count = len(gpu_ids) // nranks
+        else:
+            local = sum(len(domains[d].gpus) for d in mine)
+            peers = sum(1 for other in rank_domains if other & mine)
+            count = local // peers
+        own: dict[str, int] = {}
+        picks: list[int] = []
+        for _ in range(count):
+            best: tuple[int, int, int, int] | None = None
+            for gpu in gpu_ids:
+                if gpu in taken:
+                    continue
+                tier = gpu_tier(index, gpu, rank_numa[rank], mine, granularity)
+                if tier == 3 and not request.accept_warnings:
+                    continue
+                key = (tier, own.get(switch[gpu], 0), load.get(switch[gpu], 0), gpu)
+                if best is None or key < best:
+                    best = key
+            if best is None:
+                where = " and ".join(domains[d].label for d in sorted(mine))
+                local_count = sum(len(domains[d].gpus) for d in mine)
+                peers = sum(1 for other in rank_domains if other & mine)
+                kind = "socket" if granularity == "socket" else "NUMA node"
+                raise PlanError(
+                    f"rank {rank} gets only {len(picks)} of {count} GPUs: {where} has "
+                    f"{local_count} local GPUs for {peers} rank{'s' if peers > 1 else ''} (rule 2: "
+                    f"GPUs local to the rank's {kind}); ask for fewer with --gpus-per-rank, or "
+                    f"pass --accept-warnings to use remote GPUs"
+                )
+            gpu = best[3]
+            taken.add(gpu)
+            picks.append(gpu)
+            own[switch[gpu]] = own.get(switch[gpu], 0) + 1
+            load[switch[gpu]] = load.get(switch[gpu], 0) + 1
+        chosen.append(tuple(sorted(picks)))
+    return chosen
+
+
+# ----------------------------------------------------------------------------- CLI options
+class _NodeTypeLike(Protocol):
+    """The parts of a site's ``NodeType`` that a plan request takes."""
+
+    @property
+    def reserved_cores(self) -> tuple[int, ...]: ...
+
+    @property
+    def data_root(self) -> str | None: ...
+
+
+class _RanksType(click.ParamType):
+    name = "N|auto"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int) or value == "auto":
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        self.fail(f"{value!r} is not a positive number or 'auto'", param, ctx)
+
+
+class _GpusPerRankType(click.ParamType):
+    name = "G|all"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "all":
+            return None
+        if text.isdigit():
+            return int(text)
+        self.fail(f"{value!r} is not a number of GPUs or 'all'", param, ctx)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_OPTIONS = (
+    click.option(
+        "--ranks",
+        type=_RanksType(),
+        default="auto",
+        show_default=True,
+        help="Ranks per node: a number, or 'auto' (one per socket; per NUMA node with --numa).",
+    ),
+    click.option(
+        "--gpus-per-rank",
+        type=_GpusPerRankType(),
+        default=None,
+        help="GPUs per rank, or 'all' (default: an equal share of the rank's local GPUs).",
+    ),
+    click.option(
+        "--cores-per-rank",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Physical cores per rank (default: an equal share of the domain's free cores).",
+    ),
+    click.option(
+        "--hwthreads",
+        is_flag=True,
+        help="Pin to every hardware thread of the rank's cores (default: one per core).",
+    ),
+    click.option(
+        "--numa",
+        is_flag=True,
+        help="Place by NUMA node instead of by socket (e.g. AMD NPS4 nodes).",
+    ),
+    click.option("--gpus", default=None, help="Explicit GPU layout, one item per rank: '0,2;4,6'."),
+    click.option(
+        "--cpus", default=None, help="Explicit CPU layout, one item per rank: '0-17;18-35'."
+    ),
+    click.option(
+        "--nodes",
+        type=click.IntRange(min=1),
+        default=1,
+        show_default=True,
+        help="Nodes; every node gets the same layout, ranks numbered node-major.",
+    ),
+    click.option(
+        "--accept-warnings",
+        is_flag=True,
+        help="Run a layout that breaks a placement rule; the plan records the warnings.",
+    ),
+)
+
+
+def plan_request_options(func: F) -> F:
+    """Click decorator adding the placement flags shared by plan/run/render/submit/sweep."""
+    for option in reversed(_OPTIONS):
+        func = option(func)
+    return func
+
+
+def plan_request_from_options(
+    *,
+    ranks: int | str = "auto",
+    gpus_per_rank: int | None = None,
+    cores_per_rank: int | None = None,
+    hwthreads: bool = False,
+    numa: bool = False,
+    gpus: str | None = None,
+    cpus: str | None = None,
+    nodes: int = 1,
+    accept_warnings: bool = False,
+    node_type: _NodeTypeLike | None = None,
+    reserved_cores: Sequence[int] | None = None,
+    data_root: str | None = None,
+    **_other: Any,
+) -> PlanRequest:
+    """Build a :class:`PlanRequest` from :func:`plan_request_options` values.
+
+    A command may pass all its keyword arguments; keys that are not placement flags are
+    ignored. ``node_type`` (a site's ``NodeType``) supplies ``reserved_cores`` and
+    ``data_root`` unless they are given explicitly.
+
+    >>> plan_request_from_options(ranks="4", gpus_per_rank=1, numa=True, model="resnet50")
+    ... # doctest: +ELLIPSIS
+    PlanRequest(ranks=4, gpus_per_rank=1, cores_per_rank=None, ..., granularity='numa', ...)
+    """
+    if isinstance(ranks, str) and ranks.strip().isdigit():
+        ranks = int(ranks)
+    if reserved_cores is None:
+        reserved_cores = tuple(node_type.reserved_cores) if node_type is not None else ()
+    if data_root is None and node_type is not None:
+        data_root = node_type.data_root
+    return PlanRequest(
+        ranks=ranks,  # type: ignore[arg-type]
+        gpus_per_rank=gpus_per_rank,
+        cores_per_rank=cores_per_rank,
+        use_hwthreads=hwthreads,
+        granularity="numa" if numa else "socket",
+        gpus=gpus,
+        cpus=cpus,
+        nodes=nodes,
+        reserved_cores=tuple(reserved_cores),
+        accept_warnings=accept_warnings,
+        data_root=data_root,
+    )
