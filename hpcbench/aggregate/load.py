@@ -73,16 +73,25 @@ def load_run(run_dir: Path, *, allow_partial: bool = False) -> LoadedRun:
         if match:
             (unfinished if match.group(2) else finished)[int(match.group(1))] = entry
 
-    world_size = _world_size(run_dir, plan_json, finished, unfinished)
+    # Read the finished files first: their attributes give the world size when there is no
+    # plan.json, and a corrupt file is reported even when others are missing.
+    loaded = {rank: read_rank_file(path) for rank, path in sorted(finished.items())}
+    world_size = _world_size(run_dir, plan_json, loaded, unfinished)
     excluded: list[tuple[int, str]] = []
     for rank in range(world_size):
-        if rank in finished:
+        if rank in loaded:
             continue
         name = rank_file_name(rank)
         if rank in unfinished:
             excluded.append((rank, f"{name}.part left: the rank did not finish"))
         else:
             excluded.append((rank, f"{name} missing"))
+    for rank, rank_file in loaded.items():
+        if rank >= world_size:
+            raise MetricsError(
+                f"{rank_file.path}: rank {rank} is outside the world size {world_size}"
+            )
+        _check_rank(rank_file, rank, world_size)
     if excluded and not allow_partial:
         shown = "; ".join(why for _, why in excluded[:4])
         more = f" (and {len(excluded) - 4} more)" if len(excluded) > 4 else ""
@@ -90,15 +99,7 @@ def load_run(run_dir: Path, *, allow_partial: bool = False) -> LoadedRun:
             f"{run_dir}: {len(excluded)} of {world_size} rank files not finished: {shown}{more}; "
             "pass --allow-partial to aggregate the finished ranks"
         )
-    ranks = []
-    for rank in sorted(finished):
-        if rank >= world_size:
-            raise MetricsError(
-                f"{finished[rank]}: rank {rank} is outside the world size {world_size}"
-            )
-        loaded = read_rank_file(finished[rank])
-        _check_rank(loaded, rank, world_size)
-        ranks.append(loaded)
+    ranks = list(loaded.values())
     if not ranks:
         raise MetricsError(f"{run_dir}: no finished rank file (rank-NNNNN.h5) to aggregate")
     return LoadedRun(
@@ -115,20 +116,15 @@ def load_run(run_dir: Path, *, allow_partial: bool = False) -> LoadedRun:
 def _world_size(
     run_dir: Path,
     plan_json: dict[str, Any] | None,
-    finished: dict[int, Path],
+    loaded: dict[int, RankFile],
     unfinished: dict[int, Path],
 ) -> int:
     if plan_json is not None and isinstance(plan_json.get("ranks"), list):
         return len(plan_json["ranks"])
-    sizes = set()
-    for path in finished.values():
-        try:
-            with h5py.File(path, "r") as f:
-                sizes.add(int(f.attrs["world_size"]))
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            raise MetricsError(f"{path}: unreadable or truncated rank file ({exc})") from exc
-    if len(sizes) > 1:
-        raise MetricsError(f"{run_dir}: rank files disagree on world_size ({sorted(sizes)})")
+    sizes = {int(r.attrs.get("world_size", -1)) for r in loaded.values()}
+    if len(sizes) > 1 or -1 in sizes:
+        shown = ", ".join(f"{r.path.name}: {r.attrs.get('world_size')}" for r in loaded.values())
+        raise MetricsError(f"{run_dir}: rank files disagree on world_size ({shown})")
     if sizes:
         return sizes.pop()
     if unfinished:

@@ -59,12 +59,12 @@ def summarize(
         t_begin_ns, t_finish_ns = int(rank_file.t_begin_ns or 0), int(rank_file.t_finish_ns or 0)
         duration_ns = t_finish_ns - t_begin_ns
         images = int(timed.images.sum(dtype=np.int64))
-        in_window = figures.images_in_window(
+        rank_window_images = figures.images_in_window(
             timed.t_start_ns, timed.t_end_ns, timed.images, window_start_ns, window_end_ns
         )
-        rank_window_images = float(in_window.sum()) if window_ns > 0 else 0.0
         window_images_total += rank_window_images
         latency_ns = timed.t_end_ns - timed.t_start_ns
+        rank_latency = figures.latency_ms(latency_ns, in_place=True)
         latencies.append(latency_ns)
         iterations = figures.dlbs_iteration_times_ms(timed.t_end_ns, t_begin_ns, num_devices)
         iteration_times.append(iterations)
@@ -108,7 +108,7 @@ def summarize(
                 "t_finish_ns": rank_file.t_finish_ns,
                 "start_barrier_ns": _barrier_json(start),
                 "end_barrier_ns": _barrier_json(end),
-                "latency_ms": figures.latency_ms(latency_ns),
+                "latency_ms": rank_latency,
                 "devices": _device_rows(rank_file, num_devices, gpus, duration_ns),
             }
         )
@@ -181,7 +181,7 @@ def summarize(
             "begin_s": figures.spread_s([row["t_begin_ns"] for row in rank_rows]),
             "finish_s": figures.spread_s([row["t_finish_ns"] for row in rank_rows]),
         },
-        "latency_ms": figures.latency_ms(all_latency),
+        "latency_ms": figures.latency_ms(all_latency, in_place=True),
         "efficiency": _efficiency(common_img_s, run.world_size, reference),
         "ranks": rank_rows,
     }
