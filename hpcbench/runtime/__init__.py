@@ -1,0 +1,1 @@
+"""The rank side of a run: identity, barriers, binding checks, the pipeline and the launcher."""

@@ -1,0 +1,251 @@
+"""The rank entry point: ``python -m hpcbench.runtime.rank RUN_DIR``.
+
+A rank reads its identity from the environment (Slurm's or the local launcher's variables, see
+:mod:`hpcbench.runtime.identity`), ``RUN_DIR/run.json``, ``plan.json`` and ``spec.json``; checks
+its binding against the plan; runs the pipeline; writes ``RUN_DIR/rank-NNNNN.h5`` (``.part``
+until it finished cleanly); logs to stderr. Exit status: 0 success, 1 run failure (a barrier
+timed out, another rank aborted, a binding mismatch under ``--strict-binding``), 2 bad input,
+143 when terminated by SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from hpcbench import __version__
+from hpcbench.backends.base import load_backend
+from hpcbench.errors import ConfigError, HpcbenchError, RunError
+from hpcbench.metrics import RankMetricsWriter
+from hpcbench.plan.model import Plan, RankPlacement
+from hpcbench.runtime.barrier import barrier_namespace, open_barrier
+from hpcbench.runtime.binding import compare_binding, node_of_cpus, read_actual_binding
+from hpcbench.runtime.identity import (
+    RankIdentity,
+    hostname,
+    identity_from_env,
+    launch_id,
+    slurm_info,
+)
+from hpcbench.runtime.pipeline import Pipeline, PipelineResult
+from hpcbench.runtime.rundir import LOGS_DIR, PLAN_FILE, SPEC_FILE, read_run_info, write_json_atomic
+from hpcbench.spec import RunSpec
+
+log = logging.getLogger("hpcbench.rank")
+
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class RankTerminated(RunError):
+    """The rank received SIGTERM (the launcher or Slurm stops it)."""
+
+
+def status_path(run_dir: Path, rank: int) -> Path:
+    """Where a rank publishes its progress for the launcher."""
+    return Path(run_dir) / LOGS_DIR / f"rank-{rank:05d}.status.json"
+
+
+def software_versions(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Versions recorded in ``versions_json``."""
+    import h5py
+    import numpy as np
+
+    versions: dict[str, Any] = {
+        "hpcbench": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+    }
+    versions.update(extra or {})
+    return versions
+
+
+def check_identity(plan: Plan, identity: RankIdentity, where: str) -> RankPlacement:
+    """The rank's placement; ConfigError when the launch does not match the plan."""
+    if plan.world_size != identity.world_size:
+        raise ConfigError(
+            f"{where}: the plan has {plan.world_size} ranks but the launcher started "
+            f"{identity.world_size} (world size from the {identity.launcher} launcher)"
+        )
+    try:
+        return plan.rank(identity.rank)
+    except KeyError as exc:
+        raise ConfigError(f"{where}: rank {identity.rank} is not in the plan") from exc
+
+
+def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
+    """Run one rank of the run in ``run_dir``; raises HpcbenchError on failure."""
+    run_dir = Path(run_dir)
+    identity = identity_from_env(env)
+    info = read_run_info(run_dir)
+    plan = Plan.read(run_dir / PLAN_FILE)
+    spec = RunSpec.read(run_dir / SPEC_FILE)
+    placement = check_identity(plan, identity, str(run_dir / PLAN_FILE))
+    host = hostname()
+    log.info(
+        "rank %d/%d (local %d, node %d) on %s, run %s",
+        identity.rank,
+        identity.world_size,
+        identity.local_rank,
+        identity.node,
+        host,
+        info.run_id,
+    )
+
+    actual = read_actual_binding(env)
+    mismatches = list(
+        compare_binding(
+            placement, actual, under_slurm=identity.launcher == "slurm", cpu_nodes=node_of_cpus()
+        )
+    )
+    if (identity.node, identity.local_rank) != (placement.node, placement.local_rank):
+        mismatches.append(
+            f"identity: plan puts rank {placement.rank} at node {placement.node} local rank "
+            f"{placement.local_rank}, launcher says node {identity.node} local rank "
+            f"{identity.local_rank}"
+        )
+    binding = {**actual.to_json(), "mismatches": mismatches}
+    for problem in mismatches:
+        log.warning("binding differs from the plan: %s", problem)
+    if mismatches and spec.strict_binding:
+        raise RunError(
+            f"rank {identity.rank}: binding differs from the plan (--strict-binding): "
+            + "; ".join(mismatches)
+        )
+
+    backend = load_backend(spec.backend)
+    model_info = backend.describe(spec)
+    writer = RankMetricsWriter(
+        run_dir,
+        identity.rank,
+        identity.world_size,
+        info.run_id,
+        host,
+        attrs={
+            "local_rank": identity.local_rank,
+            "node": identity.node,
+            "backend": spec.backend,
+            "model": spec.model,
+            "batch_size": spec.batch_size,
+            "precision": spec.precision,
+            "launcher": identity.launcher,
+            "pid": os.getpid(),
+            "plan_json": placement.to_json(),
+            "binding_json": binding,
+            "config_json": spec.to_json(),
+            "versions_json": software_versions({"backend": model_info}),
+            "slurm_json": slurm_info(env),
+            "identity_json": asdict(identity),
+        },
+        flush_interval_s=0.5,
+    )
+    if isinstance(model_info.get("flops_per_image"), int):
+        writer.set_attr("flops_per_image", model_info["flops_per_image"])
+    barrier = open_barrier(
+        spec.barrier,
+        namespace=barrier_namespace(info.run_id, launch_id(env)),
+        rank=identity.rank,
+        world_size=identity.world_size,
+        timeout_s=spec.barrier_timeout_s,
+        run_dir=run_dir,
+    )
+    status_file = status_path(run_dir, identity.rank)
+    last_status = [0.0]
+
+    def publish(status: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - last_status[0] >= 0.5 or not status["phase"].startswith("timed"):
+            last_status[0] = now
+            write_json_atomic(status_file, {"rank": identity.rank, **status})
+
+    data_dir = placement.data_dir.replace("{data_root}", spec.data)
+    pipeline = Pipeline(backend, spec, placement, writer, barrier, data_dir, status=publish)
+    try:
+        result = pipeline.run()
+    except BaseException as exc:
+        barrier.abort(f"{type(exc).__name__}: {exc}")
+        barrier.close()
+        _record_devices(writer, pipeline)
+        try:
+            writer.close(complete=False)
+        except HpcbenchError as close_error:
+            log.error("%s", close_error)
+        publish({"phase": "failed", "error": str(exc)})
+        raise
+    barrier.close()
+    _record_devices(writer, pipeline)
+    writer.set_attr("num_devices", len(result.devices))
+    writer.set_attr("tail_batches", result.tail_batches)
+    path = writer.close(complete=True)
+    publish(
+        {
+            "phase": "done",
+            "timed_batches": result.timed_batches,
+            "timed_images": result.timed_images,
+            "images_per_s": result.images_per_s,
+        }
+    )
+    log.info(
+        "done: %d images in %.3f s = %.1f images/s -> %s",
+        result.timed_images,
+        (result.t_finish_ns - result.t_begin_ns) / 1e9,
+        result.images_per_s,
+        path,
+    )
+    return result
+
+
+def _record_devices(writer: RankMetricsWriter, pipeline: Pipeline) -> None:
+    devices = [asdict(d) for d in pipeline.devices]
+    writer.set_attr("devices_json", devices)
+    writer.set_attr("num_devices", len(devices))
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise RankTerminated(f"terminated by signal {signal.Signals(signum).name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a rank; returns its exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    rank_label = os.environ.get("HPCBENCH_RANK", os.environ.get("SLURM_PROCID", "?"))
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s rank {rank_label}: %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print("usage: python -m hpcbench.runtime.rank RUN_DIR", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        run_rank(Path(args[0]), os.environ)
+    except RankTerminated as exc:
+        log.error("%s", exc)
+        return EXIT_TERMINATED
+    except HpcbenchError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+    except Exception:
+        log.exception("rank failed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The run directory: created owner-only before any rank starts, read back by every rank.
+
+Layout: ``run.json`` (run id, creation time, host, argv, hpcbench version), ``plan.json``,
+``spec.json``, ``topology.json`` (when known), ``logs/`` (per-rank stdout/stderr and status),
+``rank-NNNNN.h5`` files, later ``result.h5`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcbench import __version__
+from hpcbench.errors import ConfigError, UsageError
+from hpcbench.plan.model import Plan
+from hpcbench.runtime.identity import hostname
+from hpcbench.spec import RunSpec
+from hpcbench.topology.model import Topology
+
+DEFAULT_PARENT = Path("hpcbench-runs")
+RUN_FILE = "run.json"
+PLAN_FILE = "plan.json"
+SPEC_FILE = "spec.json"
+TOPOLOGY_FILE = "topology.json"
+LOGS_DIR = "logs"
+# Space a run needs at least: rank files grow by ~30 bytes a batch, logs stay small.
+_MIN_FREE_BYTES_PER_RANK = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    """``run.json``: facts about a run that every rank and every report reads."""
+
+    run_id: str
+    created: str
+    host: str
+    argv: tuple[str, ...]
+    version: str = __version__
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "run_id": self.run_id,
+            "created": self.created,
+            "host": self.host,
+            "argv": list(self.argv),
+            "hpcbench_version": self.version,
+        }
+        data.update(self.extra)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str = RUN_FILE) -> RunInfo:
+        known = {"run_id", "created", "host", "argv", "hpcbench_version"}
+        try:
+            return cls(
+                run_id=str(data["run_id"]),
+                created=str(data.get("created", "")),
+                host=str(data.get("host", "")),
+                argv=tuple(str(a) for a in data.get("argv", ())),
+                version=str(data.get("hpcbench_version", "")),
+                extra={k: v for k, v in data.items() if k not in known},
+            )
+        except KeyError as exc:
+            raise ConfigError(f"{where}: missing key {exc.args[0]!r}") from exc
+
+
+def new_run_id(host: str | None = None, now: float | None = None) -> str:
+    """A unique, sortable run id: ``YYYYmmdd-HHMMSS-<host>-<6 hex>``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return f"{stamp}-{host or hostname()}-{secrets.token_hex(3)}"
+
+
+def default_out_dir(run_id: str, parent: Path = DEFAULT_PARENT) -> Path:
+    """``./hpcbench-runs/<run id>``.
+
+    >>> default_out_dir("20261128-120000-n1-abcdef").as_posix()
+    'hpcbench-runs/20261128-120000-n1-abcdef'
+    """
+    return parent / run_id
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename (mode 0600)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def check_writable(parent: Path, needed_bytes: int) -> None:
+    """Fail early (UsageError) when ``parent`` cannot take a run directory."""
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"--out: {probe} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"--out: {probe} is not writable; choose another folder with --out")
+    stats = os.statvfs(probe)
+    free = stats.f_bavail * stats.f_frsize
+    if free < needed_bytes:
+        raise UsageError(
+            f"--out: {probe} has {free >> 20} MiB free, a run needs at least "
+            f"{needed_bytes >> 20} MiB; free space or choose another folder with --out"
+        )
+
+
+def create_run_dir(
+    out: Path | None,
+    *,
+    plan: Plan,
+    spec: RunSpec,
+    argv: Sequence[str],
+    topology: Topology | None = None,
+    run_id: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> tuple[Path, RunInfo]:
+    """Create the run directory (0700) with run.json, plan.json, spec.json, topology.json, logs/.
+
+    ``out`` None means a new folder under ``./hpcbench-runs/``. An existing non-empty folder,
+    an unwritable parent or a full disk is a UsageError before any rank starts.
+    """
+    run_id = run_id or new_run_id()
+    run_dir = Path(out) if out is not None else default_out_dir(run_id)
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise UsageError(f"--out: {run_dir} exists and is not an empty folder; choose a new one")
+    check_writable(run_dir.parent, _MIN_FREE_BYTES_PER_RANK * (plan.world_size + 1))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        run_dir.chmod(0o700)  # the umask may have widened or narrowed mkdir's mode
+        (run_dir / LOGS_DIR).mkdir(mode=0o700, exist_ok=True)
+        info = RunInfo(
+            run_id=run_id,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            host=hostname(),
+            argv=tuple(argv),
+            extra=dict(extra or {}),
+        )
+        write_json_atomic(run_dir / RUN_FILE, info.to_json())
+        write_json_atomic(run_dir / PLAN_FILE, plan.to_json())
+        write_json_atomic(run_dir / SPEC_FILE, spec.to_json())
+        if topology is not None:
+            write_json_atomic(run_dir / TOPOLOGY_FILE, topology.to_json())
+    except OSError as exc:
+        raise UsageError(f"--out: cannot write the run directory {run_dir} ({exc})") from exc
+    return run_dir, info
+
+
+def read_run_info(run_dir: Path) -> RunInfo:
+    """Read ``run.json`` (ConfigError naming the file when missing or broken)."""
+    path = Path(run_dir) / RUN_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: run file not found (is {run_dir} a run directory?)") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from exc
+    return RunInfo.from_json(data, where=str(path))
