@@ -19,6 +19,7 @@ from hpcbench.errors import HpcbenchError
 # name -> (module, attribute, one-line help). Keep sorted by the order a user meets them.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "topo": ("hpcbench.commands.topo", "topo", "Show a node's topology or write a site config."),
+    "plan": ("hpcbench.commands.plan", "plan", "Place ranks on cores, GPUs and NUMA memory."),
     "aggregate": (
         "hpcbench.commands.aggregate",
         "aggregate",

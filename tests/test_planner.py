@@ -14,9 +14,11 @@ from hpcbench.plan.layout import check_rules
 from hpcbench.plan.model import Plan
 from hpcbench.plan.planner import PlanRequest, make_plan, plan_request_from_options
 from hpcbench.topology.model import Core, Gpu, NumaNode, Topology
-from tests.topologies import APOLLO_SWITCH, apollo, cpu_only, flat_vm, nps4
+from tests.topologies import apollo, apollo_site, cpu_only, flat_vm, nps4
 
-APOLLO = apollo()
+# The shipped site config; tests.topologies.apollo() builds the same node by hand (checked below).
+APOLLO = apollo_site()
+APOLLO_SWITCH = {g.index: g.pcie_switch for g in APOLLO.gpus}
 
 
 def layout(plan: Plan) -> list[tuple[str, tuple[int, ...]]]:
@@ -38,7 +40,7 @@ def test_apollo_two_ranks_four_gpus_each_socket_with_its_own_gpus() -> None:
         (1, 1, (1,)),
     ]
     assert plan.warnings == ()
-    assert plan.source == "test:apollo"
+    assert plan.source.startswith("site:") and "hpe-apollo6500-gen10.yaml" in plan.source
 
 
 def test_apollo_two_ranks_two_gpus_one_behind_each_switch() -> None:
@@ -104,6 +106,22 @@ def test_apollo_automatic_plans(request_: PlanRequest, expected: list[object]) -
     plan = make_plan(APOLLO, request_)
     assert layout(plan) == expected
     assert plan.warnings == ()
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        PlanRequest(),
+        PlanRequest(ranks=4, gpus_per_rank=1),
+        PlanRequest(ranks=8, use_hwthreads=True),
+        PlanRequest(gpus="0,1;4,5", accept_warnings=True),
+        PlanRequest(cpus="0-17;36-53;18-35;54-71", accept_warnings=True),
+    ],
+)
+def test_hand_built_apollo_plans_like_the_site_config(request_: PlanRequest) -> None:
+    built, shipped = make_plan(apollo(), request_), make_plan(APOLLO, request_)
+    assert built.ranks == shipped.ranks
+    assert len(built.warnings) == len(shipped.warnings)
 
 
 def test_one_rank_over_both_sockets_binds_memory_to_both() -> None:
@@ -200,6 +218,12 @@ def test_nps4_socket_granularity_still_keeps_ranks_on_their_numa_node() -> None:
     assert [r.numa_node for r in auto.ranks] == [None, None]
 
 
+def test_nps4_reserved_core_does_not_push_ranks_across_numa_nodes() -> None:
+    plan = make_plan(nps4(cores_per_numa=20), PlanRequest(ranks=8, reserved_cores=(0,)))
+    assert [r.mem_nodes for r in plan.ranks] == [(n,) for n in range(8)]
+    assert [len(r.cpus) for r in plan.ranks] == [19] + [20] * 7
+
+
 def test_cpu_only_node_gets_no_gpus() -> None:
     plan = make_plan(cpu_only(), PlanRequest())
     assert layout(plan) == [("0-7", ()), ("8-15", ())]
@@ -279,12 +303,12 @@ def test_explicit_cpus_get_local_gpus_spread_over_switches() -> None:
         ),
         (
             PlanRequest(gpus="0,1;4,6"),
-            "rank 0: GPUs 0,1 share PCIe switch 0000:02:00.0 while GPU 2 behind another switch "
+            "rank 0: GPUs 0,1 share PCIe switch cpu0-switch0 while GPU 2 behind another switch "
             "is unused (rule 3",
         ),
         (
             PlanRequest(gpus="0;1;4;6"),
-            "rank 1: GPU 1 shares PCIe switch 0000:02:00.0 with rank 0 while GPU 2",
+            "rank 1: GPU 1 shares PCIe switch cpu0-switch0 with rank 0 while GPU 2",
         ),
         (PlanRequest(gpus="0;0"), "rank 1: GPU 0 is also used by rank 0"),
         (

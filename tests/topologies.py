@@ -1,5 +1,6 @@
 """Node topologies for planner tests, built with ``Topology.build`` (no site config, no probe).
 
+- :func:`apollo_site`: the shipped ``site_configs/hpe-apollo6500-gen10.yaml``.
 - :func:`apollo`: HPE Apollo 6500 Gen10 as the seed describes it: 2 x 18 cores with
   hyperthreading (socket 0: CPUs 0-17 + 36-53, socket 1: 18-35 + 54-71), 8 GPUs, 0-3 on
   socket 0 behind switches {0,1} and {2,3}, 4-7 on socket 1 behind {4,5} and {6,7}.
@@ -10,6 +11,8 @@
 
 from __future__ import annotations
 
+from hpcbench.resources import site_configs_dir
+from hpcbench.site import load_site
 from hpcbench.topology.model import Core, Gpu, NumaNode, Topology
 
 APOLLO_SWITCH = {
@@ -21,6 +24,14 @@ APOLLO_SWITCH = {
     5: "0000:82:00.0",
     6: "0000:88:00.0",
     7: "0000:88:00.0",
+}
+
+# Each switch hangs off a root port of its own.
+APOLLO_ROOT_PORT = {
+    "0000:02:00.0": "0000:00:01.0",
+    "0000:08:00.0": "0000:00:03.0",
+    "0000:82:00.0": "0000:80:01.0",
+    "0000:88:00.0": "0000:80:03.0",
 }
 
 
@@ -38,7 +49,7 @@ def apollo() -> Topology:
             model="Tesla V100-SXM2-16GB",
             numa_node=i // 4,
             cpus=numa[i // 4].cpus,
-            pcie_path=("0000:00:01.0", APOLLO_SWITCH[i]),
+            pcie_path=(APOLLO_ROOT_PORT[APOLLO_SWITCH[i]], APOLLO_SWITCH[i]),
             pcie_switch=APOLLO_SWITCH[i],
         )
         for i in range(8)
@@ -83,3 +94,8 @@ def cpu_only() -> Topology:
     cores = [Core(i // 8, i // 8, (i,)) for i in range(16)]
     numa = [NumaNode(0, 0, tuple(range(8))), NumaNode(1, 1, tuple(range(8, 16)))]
     return Topology.build(source="test:cpu", cores=cores, numa_nodes=numa)
+
+
+def apollo_site() -> Topology:
+    path = site_configs_dir() / "hpe-apollo6500-gen10.yaml"
+    return load_site(path).node_type(None).topology

@@ -58,6 +58,9 @@ class TopologyIndex:
     gpu_package: dict[int, int | None]
     gpu_switch: dict[int, str]
     gpu_switch_label: dict[int, str | None]
+    # GPUs whose PCIe paths share a bridge (a root port or an upper switch): used only to break
+    # ties between switches, so two-level switch trees spread at the top level too.
+    gpu_path_neighbours: dict[int, frozenset[int]]
     domains: dict[Granularity, tuple[Domain, ...]]
     core_domain: dict[Granularity, tuple[int, ...]]
     gpu_domain: dict[Granularity, dict[int, int | None]]
@@ -117,6 +120,10 @@ def _build(topology: Topology) -> TopologyIndex:
         gpu_switch[gpu.index] = gpu.pcie_switch or f"(own uplink of GPU {gpu.index})"
         gpu_switch_label[gpu.index] = gpu.pcie_switch
     gpu_ids = tuple(g.index for g in topology.gpus)
+    paths = {g.index: set(g.pcie_path) for g in topology.gpus}
+    gpu_path_neighbours = {
+        a: frozenset(b for b in gpu_ids if b != a and paths[a] & paths[b]) for a in gpu_ids
+    }
     unattached = all(gpu_numa[g] is None for g in gpu_ids)
 
     domains: dict[Granularity, tuple[Domain, ...]] = {}
@@ -155,6 +162,7 @@ def _build(topology: Topology) -> TopologyIndex:
         gpu_package=gpu_package,
         gpu_switch=gpu_switch,
         gpu_switch_label=gpu_switch_label,
+        gpu_path_neighbours=gpu_path_neighbours,
         domains=domains,
         core_domain=core_domain,
         gpu_domain=gpu_domain,

@@ -17,7 +17,8 @@ How an automatic plan is made (docs/placement.md explains it for users):
   per core, which is what compute-bound inference wants.
 * GPUs: each rank takes GPUs local to its NUMA node first, then to its domain, then GPUs that
   report no locality; within that, the PCIe switch where the rank has fewest GPUs, then the
-  switch fewest ranks use, then the lowest index (Apollo 2 x 2 -> 0,2 and 4,6). ``None`` GPUs
+  switch fewest ranks use, then the GPU sharing fewest PCIe bridges (root port, upper switch)
+  with the rank's other GPUs, then the lowest index (Apollo 2 x 2 -> 0,2 and 4,6). ``None`` GPUs
   per rank means an equal share of the local ones.
 * Memory: the NUMA nodes of the rank's cores. Data dir: ``{data_root}/rankNNNNN``.
 
@@ -203,12 +204,23 @@ def _core_slots(index: TopologyIndex, nranks: int, request: PlanRequest) -> list
             )
         size = ndomains // nranks
         groups = [(tuple(range(j * size, (j + 1) * size)), 1) for j in range(nranks)]
-    slots: list[tuple[int, ...]] = []
+    # A socket with several NUMA nodes (SNC, NPS2/4) whose ranks divide evenly over them gets
+    # its ranks per NUMA node, so that no rank straddles two nodes when cores are reserved.
+    parts: list[tuple[list[int], str, int]] = []
     for group, k in groups:
         if k == 0:
             continue
         free = [c for d in group for c in domains[d].cores if c not in reserved]
         label = " and ".join(domains[d].label for d in group)
+        nodes = sorted({index.core_numa[c] for d in group for c in domains[d].cores})
+        if len(group) == 1 and len(nodes) > 1 and k % len(nodes) == 0:
+            for node in nodes:
+                node_free = [c for c in free if index.core_numa[c] == node]
+                parts.append((node_free, f"{label} (NUMA node {node})", k // len(nodes)))
+        else:
+            parts.append((free, label, k))
+    slots: list[tuple[int, ...]] = []
+    for free, label, k in parts:
         note = f", {len(reserved)} reserved on the node" if reserved else ""
         per_rank = request.cores_per_rank or len(free) // k
         if per_rank == 0:
@@ -271,6 +283,7 @@ def _choose_gpus(
     rank_domains = [frozenset(index.domains_of_cores(granularity, c)) for c in rank_cores]
     rank_numa = [frozenset(index.core_numa[c] for c in cores) for cores in rank_cores]
     switch = index.gpu_switch
+    neighbours = index.gpu_path_neighbours
     taken: set[int] = set()
     load: dict[str, int] = {}
     chosen: list[tuple[int, ...]] = []
@@ -287,14 +300,15 @@ def _choose_gpus(
         own: dict[str, int] = {}
         picks: list[int] = []
         for _ in range(count):
-            best: tuple[int, int, int, int] | None = None
+            best: tuple[int, int, int, int, int] | None = None
             for gpu in gpu_ids:
                 if gpu in taken:
                     continue
                 tier = gpu_tier(index, gpu, rank_numa[rank], mine, granularity)
                 if tier == 3 and not request.accept_warnings:
                     continue
-                key = (tier, own.get(switch[gpu], 0), load.get(switch[gpu], 0), gpu)
+                near = len(neighbours[gpu].intersection(picks)) if picks else 0
+                key = (tier, own.get(switch[gpu], 0), load.get(switch[gpu], 0), near, gpu)
                 if best is None or key < best:
                     best = key
             if best is None:
@@ -308,7 +322,7 @@ def _choose_gpus(
                     f"GPUs local to the rank's {kind}); ask for fewer with --gpus-per-rank, or "
                     f"pass --accept-warnings to use remote GPUs"
                 )
-            gpu = best[3]
+            gpu = best[4]
             taken.add(gpu)
             picks.append(gpu)
             own[switch[gpu]] = own.get(switch[gpu], 0) + 1

@@ -1,0 +1,93 @@
+"""``hpcbench plan``: place ranks on a node's cores, GPUs and NUMA memory, and show the result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from hpcbench.errors import ConfigError, UsageError
+from hpcbench.plan.planner import make_plan, plan_request_from_options, plan_request_options
+from hpcbench.topology.model import Topology
+from hpcbench.topology.sources import topology_from_options, topology_source_options
+
+if TYPE_CHECKING:
+    from hpcbench.site import NodeType
+
+
+@click.command("plan")
+@topology_source_options
+@click.option(
+    "--topology",
+    "topology_json",
+    metavar="FILE",
+    default=None,
+    help="Read the topology from JSON (`hpcbench topo --json`, or a run's topology.json).",
+)
+@plan_request_options
+@click.option(
+    "--data-root",
+    metavar="DIR",
+    default=None,
+    help="Where per-rank data is staged (default: the site's data_root, else a placeholder).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the plan as JSON (the plan.json form)."
+)
+def plan(
+    sysfs_root: str | None,
+    from_hwloc: str | None,
+    site: str | None,
+    partition: str | None,
+    topology_json: str | None,
+    data_root: str | None,
+    as_json: bool,
+    **placement: Any,
+) -> None:
+    """Show where each rank runs: cores, GPUs, memory NUMA nodes and data directory.
+
+    With no topology source it probes this host. An explicit layout (--gpus "0,2;4,6",
+    --cpus "0-17;18-35") is checked against the placement rules, not rewritten: a broken rule
+    is an error unless --accept-warnings.
+    """
+    from hpcbench.plan.picture import render_plan
+
+    topology, node_type = _topology(sysfs_root, from_hwloc, site, partition, topology_json)
+    request = plan_request_from_options(**placement, node_type=node_type, data_root=data_root)
+    result = make_plan(topology, request)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        click.echo(render_plan(result, topology, request.reserved_cores))
+
+
+def _topology(
+    sysfs_root: str | None,
+    from_hwloc: str | None,
+    site: str | None,
+    partition: str | None,
+    topology_json: str | None,
+) -> tuple[Topology, NodeType | None]:
+    if topology_json is None:
+        return topology_from_options(sysfs_root, from_hwloc, site, partition)
+    others = [
+        flag
+        for flag, value in (
+            ("--sysfs-root", sysfs_root),
+            ("--from-hwloc", from_hwloc),
+            ("--site", site),
+        )
+        if value is not None
+    ]
+    if others:
+        raise UsageError(f"give one topology source, not --topology and {' and '.join(others)}")
+    path = Path(topology_json)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise UsageError(f"--topology {path}: file not found") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--topology {path}: not JSON ({exc.msg} at line {exc.lineno})") from exc
+    return Topology.from_json(data, where=str(path)), None
