@@ -20,6 +20,16 @@ from hpcbench.errors import HpcbenchError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "topo": ("hpcbench.commands.topo", "topo", "Show a node's topology or write a site config."),
     "plan": ("hpcbench.commands.plan", "plan", "Place ranks on cores, GPUs and NUMA memory."),
+    "render": (
+        "hpcbench.commands.render",
+        "render",
+        "Write the sbatch script of a run (pure: never calls Slurm).",
+    ),
+    "submit": (
+        "hpcbench.commands.submit",
+        "submit",
+        "Submit a run to Slurm, follow it and print its result.",
+    ),
     "aggregate": (
         "hpcbench.commands.aggregate",
         "aggregate",

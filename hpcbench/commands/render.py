@@ -13,10 +13,10 @@ from hpcbench.slurm.options import all_job_options
 @click.command("render")
 @all_job_options
 @click.option(
-    "--run-dir",
+    "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Run directory the script will use (shared by all nodes) [default: ./runs/JOB_NAME].",
+    help="Run directory the script uses, shared by all nodes [default: ./hpcbench-runs/JOB_NAME].",
 )
 @click.option(
     "-o",
@@ -25,7 +25,7 @@ from hpcbench.slurm.options import all_job_options
     default=None,
     help="Write the script here instead of printing it.",
 )
-def render(run_dir: Path | None, output: Path | None, **kwargs: Any) -> None:
+def render(out: Path | None, output: Path | None, **kwargs: Any) -> None:
     """Render the batch script for a site, a placement and a benchmark spec.
 
     Pure: reads the site config, plans the ranks and fills the templates; never runs sinfo,
@@ -35,7 +35,7 @@ def render(run_dir: Path | None, output: Path | None, **kwargs: Any) -> None:
     from hpcbench.slurm.render import render_job
 
     inputs = inputs_from_options(**kwargs)
-    directory = run_dir if run_dir is not None else Path("runs") / inputs.job_name
+    directory = out if out is not None else Path("hpcbench-runs") / inputs.job_name
     text = render_job(inputs.request(directory), inputs.site.templates_dir)
     if output is None:
         click.echo(text, nl=False)

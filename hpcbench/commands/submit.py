@@ -1,0 +1,81 @@
+"""``hpcbench submit``: render, submit through Slurm, follow the job, print the result."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hpcbench.slurm.options import all_job_options
+
+
+@click.command("submit")
+@all_job_options
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run directory, on a file system all nodes share [default: ./hpcbench-runs/RUN_ID].",
+)
+@click.option("--dry-run", is_flag=True, help="Print the script that would be submitted; no files.")
+@click.option("--no-wait", is_flag=True, help="Submit and return; aggregate later.")
+@click.option(
+    "--poll-s",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    help="Seconds between state checks while waiting.",
+)
+@click.option(
+    "--wait-timeout-s",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Stop waiting after this long [default: the time limit + 10 min, else 24 h].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of text.")
+def submit(
+    out: Path | None,
+    dry_run: bool,
+    no_wait: bool,
+    poll_s: float,
+    wait_timeout_s: float | None,
+    as_json: bool,
+    **kwargs: Any,
+) -> None:
+    """Submit one run as a Slurm job and wait for its result.
+
+    The run directory gets run.json, plan.json, spec.json, topology.json and job.sbatch, the
+    script 'hpcbench render' shows for the same flags; that file is what sbatch runs.
+    """
+    from hpcbench.slurm.options import inputs_from_options
+    from hpcbench.slurm.render import render_job
+
+    inputs = inputs_from_options(**kwargs)
+    if dry_run:
+        directory = out if out is not None else Path("hpcbench-runs") / "RUN_ID"
+        click.echo(render_job(inputs.request(directory), inputs.site.templates_dir), nl=False)
+        return
+
+    from hpcbench.aggregate import format_summary
+    from hpcbench.aggregate.summary import dumps
+    from hpcbench.slurm.submit import submit_run
+
+    outcome = submit_run(
+        inputs,
+        out=out,
+        argv=sys.argv,
+        wait=not no_wait,
+        poll_s=poll_s,
+        timeout_s=wait_timeout_s,
+        echo=lambda line: click.echo(line, err=True),
+    )
+    if outcome.summary is None:
+        click.echo(f"run directory: {outcome.run_dir}")
+        return
+    if as_json:
+        click.echo(dumps(outcome.summary), nl=False)
+    else:
+        click.echo(format_summary(outcome.summary))
+        click.echo(f"run directory: {outcome.run_dir}")

@@ -1,0 +1,314 @@
+"""Submit a rendered job script, follow it, and explain how it ended.
+
+What runs on the cluster is exactly the script ``hpcbench render`` prints: it is written once
+into the run directory (``job.sbatch``) and that file is handed to ``sbatch``. submitit tracks
+the job (its ``SlurmJob`` polls ``sacct`` for the state, array tasks included); no pickles are
+written or loaded, because the ranks are started by the script's own ``srun``, not by
+submitit's Python entry point. When accounting cannot answer (no slurmdbd), ``scontrol show
+job`` is asked instead, so a cancelled job is never waited for forever.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcbench.errors import SlurmError, UsageError
+from hpcbench.runtime.rundir import LOGS_DIR, create_run_dir, write_json_atomic
+from hpcbench.slurm.nodelist import expand_nodelist
+from hpcbench.slurm.options import JobInputs
+from hpcbench.slurm.render import JOB_SCRIPT, render_job
+
+SLURM_FILE = "slurm.json"
+# States after which a job never runs again (sacct/scontrol spellings).
+FINAL_STATES = (
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "REVOKED",
+)
+_SRUN_TASK_ERROR = re.compile(r"srun: error: (\S+): tasks? ([\d,\-]+): (.+)")
+
+
+def run_command(args: Sequence[str], timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run a Slurm client command; a missing binary or a hang becomes a SlurmError."""
+    try:
+        return subprocess.run(
+            list(args), capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except FileNotFoundError as exc:
+        raise SlurmError(f"{args[0]}: not found; is this a Slurm login node?") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise SlurmError(f"{' '.join(args)}: no answer after {timeout_s:.0f} s") from exc
+
+
+def slurm_version() -> str | None:
+    """``22.05.8`` from ``sinfo --version``, or None when it cannot be read."""
+    try:
+        out = run_command(["sinfo", "--version"], timeout_s=20).stdout.split()
+    except SlurmError:
+        return None
+    return out[1] if len(out) >= 2 else None
+
+
+def sbatch(script: Path, extra_args: Sequence[str] = ()) -> str:
+    """Submit ``script``; return the job id. Slurm's own message when sbatch refuses."""
+    done = run_command(["sbatch", "--parsable", *extra_args, str(script)])
+    if done.returncode != 0:
+        message = " ".join(done.stderr.split()) or f"exit status {done.returncode}"
+        raise SlurmError(f"sbatch refused {script}: {message}")
+    job_id = done.stdout.strip().split(";")[0]
+    if not job_id.isdigit():
+        raise SlurmError(f"sbatch {script}: unexpected answer {done.stdout.strip()!r}")
+    return job_id
+
+
+@dataclass(frozen=True, slots=True)
+class JobState:
+    """A job's state as accounting (or the controller) reports it."""
+
+    job_id: str
+    state: str
+    exit_code: str = ""
+    nodelist: str = ""
+    reason: str = ""
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+def _scontrol_state(job_id: str) -> JobState | None:
+    done = run_command(["scontrol", "show", "job", "-o", job_id], timeout_s=20)
+    if done.returncode != 0 or "JobState=" not in done.stdout:
+        return None
+    fields = dict(
+        item.split("=", 1) for item in done.stdout.split() if "=" in item and item[0] != "="
+    )
+    return JobState(
+        job_id,
+        fields.get("JobState", "UNKNOWN"),
+        fields.get("ExitCode", ""),
+        fields.get("NodeList", ""),
+        fields.get("Reason", ""),
+    )
+
+
+class JobTracker:
+    """Follows one job (or one array task, ``123_4``) through submitit's sacct watcher."""
+
+    def __init__(self, job_id: str, folder: Path) -> None:
+        import submitit
+
+        self.job_id = job_id
+        self._job = submitit.SlurmJob(folder=folder, job_id=job_id)
+
+    def state(self) -> JobState:
+        """The current state; accounting first, then the controller when accounting is off."""
+        info = self._job.watcher.get_info(self.job_id, mode="force")
+        state = (info.get("State") or "").split(" ")[0]
+        # sacct can report the job PENDING for a moment after its steps completed (the database
+        # is written asynchronously); the controller is asked in that case too.
+        if state and state not in ("UNKNOWN", "PENDING"):
+            return JobState(self.job_id, state, nodelist=info.get("NodeList", ""))
+        fallback = _scontrol_state(self.job_id)
+        if fallback is not None:
+            return fallback
+        return JobState(self.job_id, state or "UNKNOWN", nodelist=info.get("NodeList", ""))
+
+
+def count_rank_files(run_dir: Path) -> int:
+    return sum(1 for _ in run_dir.glob("rank-*.h5"))
+
+
+def wait_for_job(
+    tracker: JobTracker,
+    run_dir: Path,
+    world_size: int,
+    *,
+    poll_s: float = 1.0,
+    timeout_s: float = 86400.0,
+    echo: Callable[[str], None] = print,
+) -> JobState:
+    """Poll until the job reaches a final state; print every change of state or progress."""
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    state = tracker.state()
+    while True:
+        done = count_rank_files(run_dir)
+        line = f"job {tracker.job_id}: {state.state}"
+        if state.state == "PENDING" and state.reason and state.reason != "None":
+            line += f" ({state.reason})"
+        if state.state == "RUNNING":
+            line += f" on {state.nodelist}" if state.nodelist else ""
+            line += f", {done}/{world_size} rank files complete"
+        if line != last:
+            echo(line)
+            last = line
+        if state.final:
+            return state
+        if time.monotonic() > deadline:
+            raise SlurmError(
+                f"job {tracker.job_id} still {state.state} after {timeout_s:.0f} s of waiting "
+                f"(rank files complete: {done}/{world_size}); it keeps running: follow it with "
+                f"squeue -j {tracker.job_id}, then run 'hpcbench aggregate {run_dir}'"
+            )
+        time.sleep(poll_s)
+        state = tracker.state()
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    kept = [line for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(kept)
+
+
+def explain_failure(state: JobState, run_dir: Path, world_size: int) -> str:
+    """One line saying what failed: the state, the rank that died first and its stderr tail."""
+    logs = run_dir / LOGS_DIR
+    base = state.job_id.split("_")[0]
+    job_err = sorted(logs.glob(f"slurm-{base}*.err"))
+    text = f"job {state.job_id} ended {state.state}"
+    if state.exit_code and state.exit_code not in ("0:0", ""):
+        text += f" (exit code {state.exit_code})"
+    srun_lines = []
+    for path in job_err:
+        srun_lines += [m for m in map(_SRUN_TASK_ERROR.search, path.read_text().splitlines()) if m]
+    # With --kill-on-bad-exit, the first rank that exited on its own is the cause; the others
+    # were killed by Slurm afterwards.
+    culprit = next((m for m in srun_lines if "Exited with exit code" in m.group(3)), None)
+    culprit = culprit or (srun_lines[0] if srun_lines else None)
+    if culprit is not None:
+        rank = culprit.group(2).split(",")[0].split("-")[0]
+        text += f"; rank {rank} on {culprit.group(1)}: {culprit.group(3)}"
+        tail = _tail(logs / f"rank-{int(rank):05d}.err")
+        if tail:
+            text += f"; its stderr ends: {tail}"
+        return text
+    missing = [r for r in range(world_size) if not (run_dir / f"rank-{r:05d}.h5").exists()]
+    if missing:
+        text += f"; ranks without a result file: {missing}"
+    tail = " | ".join(t for t in (_tail(p, 5) for p in job_err) if t)
+    if tail:
+        text += f"; job stderr ends: {tail}"
+    return text
+
+
+def job_record(
+    state: JobState, *, submitted_at: str, script: Path, version: str | None
+) -> dict[str, Any]:
+    """What ``slurm.json`` and the summary's ``slurm_job`` block hold."""
+    base, _, task = state.job_id.partition("_")
+    return {
+        "job_id": base,
+        "array_task_id": int(task) if task else None,
+        "state": state.state,
+        "exit_code": state.exit_code or None,
+        "nodelist": state.nodelist or None,
+        "nodes": expand_nodelist(state.nodelist) if state.nodelist else [],
+        "slurm_version": version,
+        "submitted_at": submitted_at,
+        "script": script.name,
+    }
+
+
+def add_job_to_summary(run_dir: Path, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Aggregate the run and put the job record into ``summary.json`` (``run.slurm_job``)."""
+    from hpcbench.aggregate import SUMMARY_FILE, aggregate_run
+    from hpcbench.aggregate.result import write_summary
+
+    summary = aggregate_run(run_dir)
+    summary.setdefault("run", {})["slurm_job"] = dict(record)
+    write_summary(run_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitOutcome:
+    run_dir: Path
+    script: Path
+    job_id: str | None
+    state: JobState | None = None
+    summary: Mapping[str, Any] | None = field(default=None)
+
+
+def prepare(inputs: JobInputs, out: Path | None, argv: Sequence[str]) -> tuple[Path, Path]:
+    """Create the run directory and write ``job.sbatch`` into it; returns (run_dir, script)."""
+    run_dir, _ = create_run_dir(
+        out,
+        plan=inputs.plan,
+        spec=inputs.spec,
+        argv=argv,
+        topology=inputs.node_type.topology,
+        extra={"site": str(inputs.site.path), "node_type": inputs.node_type.name},
+    )
+    run_dir = run_dir.resolve()
+    text = render_job(inputs.request(run_dir), inputs.site.templates_dir)
+    script = run_dir / JOB_SCRIPT
+    tmp = script.with_name(script.name + ".part")
+    tmp.write_text(text)
+    tmp.chmod(0o700)
+    tmp.replace(script)
+    return run_dir, script
+
+
+def submit_run(
+    inputs: JobInputs,
+    *,
+    out: Path | None,
+    argv: Sequence[str],
+    wait: bool = True,
+    poll_s: float = 1.0,
+    timeout_s: float | None = None,
+    echo: Callable[[str], None] = print,
+) -> SubmitOutcome:
+    """Prepare, submit, follow and aggregate one run; SlurmError says what failed."""
+    run_dir, script = prepare(inputs, out, argv)
+    version = slurm_version()
+    submitted_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    job_id = sbatch(script)
+    echo(f"submitted job {job_id}: {script}")
+    record = job_record(
+        JobState(job_id, "PENDING"), submitted_at=submitted_at, script=script, version=version
+    )
+    write_json_atomic(run_dir / SLURM_FILE, record)
+    if not wait:
+        return SubmitOutcome(run_dir, script, job_id)
+    tracker = JobTracker(job_id, run_dir / "submitit")
+    limit_s = timeout_s
+    if limit_s is None:
+        minutes = inputs.time_limit_min or inputs.node_type.slurm.time_limit_min
+        limit_s = minutes * 60.0 + 600.0 if minutes else 86400.0
+    state = wait_for_job(
+        tracker, run_dir, inputs.plan.world_size, poll_s=poll_s, timeout_s=limit_s, echo=echo
+    )
+    record = job_record(state, submitted_at=submitted_at, script=script, version=version)
+    write_json_atomic(run_dir / SLURM_FILE, record)
+    if state.state != "COMPLETED":
+        raise SlurmError(explain_failure(state, run_dir, inputs.plan.world_size))
+    summary = add_job_to_summary(run_dir, record)
+    return SubmitOutcome(run_dir, script, job_id, state, summary)
+
+
+def read_job_record(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / SLURM_FILE
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: no readable Slurm job record ({exc})") from exc
+    return data
