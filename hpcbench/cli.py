@@ -20,6 +20,7 @@ from hpcbench.errors import HpcbenchError
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "topo": ("hpcbench.commands.topo", "topo", "Show a node's topology or write a site config."),
     "plan": ("hpcbench.commands.plan", "plan", "Place ranks on cores, GPUs and NUMA memory."),
+    "run": ("hpcbench.commands.run", "run", "Run a benchmark on this machine; print the result."),
     "render": (
         "hpcbench.commands.render",
         "render",

@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m hpcbench.runtime.rank RUN_DIR", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)
+    # Everything the rank creates (rank file, barrier state, status) is owner-only.
+    os.umask(0o077)
     try:
         run_rank(Path(args[0]), os.environ)
     except RankTerminated as exc:

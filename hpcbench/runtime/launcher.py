@@ -1,0 +1,287 @@
+"""The local launcher: start a plan's ranks on this machine and watch them.
+
+Every rank is a child of the ``hpcbench run`` process, in its own session (so a Ctrl-C reaches
+only the launcher, which then stops the ranks in order), pinned with ``numactl`` when it is
+installed, else with ``sched_setaffinity`` and ``set_mempolicy`` in the child before exec
+(both survive exec), and given ``CUDA_VISIBLE_DEVICES`` from the plan. Its stdout and stderr
+go to ``RUN_DIR/logs/rank-NNNNN.{out,err}``. When a rank fails the others are stopped and
+:class:`RunError` names the rank and the tail of its stderr; Ctrl-C stops every rank and
+removes the barrier state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from hpcbench.errors import RunError, UsageError
+from hpcbench.plan.launch import cuda_visible_devices, numactl_args
+from hpcbench.plan.model import Plan, RankPlacement
+from hpcbench.runtime.barrier import barrier_namespace, remove_barrier_state
+from hpcbench.runtime.binding import apply_binding
+from hpcbench.runtime.identity import RankIdentity, local_env
+from hpcbench.runtime.rank import status_path
+from hpcbench.runtime.rundir import LOGS_DIR, RunInfo
+
+_POLL_S = 0.1
+_TERM_GRACE_S = 5.0
+_TAIL_LINES = 6
+# Threads a BLAS/OpenMP runtime starts by default when the variables are not set by the user.
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchResult:
+    """How a local launch ended (all ranks exited 0 when this is returned)."""
+
+    run_dir: Path
+    launch_id: str
+    elapsed_s: float
+    pinning: str  # "numactl" or "sched_setaffinity"
+
+
+def log_paths(run_dir: Path, rank: int) -> tuple[Path, Path]:
+    """``logs/rank-NNNNN.out`` and ``.err`` of a rank."""
+    logs = Path(run_dir) / LOGS_DIR
+    return logs / f"rank-{rank:05d}.out", logs / f"rank-{rank:05d}.err"
+
+
+def rank_command(
+    run_dir: Path, placement: RankPlacement, numactl: str | None, python: str
+) -> list[str]:
+    """The command line of one rank (numactl prefix when numactl is used).
+
+    >>> r = RankPlacement(1, 0, 1, 0, 0, (2, 3), (), (0,))
+    >>> rank_command(Path("/r"), r, "/usr/bin/numactl", "py")[:4]
+    ['/usr/bin/numactl', '--physcpubind=2-3', '--membind=0', 'py']
+    >>> rank_command(Path("/r"), r, None, "py")
+    ['py', '-m', 'hpcbench.runtime.rank', '/r']
+    """
+    command = [python, "-m", "hpcbench.runtime.rank", str(run_dir)]
+    if numactl is None:
+        return command
+    return [numactl, *numactl_args(placement)[1:], *command]
+
+
+def rank_environment(
+    base: Mapping[str, str], placement: RankPlacement, world_size: int, launch_id: str
+) -> dict[str, str]:
+    """The environment of one rank: identity variables, GPUs, thread counts."""
+    env = dict(base)
+    identity = RankIdentity(
+        placement.rank, placement.local_rank, world_size, placement.node, "local"
+    )
+    env.update(local_env(identity, launch_id))
+    if placement.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(placement)
+    for var in _THREAD_VARS:
+        # Runtimes size their pools from the whole machine; the rank owns only its cores.
+        env.setdefault(var, str(max(len(placement.cpus), 1)))
+    return env
+
+
+def _tail(path: Path, lines: int = _TAIL_LINES) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(handle.tell() - 16384, 0))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return "(no stderr)"
+    kept = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join(kept) if kept else "(stderr is empty)"
+
+
+def _read_status(run_dir: Path, rank: int) -> dict[str, Any]:
+    try:
+        data = json.loads(status_path(run_dir, rank).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def progress_line(run_dir: Path, plan: Plan, elapsed_s: float) -> str:
+    """One line of progress from the ranks' status files."""
+    parts = []
+    for placement in plan.ranks:
+        status = _read_status(run_dir, placement.rank)
+        phase = status.get("phase", "starting")
+        if phase in ("timed", "barrier end", "done"):
+            phase = f"{phase} {int(status.get('timed_batches', 0))} batches"
+        parts.append(f"rank {placement.rank}: {phase}")
+    return f"[{elapsed_s:6.1f} s] " + " | ".join(parts)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP to the launcher into KeyboardInterrupt, so ranks are stopped too."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+class _Ranks:
+    """The running children, by rank."""
+
+    def __init__(self) -> None:
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.files: list[IO[bytes]] = []
+
+    def stop(self) -> None:
+        """SIGTERM every live rank's process group, then SIGKILL after a grace period."""
+        live = [p for p in self.procs.values() if p.poll() is None]
+        for proc in live:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + _TERM_GRACE_S
+        for proc in live:
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.0))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def close_files(self) -> None:
+        for handle in self.files:
+            handle.close()
+
+
+def launch_local(
+    run_dir: Path,
+    plan: Plan,
+    info: RunInfo,
+    *,
+    progress: Callable[[str], None] | None = None,
+    progress_interval_s: float = 1.0,
+    use_numactl: bool | None = None,
+    python: str = sys.executable,
+    base_env: Mapping[str, str] | None = None,
+) -> LaunchResult:
+    """Run every rank of ``plan`` on this machine; return when all exited 0.
+
+    Raises RunError naming the first rank that failed (with its stderr tail) after stopping
+    the others, and re-raises KeyboardInterrupt after stopping every rank. Barrier state is
+    removed in every case.
+    """
+    if plan.nodes != 1 or any(r.node != 0 for r in plan.ranks):
+        raise UsageError(
+            f"the local launcher runs one node, the plan has {plan.nodes}; use 'hpcbench submit'"
+        )
+    numactl = shutil.which("numactl") if use_numactl is not False else None
+    if use_numactl and numactl is None:
+        raise UsageError("numactl was requested but is not installed")
+    launch_id = "L" + secrets.token_hex(4)
+    namespace = barrier_namespace(info.run_id, launch_id)
+    env_base = dict(os.environ if base_env is None else base_env)
+    ranks = _Ranks()
+    start = time.monotonic()
+    try:
+        with _signals_interrupt():
+            for placement in plan.ranks:
+                out_path, err_path = log_paths(run_dir, placement.rank)
+                out = _open_log(out_path)
+                err = _open_log(err_path)
+                ranks.files += [out, err]
+                preexec = None if numactl else _binder(placement)
+                try:
+                    ranks.procs[placement.rank] = subprocess.Popen(
+                        rank_command(run_dir, placement, numactl, python),
+                        env=rank_environment(env_base, placement, plan.world_size, launch_id),
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=err,
+                        start_new_session=True,
+                        preexec_fn=preexec,
+                    )
+                except (OSError, subprocess.SubprocessError) as exc:
+                    raise RunError(
+                        f"rank {placement.rank}: cannot start (cpus {list(placement.cpus)}, "
+                        f"memory nodes {list(placement.mem_nodes)}): {exc}"
+                    ) from exc
+            _watch(run_dir, plan, ranks, progress, progress_interval_s, start)
+    except BaseException:
+        ranks.stop()
+        raise
+    finally:
+        ranks.close_files()
+        remove_barrier_state(namespace, run_dir)
+    return LaunchResult(
+        run_dir=run_dir,
+        launch_id=launch_id,
+        elapsed_s=time.monotonic() - start,
+        pinning="numactl" if numactl else "sched_setaffinity",
+    )
+
+
+def _open_log(path: Path) -> IO[bytes]:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+def _binder(placement: RankPlacement) -> Callable[[], None]:
+    def bind() -> None:
+        apply_binding(placement)
+
+    return bind
+
+
+def _watch(
+    run_dir: Path,
+    plan: Plan,
+    ranks: _Ranks,
+    progress: Callable[[str], None] | None,
+    interval_s: float,
+    start: float,
+) -> None:
+    last = 0.0
+    while True:
+        codes = {rank: proc.poll() for rank, proc in ranks.procs.items()}
+        failed = [rank for rank, code in codes.items() if code not in (None, 0)]
+        if failed:
+            ranks.stop()
+            raise _failure(run_dir, failed, codes)
+        if all(code == 0 for code in codes.values()):
+            if progress is not None:
+                progress(progress_line(run_dir, plan, time.monotonic() - start))
+            return
+        now = time.monotonic()
+        if progress is not None and now - last >= interval_s:
+            progress(progress_line(run_dir, plan, now - start))
+            last = now
+        time.sleep(_POLL_S)
+
+
+def _failure(run_dir: Path, failed: list[int], codes: Mapping[int, int | None]) -> RunError:
+    # When several ranks fail in one poll, blame one whose failure is not the consequence of
+    # another rank's abort.
+    def consequence(rank: int) -> bool:
+        return "aborted the run" in _tail(log_paths(run_dir, rank)[1])
+
+    culprit = sorted(failed, key=lambda r: (consequence(r), r))[0]
+    err_path = log_paths(run_dir, culprit)[1]
+    code = codes[culprit]
+    how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited {code}"
+    tail = _tail(err_path).replace("\n", "\n    ")
+    return RunError(
+        f"rank {culprit} {how}; the other ranks were stopped; end of {err_path}:\n    {tail}"
+    )

@@ -1,0 +1,155 @@
+"""What ``hpcbench run`` does, as a library: topology → plan → run directory → ranks → result."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hpcbench.errors import MetricsError
+from hpcbench.metrics import rank_file_name, read_rank_file
+from hpcbench.plan.model import Plan
+from hpcbench.plan.planner import PlanRequest, make_plan, plan_request_from_options
+from hpcbench.runtime.launcher import LaunchResult, launch_local
+from hpcbench.runtime.options import choose_backend, spec_from_options
+from hpcbench.runtime.rundir import create_run_dir
+from hpcbench.spec import RunSpec
+from hpcbench.topology.model import Topology
+from hpcbench.topology.sources import topology_from_options
+
+
+@dataclass(frozen=True, slots=True)
+class RankThroughput:
+    """One rank's own throughput, read from its rank file."""
+
+    rank: int
+    images: int
+    seconds: float
+    devices: int
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRunOutcome:
+    """A finished local run."""
+
+    run_dir: Path
+    plan: Plan
+    spec: RunSpec
+    launch: LaunchResult
+    ranks: tuple[RankThroughput, ...]
+    summary: dict[str, Any] | None
+    summary_text: str | None
+
+
+def default_rank_count(topology: Topology, request: PlanRequest) -> PlanRequest:
+    """The embedded default: one rank per socket, two on a one-socket machine.
+
+    Only when the user left ``--ranks auto`` by socket with no explicit layout, and the socket
+    can feed two ranks (at least two cores, and no GPUs or at least two).
+    """
+    if request.ranks != "auto" or request.granularity != "socket":
+        return request
+    if request.cpus is not None or request.gpus is not None or len(topology.packages) != 1:
+        return request
+    free_cores = [c for c in topology.cores if not set(c.cpus) & set(request.reserved_cores)]
+    if len(free_cores) < 2 or len(topology.gpus) == 1:
+        return request
+    return replace(request, ranks=2)
+
+
+def run_local(
+    *,
+    out: Path | None,
+    argv: Sequence[str],
+    use_numactl: bool | None = None,
+    quiet: bool = False,
+    **kwargs: Any,
+) -> LocalRunOutcome:
+    """Plan and run on this machine; raises HpcbenchError on bad input or a failed rank."""
+    topology, node_type = topology_from_options(
+        kwargs.get("sysfs_root"), kwargs.get("from_hwloc"), kwargs.get("site"),
+        kwargs.get("partition"),
+    )  # fmt: skip
+    request = plan_request_from_options(node_type=node_type, **kwargs)
+    request = default_rank_count(topology, request)
+    plan = make_plan(topology, request)
+    spec = spec_from_options(default_backend=choose_backend(len(topology.gpus)), **kwargs)
+    run_dir, info = create_run_dir(out, plan=plan, spec=spec, argv=argv, topology=topology)
+    for warning in plan.warnings:
+        click.echo(f"hpcbench: warning: {warning}", err=True)
+    click.echo(
+        f"hpcbench: {plan.world_size} ranks, backend {spec.backend}, model {spec.model}, "
+        f"batch {spec.batch_size}, run directory {run_dir}",
+        err=True,
+    )
+    progress = None if quiet else _progress_printer()
+    launch = launch_local(run_dir, plan, info, progress=progress, use_numactl=use_numactl)
+    if progress is not None and sys.stderr.isatty():
+        click.echo("", err=True)
+    ranks = tuple(rank_throughput(run_dir, r.rank) for r in plan.ranks)
+    summary, text = _aggregate(run_dir)
+    return LocalRunOutcome(run_dir, plan, spec, launch, ranks, summary, text)
+
+
+def rank_throughput(run_dir: Path, rank: int) -> RankThroughput:
+    """Images and timed-phase length of one rank (its own throughput)."""
+    data = read_rank_file(Path(run_dir) / rank_file_name(rank))
+    if data.t_begin_ns is None or data.t_finish_ns is None:
+        raise MetricsError(f"{data.path}: the timed phase has no bounds")
+    return RankThroughput(
+        rank=rank,
+        images=int(data.timed.images.sum()),
+        seconds=(data.t_finish_ns - data.t_begin_ns) / 1e9,
+        devices=int(data.attrs.get("num_devices", 1)),
+    )
+
+
+def _aggregate(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        from hpcbench.aggregate import aggregate_run, format_summary
+    except ImportError:  # pragma: no cover - the aggregation package ships with hpcbench
+        return None, None
+    summary = aggregate_run(run_dir)
+    return summary, format_summary(summary)
+
+
+def _progress_printer() -> Any:
+    tty = sys.stderr.isatty()
+    state = {"printed": 0.0}
+
+    def show(line: str) -> None:
+        if tty:
+            click.echo("\r" + line[:200], err=True, nl=False)
+            return
+        # Not a terminal (a log file): one line every 5 s is enough.
+        import time
+
+        now = time.monotonic()
+        if now - state["printed"] >= 5.0:
+            state["printed"] = now
+            click.echo(line, err=True)
+
+    return show
+
+
+def print_result(outcome: LocalRunOutcome) -> None:
+    """Per-rank throughput, the aggregate summary when available, and the run directory."""
+    click.echo(f"run directory: {outcome.run_dir}")
+    total = 0.0
+    for r in outcome.ranks:
+        total += r.images_per_s
+        click.echo(
+            f"rank {r.rank}: {r.images} images in {r.seconds:.3f} s = "
+            f"{r.images_per_s:,.1f} images/s ({r.devices} device{'s' if r.devices != 1 else ''})"
+        )
+    click.echo(f"sum of per-rank throughput: {total:,.1f} images/s")
+    if outcome.summary_text:
+        click.echo(outcome.summary_text.rstrip("\n"))
