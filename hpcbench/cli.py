@@ -36,6 +36,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "aggregate",
         "Merge a run's rank files into result.h5 and summary.json.",
     ),
+    "archive": (
+        "hpcbench.commands.archive",
+        "archive",
+        "Store runs; list, compare, export and report across them.",
+    ),
+    "check": (
+        "hpcbench.commands.check",
+        "check",
+        "Check a run or an archive against reference figures.",
+    ),
 }
 
 

@@ -1,0 +1,74 @@
+"""``hpcbench check``: compare a run or an archive with reference figures (acceptance test)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from hpcbench.errors import UsageError
+
+
+@click.command("check")
+@click.argument(
+    "target",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    metavar="RUN_OR_ARCHIVE",
+)
+@click.option(
+    "-r",
+    "--references",
+    "references_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML file of expected figures (see docs/archive.md).",
+)
+@click.option(
+    "-w",
+    "--where",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="With an archive: check only the runs matching (as in 'archive list').",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the outcomes as JSON.")
+def check(target: Path, references_file: Path, where: tuple[str, ...], as_json: bool) -> int:
+    """Pass/fail per figure; exit 1 on a regression, a missing figure or an incomplete run."""
+    from hpcbench.archive import Archive, entry_from_run_dir
+    from hpcbench.archive.query import parse_where, select
+    from hpcbench.archive.references import check_entries, format_outcomes, load_references
+    from hpcbench.archive.store import MARKER
+
+    references = load_references(references_file)
+    conditions = [parse_where(w) for w in where]
+    if (target / MARKER).is_file():
+        entries = select(Archive(target).entries(), conditions)
+    elif (target / "summary.json").is_file():
+        if conditions:
+            raise UsageError("check: --where applies to an archive, not to one run directory")
+        entries = [entry_from_run_dir(target)]
+    else:
+        raise UsageError(
+            f"{target}: neither a run directory (no summary.json) nor an archive (no {MARKER})"
+        )
+    outcomes = check_entries(entries, references)
+    failed = [o for o in outcomes if not o.ok]
+    if as_json:
+        click.echo(json.dumps([o.to_json() for o in outcomes], indent=2))
+    elif outcomes:
+        click.echo(format_outcomes(outcomes))
+    if not outcomes:
+        click.echo(
+            f"check: FAILED: no reference in {references_file} matches "
+            f"any of {len(entries)} run(s)",
+            err=True,
+        )
+        return 1
+    runs = len({o.run_id for o in outcomes})
+    verdict = "FAILED" if failed else "passed"
+    click.echo(
+        f"check: {verdict}: {len(outcomes) - len(failed)} of {len(outcomes)} figure(s) passed "
+        f"over {runs} run(s)",
+        err=bool(failed),
+    )
+    return 1 if failed else 0
