@@ -274,7 +274,8 @@ def test_explicit_cpus_get_local_gpus_spread_over_switches() -> None:
     [
         (
             PlanRequest(ranks=2, gpus_per_rank=5),
-            "rank 1 gets no GPUs: 2 ranks x 5 GPUs need 10 GPUs but the node has 8",
+            "rank 1 gets only 3 of 5 GPUs: 2 ranks x 5 GPUs need 10 GPUs but the node has 8 "
+            "(rule 1",
         ),
         (PlanRequest(ranks=1, gpus_per_rank=9), "node has 8"),
         (
@@ -283,7 +284,8 @@ def test_explicit_cpus_get_local_gpus_spread_over_switches() -> None:
         ),
         (
             PlanRequest(ranks=37),
-            "37 ranks per node need at least 37 physical cores but the node has 36 free (rule 1",
+            "rank 36 gets no cores: 37 ranks per node need at least 37 physical cores but the "
+            "node has 36 free (rule 1",
         ),
         (
             PlanRequest(ranks=2, cores_per_rank=19),

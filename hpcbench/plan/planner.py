@@ -37,6 +37,8 @@ import click
 from hpcbench.errors import PlanError
 from hpcbench.plan.index import GRANULARITIES, Granularity, TopologyIndex, topology_index
 from hpcbench.plan.layout import (
+    RULE_GPU_SHARED,
+    RULE_NO_OVERSUBSCRIPTION,
     check_rules,
     gpu_tier,
     parse_cpu_layout,
@@ -114,7 +116,9 @@ def make_plan(topology: Topology, request: PlanRequest) -> Plan:
         if gpu_layout is not None:
             slots = _match_slots_to_gpus(index, slots, gpu_layout, granularity)
         if request.use_hwthreads:
-            cpus = [tuple(cpu for c in cores for cpu in index.core_cpus[c]) for cores in slots]
+            cpus = [
+                tuple(sorted(cpu for c in cores for cpu in index.core_cpus[c])) for cores in slots
+            ]
         else:
             cpus = [tuple(index.core_cpus[c][0] for c in cores) for cores in slots]
         rank_cores = slots
@@ -187,8 +191,8 @@ def _core_slots(index: TopologyIndex, nranks: int, request: PlanRequest) -> list
     free_total = len(index.core_cpus) - len(reserved)
     if nranks > free_total:
         raise PlanError(
-            f"{nranks} ranks per node need at least {nranks} physical cores but the node has "
-            f"{free_total} free (rule 1: no two ranks on one physical core)"
+            f"rank {free_total} gets no cores: {nranks} ranks per node need at least {nranks} "
+            f"physical cores but the node has {free_total} free ({RULE_NO_OVERSUBSCRIPTION})"
         )
     ndomains = len(domains)
     groups: list[tuple[tuple[int, ...], int]]
@@ -271,13 +275,16 @@ def _choose_gpus(
     if not gpu_ids:
         if wanted:
             raise PlanError(
-                f"--gpus-per-rank {wanted}: this node has no GPUs (use --gpus-per-rank 0)"
+                f"rank 0 gets no GPUs: --gpus-per-rank {wanted} but this node has no GPUs (use "
+                f"--gpus-per-rank 0)"
             )
         return [() for _ in rank_cores]
     if wanted is not None and wanted * nranks > len(gpu_ids):
+        short = len(gpu_ids) // wanted
         raise PlanError(
-            f"rank {len(gpu_ids) // wanted} gets no GPUs: {nranks} ranks x {wanted} GPUs need "
-            f"{wanted * nranks} GPUs but the node has {len(gpu_ids)}"
+            f"rank {short} gets only {len(gpu_ids) - short * wanted} of {wanted} GPUs: {nranks} "
+            f"ranks x {wanted} GPUs need {wanted * nranks} GPUs but the node has "
+            f"{len(gpu_ids)} ({RULE_GPU_SHARED})"
         )
     domains = index.domains[granularity]
     rank_domains = [frozenset(index.domains_of_cores(granularity, c)) for c in rank_cores]
