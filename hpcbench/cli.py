@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "topo": ("hpcbench.commands.topo", "topo", "Show a node's topology or write a site config."),
     "plan": ("hpcbench.commands.plan", "plan", "Place ranks on cores, GPUs and NUMA memory."),
     "run": ("hpcbench.commands.run", "run", "Run a benchmark on this machine; print the result."),
+    "data": ("hpcbench.commands.data", "data", "Make or show a dataset of preprocessed tensors."),
     "render": (
         "hpcbench.commands.render",
         "render",

@@ -6,6 +6,12 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 HPCBENCH_EXTRAS=test bash scripts/setup.sh
 py="$repo/.venv/bin"
+# The torch backend's CPU tests need PyTorch: the CPU build that lies on the CI machines (an
+# unpinned torch would pull a multi-GB CUDA build). torchvision from PyPI does not import beside
+# it, so the image-model tests run on the GPU machine (tests/test_torch_gpu.py).
+if ! "$py/python" -c 'import torch' 2>/dev/null; then
+    "$py/python" -m pip install -q torch==2.13.0 2> >(grep -v "^WARNING: Location" >&2)
+fi
 
 echo "== ruff" && "$py/ruff" check hpcbench tests benchmarks && "$py/ruff" format --check hpcbench tests benchmarks
 echo "== mypy" && "$py/mypy"
