@@ -113,7 +113,7 @@ class JobTracker:
         import submitit
 
         self.job_id = job_id
-        self._job = submitit.SlurmJob(folder=folder, job_id=job_id)
+        self._job: Any = submitit.SlurmJob(folder=folder, job_id=job_id)
 
     def state(self) -> JobState:
         """The current state; accounting first, then the controller when accounting is off."""

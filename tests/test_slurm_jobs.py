@@ -1,0 +1,172 @@
+"""Real jobs on the local Slurm cluster: binding inside jobs, submit, two nodes, failures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcbench.errors import SlurmError
+from hpcbench.metrics import read_rank_file
+from hpcbench.plan.launch import cuda_visible_devices
+from hpcbench.plan.model import Plan
+from hpcbench.slurm.options import inputs_from_options
+from hpcbench.slurm.submit import (
+    JobTracker,
+    explain_failure,
+    prepare,
+    sbatch,
+    wait_for_job,
+)
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(240)]
+
+# The planner issue's layouts scaled to the local node (2 cores as 2 fake sockets, 4 fake GPUs).
+LAYOUTS = {
+    "socket-per-rank-all-gpus": {"ranks": 2},
+    "socket-per-rank-one-gpu": {"ranks": 2, "gpus_per_rank": 1},
+    "one-rank-whole-node": {"ranks": 1},
+    "explicit-remote-gpus": {"ranks": 2, "gpus": "0,2;1,3", "accept_warnings": True},
+    "explicit-cpus-swapped": {
+        "ranks": 2,
+        "cpus": "1;0",
+        "gpus": "2;0",
+    },
+    "two-nodes": {"ranks": 2, "gpus_per_rank": 1, "nodes": 2},
+}
+SPEC = {"backend": "cpu", "num_batches": 3, "warmup_batches": 1, "batch_size": 8}
+
+
+def _inputs(site: Path, **flags: object):  # type: ignore[no-untyped-def]
+    return inputs_from_options(site_path=str(site), **SPEC, **flags)
+
+
+def _wait(job_id: str, run_dir: Path, world_size: int):  # type: ignore[no-untyped-def]
+    tracker = JobTracker(job_id, run_dir / "submitit")
+    return wait_for_job(
+        tracker, run_dir, world_size, poll_s=0.5, timeout_s=180, echo=lambda _: None
+    )
+
+
+def test_binding_inside_real_jobs_equals_plan(slurm_site: Path, slurm_nodes: int, tmp_path: Path):
+    """Every layout runs as a real job; each rank's affinity and GPUs equal its plan."""
+    submitted = []
+    for name, flags in LAYOUTS.items():
+        if int(flags.get("nodes", 1)) > slurm_nodes:  # type: ignore[call-overload]
+            pytest.fail(
+                f"layout {name} needs {flags['nodes']} nodes, the cluster has {slurm_nodes}"
+            )
+        inputs = _inputs(slurm_site, **flags)
+        run_dir, script = prepare(inputs, tmp_path / name, ["test", name])
+        submitted.append((name, inputs.plan, run_dir, sbatch(script)))
+    for name, plan, run_dir, job_id in submitted:
+        state = _wait(job_id, run_dir, plan.world_size)
+        assert state.state == "COMPLETED", f"{name}: {explain_failure(state, run_dir, 0)}"
+        _check_rank_files(name, plan, run_dir)
+
+
+def _check_rank_files(name: str, plan: Plan, run_dir: Path) -> None:
+    nodenames = set()
+    for placement in plan.ranks:
+        rank_file = read_rank_file(run_dir / f"rank-{placement.rank:05d}.h5")
+        binding = rank_file.json_attr("binding_json")
+        slurm = rank_file.json_attr("slurm_json")
+        where = f"{name} rank {placement.rank}"
+        assert binding["cpus"] == list(placement.cpus), where
+        assert binding["cuda_visible_devices"] == cuda_visible_devices(placement), where
+        assert int(rank_file.attrs["local_rank"]) == placement.local_rank, where
+        assert int(rank_file.attrs["node"]) == placement.node, where
+        nodenames.add((placement.node, slurm["nodename"]))
+    # Ranks of different plan nodes ran on different slurmd nodes.
+    assert len({n for _, n in nodenames}) == plan.nodes, f"{name}: {sorted(nodenames)}"
+
+
+def _hpcbench(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "hpcbench", *args], capture_output=True, text=True, timeout=200
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"hpcbench {' '.join(args)} failed: {done.stderr[-2000:]}")
+    return done
+
+
+def _submit_flags(site: Path) -> list[str]:
+    return ["--site", str(site), "--backend", "cpu", "--num-batches", "3", "--batch-size", "8"]
+
+
+def test_submit_two_ranks_summary_agrees(slurm_site: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = _hpcbench("submit", *_submit_flags(slurm_site), "--ranks", "2", "--out", str(out))
+    assert "COMPLETED" in done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    ranks = summary["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1]
+    for rank in ranks:
+        assert rank["cpus"] == rank["cpus_actual"], rank
+        assert rank["gpus_visible"] == ",".join(str(g) for g in rank["gpus"]), rank
+    assert ranks[0]["cpus"] != ranks[1]["cpus"]
+    job = summary["run"]["slurm_job"]
+    assert job["state"] == "COMPLETED" and job["job_id"].isdigit()
+    assert job["slurm_version"].count(".") == 2
+    assert job["nodes"] and all(n.startswith("node") for n in job["nodes"])
+    # What ran is what render shows for the same flags and run directory.
+    rendered = _hpcbench("render", *_submit_flags(slurm_site), "--ranks", "2", "--out", str(out))
+    assert rendered.stdout == (out / "job.sbatch").read_text()
+
+
+def test_two_node_job(slurm_site: Path, slurm_nodes: int, tmp_path: Path) -> None:
+    assert slurm_nodes >= 2, "scripts/test.sh starts the cluster with --nodes 2"
+    out = tmp_path / "run"
+    flags = ["--ranks", "2", "--gpus-per-rank", "1", "--nodes", "2", "--out", str(out)]
+    _hpcbench("submit", *_submit_flags(slurm_site), *flags)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run"]["world_size"] == 4
+    assert summary["run"]["slurm_job"]["nodes"] == ["node1", "node2"]
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["barrier"] == "file"  # shm cannot span nodes
+    for rank in summary["ranks"]:
+        assert rank["cpus"] == rank["cpus_actual"], rank
+
+
+def test_sbatch_refusal_shows_slurms_message(slurm_site: Path, tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    text = slurm_site.read_text().replace("partition: debug", "partition: no-such-partition")
+    site.write_text(text)
+    (tmp_path / "templates").symlink_to(slurm_site.parent / "templates")
+    done = _hpcbench("submit", *_submit_flags(site), "--out", str(tmp_path / "r"), check=False)
+    assert done.returncode == 1
+    assert "sbatch refused" in done.stderr and "invalid partition" in done.stderr.lower()
+
+
+def test_dead_rank_is_named_with_its_stderr(slurm_site: Path, tmp_path: Path) -> None:
+    inputs = _inputs(slurm_site, ranks=2)
+    run_dir, script = prepare(inputs, tmp_path / "r", ["test"])
+    # Rank 1 finds no placement for itself in a plan that only has rank 0's entry.
+    plan = json.loads((run_dir / "plan.json").read_text())
+    plan["ranks"][1]["rank"] = 7
+    (run_dir / "plan.json").write_text(json.dumps(plan))
+    job_id = sbatch(script)
+    state = _wait(job_id, run_dir, 2)
+    assert state.state == "FAILED"
+    message = explain_failure(state, run_dir, 2)
+    assert f"job {job_id} ended FAILED" in message
+    assert "rank 1 on node1: Exited with exit code 2" in message, message
+    assert "its stderr ends:" in message and "rank 1" in message
+
+
+def test_cancelled_job_says_cancelled(slurm_site: Path, tmp_path: Path) -> None:
+    inputs = inputs_from_options(
+        site_path=str(slurm_site), backend="cpu", duration_s=120.0, ranks=2
+    )
+    run_dir, script = prepare(inputs, tmp_path / "r", ["test"])
+    job_id = sbatch(script)
+    time.sleep(1.0)
+    subprocess.run(["scancel", job_id], check=True)
+    state = _wait(job_id, run_dir, 2)
+    assert state.state == "CANCELLED"
+    with pytest.raises(SlurmError, match=f"job {job_id} ended CANCELLED"):
+        raise SlurmError(explain_failure(state, run_dir, 2))
