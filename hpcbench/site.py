@@ -348,6 +348,23 @@ def _split_cores(
     return [tuple(cpus[k * per + i] for k in range(threads_per_core)) for i in range(per)]
 
 
+def _claim(
+    cpus: Sequence[int], owner: dict[int, int], node_index: int, where: str, path: list[str | int]
+) -> None:
+    """Record which numa_nodes[] entry lists each CPU; a CPU listed twice is an error."""
+    for cpu in cpus:
+        if cpu in owner:
+            other = (
+                "elsewhere in this node"
+                if owner[cpu] == node_index
+                else (f"in numa_nodes[{owner[cpu]}]")
+            )
+            raise ConfigError(
+                f"{where}: {key_path(path)}: CPU {cpu} is listed twice (also {other})"
+            )
+        owner[cpu] = node_index
+
+
 def topology_from_dict(
     raw: Mapping[str, Any],
     *,
@@ -416,9 +433,10 @@ def topology_from_dict(
                     f"{where}: {key_path([*npath, 'cpus'])}: differs from the CPUs of its cores "
                     f"({format_cpulist(cpus)}); give one of them"
                 )
-            cpu_key = "cores"
+            _claim(cpus, owner, i, where, [*npath, "cores"])
         else:
             cpus = _cpus(node.get("cpus", ()), where, [*npath, "cpus"])
+            _claim(cpus, owner, i, where, [*npath, "cpus"])
             split = _split_cores(cpus, threads_per_core, numbering)
             if split is None:
                 raise ConfigError(
@@ -427,14 +445,6 @@ def topology_from_dict(
                     f" under 'cores'"
                 )
             groups = split
-            cpu_key = "cpus"
-        for cpu in cpus:
-            if cpu in owner:
-                raise ConfigError(
-                    f"{where}: {key_path([*npath, cpu_key])}: CPU {cpu} is listed twice (also in "
-                    f"numa_nodes[{owner[cpu]}])"
-                )
-            owner[cpu] = i
         package = node.get("package")
         if cpus and package is None:
             raise ConfigError(

@@ -16,7 +16,7 @@ from typing import Any
 
 from hpcbench.cpulist import format_cpulist
 from hpcbench.topology.model import Gpu, Topology
-from hpcbench.topology.sysfs import normalize_bus_id, read_sysfs
+from hpcbench.topology.sysfs import SYSFS_GPU_NOTE, normalize_bus_id, read_sysfs
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,7 @@ def merge_nvml(topology: Topology, nvml_gpus: list[NvmlGpu], driver: str) -> Top
     by_bus = {g.pci_bus_id: g for g in topology.gpus}
     online = set(topology.cpus)
     numa_ids = {n.id for n in topology.numa_nodes}
-    notes = [n for n in topology.notes if not n.startswith("GPU ")]
+    notes = [n for n in topology.notes if n != SYSFS_GPU_NOTE]
     notes.append(f"GPUs from NVML (driver {driver}), joined with sysfs by PCI bus id")
     gpus = []
     for found in nvml_gpus:

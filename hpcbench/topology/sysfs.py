@@ -32,6 +32,7 @@ PCI_ADDRESS = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 VENDOR_NVIDIA = 0x10DE
 VENDOR_AMD = 0x1002
 VENDOR_INTEL = 0x8086
+SYSFS_GPU_NOTE = "GPU indices in PCI bus order and models as PCI ids (sysfs has no GPU names)"
 # ARPHRD_INFINIBAND in <linux/if_arp.h>: what /sys/class/net/*/type holds for an IPoIB interface.
 ARPHRD_INFINIBAND = 32
 
@@ -319,16 +320,32 @@ def _gpu_locality(
     return numa, cpus
 
 
+def _pci_address_of(device: Path) -> str | None:
+    """The PCI function a device folder belongs to (a virtio NIC's "device" is virtioN under it).
+
+    >>> _pci_address_of(Path("/sys/devices/pci0000:00/0000:00:03.0/virtio2"))
+    '0000:00:03.0'
+    >>> _pci_address_of(Path("/sys/devices/platform/foo")) is None
+    True
+    """
+    for part in reversed(device.parts):
+        if PCI_ADDRESS.match(part.lower()):
+            return part.lower()
+    return None
+
+
 def _nics(root: Path, by_address: dict[str, PciDevice]) -> list[Nic]:
     nics: list[Nic] = []
     seen: set[str] = set()
     for entry in _iterdir(root / "sys" / "class" / "net"):
-        device_link = entry / "device"
-        if not device_link.exists() and not device_link.is_symlink():
+        # Class entries are links into the device tree; follow them first so the relative
+        # "device" link inside resolves against the real folder.
+        device_link = _resolve_link(root, entry) / "device"
+        if not device_link.is_symlink():
             continue  # virtual interface (lo, bridges, veth)
-        address = _resolve_link(root, device_link).name.lower()
-        pci = by_address.get(address)
-        if pci is None:
+        address = _pci_address_of(_resolve_link(root, device_link))
+        pci = by_address.get(address) if address else None
+        if pci is None or address is None:
             continue
         kind = "infiniband" if _read_int(entry / "type") == ARPHRD_INFINIBAND else "ethernet"
         nics.append(
@@ -342,9 +359,10 @@ def _nics(root: Path, by_address: dict[str, PciDevice]) -> list[Nic]:
         )
         seen.add(address)
     for entry in _iterdir(root / "sys" / "class" / "infiniband"):
-        address = _resolve_link(root, entry / "device").name.lower()
-        pci = by_address.get(address)
-        if pci is None or address in seen:
+        entry = _resolve_link(root, entry)
+        address = _pci_address_of(_resolve_link(root, entry / "device"))
+        pci = by_address.get(address) if address else None
+        if pci is None or address is None or address in seen:
             continue
         layers = {_read(port / "link_layer") for port in _iterdir(entry / "ports") if port.is_dir()}
         nics.append(
@@ -444,6 +462,8 @@ def read_sysfs(root: str | os.PathLike[str] = "/") -> Topology:
                 pcie_switch=nearest_switch(device.bridges),
             )
         )
+    if gpus:
+        notes.append(SYSFS_GPU_NOTE)
     by_address = {d.address: d for d in devices}
     nics = _nics(root_path, by_address)
     return Topology.build(
