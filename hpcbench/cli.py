@@ -37,6 +37,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "aggregate",
         "Merge a run's rank files into result.h5 and summary.json.",
     ),
+    "report": (
+        "hpcbench.commands.report",
+        "report",
+        "Compare runs in a table; draw timeline, throughput and latency plots.",
+    ),
     "archive": (
         "hpcbench.commands.archive",
         "archive",
