@@ -39,6 +39,7 @@ from hpcbench.runtime.identity import (
 from hpcbench.runtime.pipeline import Pipeline, PipelineResult
 from hpcbench.runtime.rundir import LOGS_DIR, PLAN_FILE, SPEC_FILE, read_run_info, write_json_atomic
 from hpcbench.spec import RunSpec
+from hpcbench.telemetry import TelemetrySampler, start_sampler, write_disabled
 
 log = logging.getLogger("hpcbench.rank")
 
@@ -172,9 +173,12 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
 
     data_dir = placement.data_dir.replace("{data_root}", spec.data)
     pipeline = Pipeline(backend, spec, placement, writer, barrier, data_dir, status=publish)
+    # GPU telemetry (NVML) for the whole life of the pipeline; written into the rank file.
+    sampler, no_telemetry = start_sampler(placement.gpus, spec.telemetry_hz)
     try:
         result = pipeline.run()
     except BaseException as exc:
+        _finish_telemetry(writer, sampler, no_telemetry)
         barrier.abort(f"{type(exc).__name__}: {exc}")
         barrier.close()
         _record_devices(writer, pipeline)
@@ -184,6 +188,7 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
             log.error("%s", close_error)
         publish({"phase": "failed", "error": str(exc)})
         raise
+    _finish_telemetry(writer, sampler, no_telemetry)
     barrier.close()
     _record_devices(writer, pipeline)
     writer.set_attr("num_devices", len(result.devices))
@@ -205,6 +210,16 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
         path,
     )
     return result
+
+
+def _finish_telemetry(
+    writer: RankMetricsWriter, sampler: TelemetrySampler | None, no_telemetry: str
+) -> None:
+    if sampler is None:
+        write_disabled(writer.file, no_telemetry)
+        return
+    sampler.stop()
+    sampler.write(writer.file)
 
 
 def _record_devices(writer: RankMetricsWriter, pipeline: Pipeline) -> None:
