@@ -455,6 +455,8 @@ class FileBarrier(Barrier):
     """
 
     kind = "file"
+    # After an abort, how long a closing rank waits for the other waiting ranks to notice it.
+    ABORT_LINGER_S = 3.0
     # Poll back-off: fast at first (a release is usually near), slower while a rank warms up.
     POLL_STEPS_S = ((0.002, 50e-6), (0.02, 200e-6), (float("inf"), 1e-3))
 
@@ -586,16 +588,34 @@ class FileBarrier(Barrier):
         if self._closed:
             return
         self._closed = True
-        if self._aborted:
-            self._remove_root()
-            return
         try:
             self._write_atomic(self.root / f"done.{self.rank:05d}", {"rank": self.rank})
             done = [x for x in os.listdir(self.root) if x.startswith("done.")]
         except OSError:
-            return
+            return  # already removed
         if len(done) >= self.world_size:
             self._remove_root()
+        elif self._aborted:
+            # Ranks still waiting must read the abort marker before it disappears: linger
+            # until every rank that arrived has closed too (bounded), then remove the state.
+            self._linger_then_remove()
+
+    def _linger_then_remove(self) -> None:
+        deadline = time.monotonic() + self.ABORT_LINGER_S
+        while time.monotonic() < deadline:
+            try:
+                waiting: set[int] = set()
+                for generation in (self.generation, self.generation + 1):
+                    with contextlib.suppress(FileNotFoundError):
+                        names = os.listdir(self._gen_dir(generation))
+                        waiting.update(int(x[1:]) for x in names if _is_arrival(x))
+                done = {int(x[5:]) for x in os.listdir(self.root) if x.startswith("done.")}
+            except (OSError, ValueError):
+                return  # removed by another rank
+            if waiting <= done:
+                break
+            time.sleep(0.01)
+        self._remove_root()
 
     def _remove_root(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -91,7 +91,11 @@ def run_local(
         err=True,
     )
     progress = None if quiet else _progress_printer()
-    launch = launch_local(run_dir, plan, info, progress=progress, use_numactl=use_numactl)
+    try:
+        launch = launch_local(run_dir, plan, info, progress=progress, use_numactl=use_numactl)
+    except KeyboardInterrupt:
+        click.echo(f"\nhpcbench: stopped every rank; unfinished rank files in {run_dir}", err=True)
+        raise
     if progress is not None and sys.stderr.isatty():
         click.echo("", err=True)
     ranks = tuple(rank_throughput(run_dir, r.rank) for r in plan.ranks)

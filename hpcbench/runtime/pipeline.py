@@ -123,9 +123,8 @@ class Pipeline:
         try:
             self._start_threads(source, engines)
             self._phase("warmup")
-            self._wait_all(
-                "warm-up", [s.warm for s in self._states], time.monotonic() + spec.barrier_timeout_s
-            )
+            warm = [s.warm for s in self._states]
+            self._wait_all("warm-up", warm, time.monotonic() + spec.barrier_timeout_s, "warmup")
             self._phase("barrier start")
             start = self.barrier.wait("start")
             self.writer.barrier(start.name, start.arrive_ns, start.release_ns)
@@ -174,7 +173,9 @@ class Pipeline:
             }
         )
 
-    def _wait_all(self, what: str, events: Sequence[threading.Event], deadline: float) -> None:
+    def _wait_all(
+        self, what: str, events: Sequence[threading.Event], deadline: float, phase: str
+    ) -> None:
         """Wait for every event, flushing metrics; name the devices that never got there."""
         last_report = time.monotonic()
         while True:
@@ -191,7 +192,7 @@ class Pipeline:
             events[[e.is_set() for e in events].index(False)].wait(_POLL_S)
             self.writer.maybe_flush()
             if now - last_report >= 0.5:
-                self._report(what)
+                self._report(phase)
                 last_report = now
 
     def _wait_timed(self) -> None:
@@ -200,7 +201,8 @@ class Pipeline:
         if self._deadline_ns is not None:
             # A device may finish its last batch after the deadline, but not much later.
             remaining_s = (self._deadline_ns - time.time_ns()) / 1e9
-            self._wait_all("timed phase", events, time.monotonic() + remaining_s + timeout_s)
+            deadline = time.monotonic() + remaining_s + timeout_s
+            self._wait_all("timed phase", events, deadline, "timed")
             return
         # A batch count has no deadline: fail when a device makes no progress for timeout_s.
         while not all(e.is_set() for e in events):

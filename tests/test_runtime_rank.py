@@ -1,0 +1,240 @@
+"""The rank lifecycle with real processes: launcher, rank files, failures, kills, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from hpcbench.errors import RunError
+from hpcbench.metrics import read_rank_file
+from hpcbench.plan.model import Plan, RankPlacement
+from hpcbench.runtime.barrier import FILE_DIR, SHM_DIR
+from hpcbench.runtime.identity import LOCAL_VARS
+from hpcbench.runtime.launcher import launch_local
+from hpcbench.runtime.rank import status_path
+from hpcbench.runtime.rundir import create_run_dir
+from hpcbench.spec import RunSpec
+
+# A small MLP so that a batch takes a few milliseconds on one core.
+SMALL = {"input": 256, "hidden": 128, "layers": 2, "classes": 10}
+ROOT_ATTRS = (
+    "schema_version", "rank", "world_size", "run_id", "host", "local_rank", "node", "backend",
+    "model", "batch_size", "num_devices", "precision", "plan_json", "binding_json",
+    "config_json", "versions_json", "devices_json", "slurm_json", "complete",
+)  # fmt: skip
+
+
+def _cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def two_rank_plan() -> Plan:
+    cpus = _cpus()
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    return Plan(
+        (
+            RankPlacement(0, 0, 0, 0, 0, (cpus[0],), (), (0,)),
+            RankPlacement(1, 0, 1, 0, 0, (cpus[1],), (), (0,)),
+        ),
+        (),
+        "test",
+    )
+
+
+def make_run(tmp_path: Path, **spec_changes: object) -> tuple[Path, Plan, object]:
+    plan = two_rank_plan()
+    values: dict[str, object] = {
+        "batch_size": 16, "duration_s": 1.0, "warmup_batches": 2, "options": SMALL,
+        "barrier_timeout_s": 20.0,
+    }  # fmt: skip
+    values.update(spec_changes)
+    spec = RunSpec(**values)  # type: ignore[arg-type]
+    run_dir, info = create_run_dir(tmp_path / "run", plan=plan, spec=spec, argv=["test"])
+    return run_dir, plan, info
+
+
+def _no_barrier_state(run_dir: Path) -> None:
+    assert not (run_dir / FILE_DIR).exists()
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    assert not [p for p in SHM_DIR.iterdir() if run_id in p.name]
+
+
+@pytest.mark.parametrize("barrier", ["shm", "file"])
+def test_two_local_ranks_write_complete_overlapping_files(tmp_path: Path, barrier: str) -> None:
+    run_dir, plan, info = make_run(tmp_path, barrier=barrier)
+    launch_local(run_dir, plan, info)  # type: ignore[arg-type]
+    files = [read_rank_file(run_dir / f"rank-{r:05d}.h5") for r in (0, 1)]
+    assert not list(run_dir.glob("*.part"))
+    for rank, data in enumerate(files):
+        assert data.complete
+        missing = [key for key in ROOT_ATTRS if key not in data.attrs]
+        assert missing == []
+        assert (data.rank, data.attrs["world_size"], data.attrs["run_id"]) == (rank, 2, info.run_id)  # type: ignore[attr-defined]
+        binding = data.json_attr("binding_json")
+        # The launcher pinned each rank to its planned core: no mismatch was recorded.
+        assert binding["cpus"] == list(plan.rank(rank).cpus)
+        assert binding["mismatches"] == []
+        assert data.json_attr("plan_json") == plan.rank(rank).to_json()
+        assert data.json_attr("config_json")["barrier"] == barrier
+        assert len(data.warmup) == 2
+        timed = data.timed
+        assert len(timed) > 0
+        assert np.all(timed.t_end_ns >= timed.t_start_ns)
+        assert np.all(timed.images == 16)
+        assert np.all(timed.data_wait_ns >= 0)
+        assert data.t_begin_ns is not None and data.t_finish_ns is not None
+        assert timed.t_start_ns.min() >= data.t_begin_ns
+        assert data.t_finish_ns == timed.t_end_ns.max()
+        assert [name for name, _, _ in data.barriers] == ["start", "end"]
+        assert all(release >= arrive for _, arrive, release in data.barriers)
+    begins = [f.t_begin_ns or 0 for f in files]
+    finishes = [f.t_finish_ns or 0 for f in files]
+    window_s = (min(finishes) - max(begins)) / 1e9
+    # Shared deadline: both timed phases cover nearly the whole second together.
+    assert window_s > 0.8
+    _no_barrier_state(run_dir)
+
+
+def test_rank_file_reads_with_plain_h5py(tmp_path: Path) -> None:
+    run_dir, plan, info = make_run(tmp_path, num_batches=5, duration_s=None)
+    launch_local(run_dir, plan, info)  # type: ignore[arg-type]
+    with h5py.File(run_dir / "rank-00001.h5", "r") as f:
+        assert f.attrs["schema_version"] == 1
+        assert f.attrs["rank"] == 1 and f.attrs["world_size"] == 2
+        group = f["timed"]
+        lengths = {name: group[name].shape[0] for name in group}
+        assert set(lengths) >= {"t_start_ns", "t_end_ns", "images", "device", "data_wait_ns"}
+        # --num-batches counts batches per device: exactly 5 timed rows on one device.
+        assert set(lengths.values()) == {5}
+        assert group["t_start_ns"].dtype == np.int64 and group["t_end_ns"].dtype == np.int64
+        assert group.attrs["t_begin_ns"] <= group["t_start_ns"][0]
+        assert group.attrs["t_finish_ns"] == group["t_end_ns"][-1]
+        assert list(f["barriers"]["name"].asstr()[()]) == ["start", "end"]
+        assert json.loads(f.attrs["versions_json"])["backend"]["flops_per_image"] > 0
+        assert json.loads(f.attrs["slurm_json"]) is None
+
+
+def test_failing_rank_stops_the_others_and_is_named(tmp_path: Path) -> None:
+    run_dir, plan, info = make_run(tmp_path, duration_s=30.0, barrier_timeout_s=60.0)
+    # Rank 1 cannot create its metrics file: it exits 2 before the start barrier.
+    (run_dir / "rank-00001.h5.part").mkdir()
+    started = time.monotonic()
+    with pytest.raises(RunError) as caught:
+        launch_local(run_dir, plan, info)  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert message.startswith("rank 1 exited 2; the other ranks were stopped")
+    assert "rank-00001.err" in message
+    assert "cannot create metrics file" in message
+    assert time.monotonic() - started < 25  # stopped, not left waiting for 30 s or 60 s
+    _no_barrier_state(run_dir)
+
+
+def _spawn_rank(run_dir: Path, rank: int, env_extra: dict[str, str]) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update(
+        {LOCAL_VARS["rank"]: str(rank), LOCAL_VARS["local_rank"]: str(rank),
+         LOCAL_VARS["world_size"]: "2", LOCAL_VARS["node"]: "0", **env_extra}
+    )  # fmt: skip
+    cpu = _cpus()[rank]
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpcbench.runtime.rank", str(run_dir)],
+        env=env,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.sched_setaffinity(0, [cpu]),
+    )
+
+
+def _wait_timed_batches(run_dir: Path, rank: int, batches: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            status = json.loads(status_path(run_dir, rank).read_text())
+        except (OSError, ValueError):
+            status = {}
+        if status.get("phase") == "timed" and status.get("timed_batches", 0) >= batches:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"rank {rank} did not reach {batches} timed batches")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_rank_leaves_a_readable_part_file(tmp_path: Path, sig: int) -> None:
+    run_dir, _, _ = make_run(tmp_path, duration_s=60.0)
+    procs = [_spawn_rank(run_dir, r, {"HPCBENCH_LAUNCH_ID": f"k{sig}"}) for r in (0, 1)]
+    try:
+        _wait_timed_batches(run_dir, 0, 20, timeout_s=30)
+        time.sleep(1.2)  # more than the 0.5 s flush interval
+        procs[0].send_signal(sig)
+        code = procs[0].wait(10)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            if proc.stderr is not None:
+                proc.stderr.close()
+    part = run_dir / "rank-00000.h5.part"
+    assert part.exists() and not (run_dir / "rank-00000.h5").exists()
+    data = read_rank_file(part)
+    assert not data.complete
+    assert len(data.timed) >= 20
+    assert data.attrs["run_id"] and data.json_attr("plan_json")["rank"] == 0
+    if sig == signal.SIGTERM:
+        assert code == 128 + signal.SIGTERM
+        assert data.attrs["num_devices"] == 1  # written on the way out
+
+
+@pytest.mark.slow
+def test_hpcbench_run_cli_two_ranks(tmp_path: Path) -> None:
+    """The issue's acceptance command."""
+    if len(_cpus()) < 2:
+        pytest.skip("needs two CPUs")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "hpcbench", "run", "--ranks", "2", "--backend", "cpu",
+               "--duration-s", "3", "--out", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"run directory: {out}" in done.stdout
+    assert "rank 0:" in done.stdout and "rank 1:" in done.stdout
+    files = [read_rank_file(out / f"rank-{r:05d}.h5") for r in (0, 1)]
+    assert all(f.complete for f in files)
+    begins = [f.t_begin_ns or 0 for f in files]
+    finishes = [f.t_finish_ns or 0 for f in files]
+    assert min(finishes) - max(begins) > 2.5e9
+    assert (out / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_rank_and_removes_shared_state(tmp_path: Path) -> None:
+    if len(_cpus()) < 2:
+        pytest.skip("needs two CPUs")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "hpcbench", "run", "--ranks", "2", "--backend", "cpu",
+               "--duration-s", "60", "--out", str(out), "--option", "hidden=128"]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_timed_batches(out, 1, 5, timeout_s=60)
+        pids = [json.loads(status_path(out, r).read_text()) for r in (0, 1)]
+        assert all(p["phase"] == "timed" for p in pids)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert f"stopped every rank; unfinished rank files in {out}".encode() in err
+    parts = sorted(p.name for p in out.glob("rank-*.h5.part"))
+    assert parts == ["rank-00000.h5.part", "rank-00001.h5.part"]
+    assert all(not read_rank_file(out / name).complete for name in parts)
+    _no_barrier_state(out)

@@ -1,0 +1,253 @@
+"""Single-process parts of the runtime: identity, spec flags, binding, run dir, CPU model."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import click
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hpcbench.backends.base import HostBatch, load_backend
+from hpcbench.backends.cpu import MlpShape, split_cores
+from hpcbench.errors import ConfigError, UsageError
+from hpcbench.plan.model import Plan, RankPlacement
+from hpcbench.runtime import rundir
+from hpcbench.runtime.binding import ActualBinding, compare_binding, read_actual_binding
+from hpcbench.runtime.identity import RankIdentity, identity_from_env, launch_id, local_env
+from hpcbench.runtime.options import spec_from_options, spec_options
+from hpcbench.spec import RunSpec
+
+PLAN = Plan((RankPlacement(0, 0, 0, 0, 0, (0,), (), (0,)),), (), "test")
+
+
+# ------------------------------------------------------------------------------- identity
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_NODEID": "2"},
+            RankIdentity(5, 1, 8, 2, "slurm"),
+        ),
+        (
+            {"HPCBENCH_RANK": "1", "HPCBENCH_LOCAL_RANK": "1", "HPCBENCH_WORLD_SIZE": "2",
+             "HPCBENCH_NODE": "0", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"},
+            RankIdentity(1, 1, 2, 0, "local"),
+        ),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, RankIdentity(0, 0, 1, 0, "slurm")),
+    ],
+)  # fmt: skip
+def test_identity_from_env(env: dict[str, str], expected: RankIdentity) -> None:
+    assert identity_from_env(env) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "neither HPCBENCH_RANK nor SLURM_PROCID is set"),
+        ({"SLURM_PROCID": "x", "SLURM_NTASKS": "2"}, "SLURM_PROCID='x' is not an integer"),
+        ({"SLURM_PROCID": "2", "SLURM_NTASKS": "2"}, "SLURM_PROCID=2 is outside 0..1"),
+        ({"HPCBENCH_RANK": "0"}, "HPCBENCH_WORLD_SIZE is not set"),
+    ],
+)
+def test_identity_errors_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        identity_from_env(env)
+
+
+def test_local_env_round_trips_and_launch_ids_differ() -> None:
+    identity = RankIdentity(3, 1, 4, 0, "local")
+    env = local_env(identity, "abc")
+    assert identity_from_env(env) == identity
+    assert launch_id(env) == "abc"
+    first = launch_id({"SLURM_JOB_ID": "9", "SLURM_STEP_ID": "0"})
+    requeued = launch_id({"SLURM_JOB_ID": "9", "SLURM_STEP_ID": "0", "SLURM_RESTART_COUNT": "1"})
+    assert first != requeued
+
+
+# ---------------------------------------------------------------------------- spec flags
+def _parse(args: list[str]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    @click.command()
+    @spec_options
+    def command(**kwargs: Any) -> None:
+        seen.update(kwargs)
+
+    result = CliRunner().invoke(command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return seen
+
+
+def test_spec_from_options_defaults_follow_the_backend() -> None:
+    assert spec_from_options(**_parse([])) == RunSpec(backend="cpu", model="mlp")
+    torch = spec_from_options(default_backend="torch", **_parse([]))
+    assert (torch.backend, torch.model) == ("torch", "resnet50")
+
+
+def test_spec_from_options_overrides_and_ignores_other_keys() -> None:
+    kwargs = _parse(
+        ["--num-batches", "40", "--batch-size", "8", "--barrier", "file", "--strict-binding",
+         "--option", "hidden=256", "--option", "layers=2", "--no-channels-last"]
+    )  # fmt: skip
+    spec = spec_from_options(ranks="auto", gpus=None, **kwargs)
+    assert (spec.num_batches, spec.duration_s, spec.batch_size) == (40, None, 8)
+    assert (spec.barrier, spec.strict_binding, spec.channels_last) == ("file", True, False)
+    assert dict(spec.options) == {"hidden": 256, "layers": 2}
+
+
+def test_spec_from_options_reads_a_base_spec(tmp_path: Path) -> None:
+    base = RunSpec(backend="cpu", batch_size=3, warmup_batches=0)
+    base.write(tmp_path / "spec.json")
+    spec = spec_from_options(**_parse(["--spec", str(tmp_path / "spec.json"), "--batch-size", "4"]))
+    assert (spec.batch_size, spec.warmup_batches) == (4, 0)
+
+
+def test_spec_from_options_rejects_two_phase_lengths() -> None:
+    with pytest.raises(UsageError, match="--duration-s or --num-batches, not both"):
+        spec_from_options(**_parse(["--duration-s", "2", "--num-batches", "3"]))
+
+
+# ------------------------------------------------------------------------------- binding
+@pytest.mark.parametrize(
+    ("placement", "actual", "under_slurm", "expected"),
+    [
+        (RankPlacement(0, 0, 0, 0, 0, (0, 1), (4, 6), (0,)),
+         ActualBinding((0, 1), "4,6", "bind", (0,)), False, ()),
+        (RankPlacement(0, 0, 0, 0, 0, (0, 1), (4, 6), (0,)),
+         ActualBinding((0, 1), "0,1", "bind", (0,)), True, ()),
+        (RankPlacement(0, 0, 0, 0, 0, (0, 1), (4, 6), (0,)),
+         ActualBinding((0, 1), "0,1", "bind", (0,)), False,
+         ("gpus: planned CUDA_VISIBLE_DEVICES=4,6, got 0,1",)),
+        (RankPlacement(0, 0, 0, 0, 0, (0,), (2,), (0,)),
+         ActualBinding((0,), None, "bind", (0,)), False,
+         ("gpus: planned CUDA_VISIBLE_DEVICES=2, variable not set",)),
+        (RankPlacement(0, 0, 0, 0, 1, (8,), (), (1,)),
+         ActualBinding((8,), None, "default", (0, 1), mems_allowed=(0, 1)), False,
+         ("memory: planned bind to node 1, got default allocation (unknown nodes)",)),
+        (RankPlacement(0, 0, 0, 0, 0, (0,), (), (0,)),
+         ActualBinding((0,), None, "local", (0,), mems_allowed=(0,)), False, ()),
+    ],
+)  # fmt: skip
+def test_compare_binding(
+    placement: RankPlacement, actual: ActualBinding, under_slurm: bool, expected: tuple[str, ...]
+) -> None:
+    assert compare_binding(placement, actual, under_slurm=under_slurm) == expected
+
+
+def test_local_policy_judged_by_the_cpus_numa_node() -> None:
+    placement = RankPlacement(0, 0, 0, 1, 1, (8, 9), (), (1,))
+    actual = ActualBinding((8, 9), None, "default", (0, 1), mems_allowed=(0, 1))
+    assert compare_binding(placement, actual, cpu_nodes={8: 1, 9: 1}) == ()
+    assert compare_binding(placement, actual, cpu_nodes={8: 0, 9: 0}) == (
+        "memory: planned bind to node 1, got default allocation (CPUs on node 0)",
+    )
+
+
+def test_read_actual_binding_reads_this_process() -> None:
+    actual = read_actual_binding({"CUDA_VISIBLE_DEVICES": "3"})
+    assert actual.cpus == tuple(sorted(os.sched_getaffinity(0)))
+    assert actual.cuda_visible_devices == "3"
+    assert actual.mem_policy in ("default", "local", "bind", "preferred", "interleave")
+    assert json.loads(json.dumps(actual.to_json()))["cpus"] == list(actual.cpus)
+
+
+# ------------------------------------------------------------------------- run directory
+def test_create_run_dir_is_owner_only_and_complete(tmp_path: Path) -> None:
+    run_dir, info = rundir.create_run_dir(
+        tmp_path / "r", plan=PLAN, spec=RunSpec(), argv=["hpcbench", "run"]
+    )
+    assert stat.S_IMODE(run_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((run_dir / "logs").stat().st_mode) == 0o700
+    for name in ("run.json", "plan.json", "spec.json"):
+        assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o600
+    assert rundir.read_run_info(run_dir) == info
+    assert Plan.read(run_dir / "plan.json") == PLAN
+    assert json.loads((run_dir / "run.json").read_text())["argv"] == ["hpcbench", "run"]
+
+
+def test_create_run_dir_refuses_a_non_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "old.txt").write_text("x")
+    with pytest.raises(UsageError, match="exists and is not an empty folder"):
+        rundir.create_run_dir(tmp_path / "r", plan=PLAN, spec=RunSpec(), argv=[])
+
+
+def test_create_run_dir_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="is not a directory"):
+        rundir.create_run_dir(tmp_path / "file" / "r", plan=PLAN, spec=RunSpec(), argv=[])
+
+
+def test_full_disk_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        rundir.os, "statvfs", lambda path: SimpleNamespace(f_bavail=10, f_frsize=4096)
+    )
+    with pytest.raises(UsageError, match="has 0 MiB free, a run needs at least 16 MiB"):
+        rundir.create_run_dir(tmp_path / "r", plan=PLAN, spec=RunSpec(), argv=[])
+    assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------- CPU backend
+def test_cpu_backend_computes_the_declared_model() -> None:
+    spec = RunSpec(batch_size=4, options={"input": 12, "hidden": 8, "layers": 3, "classes": 5})
+    backend = load_backend("cpu")
+    placement = RankPlacement(0, 0, 0, 0, 0, tuple(sorted(os.sched_getaffinity(0))), (), (0,))
+    devices = backend.devices(placement, spec)
+    assert len(devices) == 1
+    engine: Any = backend.make_engine(devices[0], spec)
+    source = backend.make_source(spec, placement, "")
+    batch = source.next_batch(0)
+    assert batch.data.shape == (4, 12) and batch.images == 4
+    before = engine.checksum
+    t_end_ns = engine.submit(batch).wait()
+    assert t_end_ns >= batch.ready_ns
+    # Recompute the forward pass independently and compare the first output.
+    x = batch.data
+    for i, (w, b) in enumerate(zip(engine.weights, engine.biases)):
+        x = x @ w + b
+        if i < len(engine.weights) - 1:
+            x = np.maximum(x, 0)
+    assert engine.checksum == pytest.approx(float(x[0, 0]), rel=1e-5)
+    assert engine.checksum != before
+    shape = MlpShape(12, 8, 3, 5)
+    assert [w.shape for w in engine.weights] == [(12, 8), (8, 8), (8, 8), (8, 5)]
+    assert shape.flops_per_image == 2 * (12 * 8 + 8 * 8 + 8 * 8 + 8 * 5)
+    assert backend.describe(spec)["flops_per_image"] == shape.flops_per_image
+
+
+def test_cpu_backend_short_batch_uses_a_prefix_of_its_buffers() -> None:
+    spec = RunSpec(batch_size=4, options={"input": 6, "hidden": 4, "layers": 1, "classes": 3})
+    engine: Any = load_backend("cpu").make_engine(
+        load_backend("cpu").devices(RankPlacement(0, 0, 0, 0, 0, (0,), (), ()), spec)[0], spec
+    )
+    engine.submit(HostBatch(0, 2, np.ones((2, 6), dtype=np.float32), 0)).wait()
+    assert np.isfinite(engine.checksum)
+    assert engine.buffers[-1].shape == (4, 3)  # buffers keep the full batch size
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"precision": "fp16"}, "computes in fp32"),
+        ({"model": "resnet50"}, "runs mlp, not 'resnet50'"),
+        ({"options": {"hiden": 3}}, "did you mean 'hidden'"),
+        ({"options": {"layers": 0}}, "options.layers: expected an integer >= 1"),
+    ],
+)
+def test_cpu_backend_rejects_what_it_cannot_run(changes: dict[str, Any], message: str) -> None:
+    spec = RunSpec().replace(**changes)
+    with pytest.raises(ConfigError, match=message):
+        load_backend("cpu").devices(RankPlacement(0, 0, 0, 0, 0, (0,), (), ()), spec)
+
+
+def test_split_cores_groups_and_limits() -> None:
+    assert split_cores((0, 1, 2, 3), 2) == [(0, 1), (2, 3)]
+    with pytest.raises(ConfigError, match="3 devices need at least 3 cores"):
+        split_cores((0, 1), 3)
