@@ -171,9 +171,11 @@ def test_index_heals_and_rebuild_drops_orphans(tmp_path: Path, archive_dir: Path
     assert list(archive.index_snapshot()) == ["run-b.json"]
 
 
-@pytest.fixture
-def populated(tmp_path: Path, archive_dir: Path) -> Path:
-    """Two models, two batches, three repeats of one configuration."""
+@pytest.fixture(scope="module")
+def populated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two models, two batches, three repeats of one configuration (read-only for tests)."""
+    tmp_path = tmp_path_factory.mktemp("populated")
+    archive_dir = tmp_path / "archive"
     runs = [
         make_run(tmp_path, "r50-b128-1", iteration_ms=50.0),
         make_run(tmp_path, "r50-b128-2", iteration_ms=51.0),
@@ -316,3 +318,59 @@ def test_compare_judges_against_repeat_spread(
     )
     data = json.loads(out)
     assert data["figures"][0]["ratio"] == pytest.approx(256 * 50.0 / (128 * 90.0))
+
+
+def test_submitted_run_site_config_and_failed_job(
+    tmp_path: Path, archive_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = tmp_path / "configs" / "bigcluster.yaml"
+    site.parent.mkdir()
+    site.write_text("name: big-cluster\nnode_types:\n  a100x8: {topology: {}}\n")
+    run = make_run(tmp_path / "runs", "job-ok")
+    (run / "site.yaml").unlink()
+    # What 'hpcbench submit' leaves: run.json names the site config and node type; slurm.json.
+    info = json.loads((run / "run.json").read_text())
+    info.update(site=str(site), node_type="a100x8")
+    (run / "run.json").write_text(json.dumps(info))
+    (run / "slurm.json").write_text(json.dumps({"job_id": "77", "state": "COMPLETED"}))
+    add_run(archive_dir, run)
+    entry = Archive(archive_dir).entry("job-ok")
+    assert (entry["params"]["site"], entry["params"]["partition"]) == ("big-cluster", "a100x8")
+    assert (archive_dir / "runs/job-ok/site-config.yaml").read_text() == site.read_text()
+    assert entry["complete"] is True
+
+    # Every rank file finished, but Slurm killed the job at its time limit: not complete.
+    late = make_run(tmp_path / "runs", "job-timeout")
+    (late / "slurm.json").write_text(json.dumps({"job_id": "78", "state": "TIMEOUT"}))
+    add_run(archive_dir, late)
+    entry = Archive(archive_dir).entry("job-timeout")
+    assert entry["summary"]["complete"] is True
+    assert (entry["complete"], entry["incomplete_reason"]) == (False, "Slurm job ended TIMEOUT")
+    code, out, _ = cli(
+        capsys, "archive", "list", "-a", str(archive_dir), "--json", "-w", "complete=false"
+    )
+    assert code == 0
+    assert _ids(out) == ["job-timeout"]
+
+
+def test_failed_copy_leaves_no_half_run(
+    tmp_path: Path, archive_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hpcbench.archive.store as store
+
+    real_copy = store._copy_file
+    calls = {"n": 0}
+
+    def failing_copy(src: Path, dst: Path, mode: int) -> tuple[int, str]:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(28, "No space left on device", str(dst))
+        return real_copy(src, dst, mode)
+
+    monkeypatch.setattr(store, "_copy_file", failing_copy)
+    with pytest.raises(ArchiveError, match="No space left on device"):
+        add_run(archive_dir, make_run(tmp_path, "run-a"))
+    assert Archive(archive_dir).entries() == []
+    assert list((archive_dir / "staging").iterdir()) == []
+    monkeypatch.setattr(store, "_copy_file", real_copy)
+    assert add_run(archive_dir, tmp_path / "run-a") == "run-a"

@@ -50,6 +50,7 @@ PARAM_KEYS = (
 SPEC_IGNORED = frozenset({"barrier_timeout_s", "strict_binding"})
 
 _MISSING = object()
+ENTRY_KEYS = ("run_id", "archived_at", "complete", "incomplete_reason")
 _WHERE = re.compile(r"^\s*([A-Za-z0-9_][A-Za-z0-9_.\-]*)\s*(>=|<=|!=|==|=|>|<|~)\s*(.*?)\s*$")
 
 
@@ -77,6 +78,9 @@ MISSING = _MISSING
 
 def lookup(entry: Mapping[str, Any], key: str) -> Any:
     """Resolve ``key`` against an index entry (see the module docstring); ``MISSING`` if absent."""
+    if key in ENTRY_KEYS:
+        # The archive's verdict, not the summary's: a failed Slurm job is incomplete too.
+        return entry.get(key, _MISSING)
     summary = entry.get("summary") or {}
     value = get_path(summary, key)
     if value is not _MISSING:
@@ -85,14 +89,12 @@ def lookup(entry: Mapping[str, Any], key: str) -> Any:
     if head in ("params", "spec"):
         return get_path(entry, key)
     if head == "archive":
-        block = {k: entry.get(k) for k in ("run_id", "archived_at", "source", "complete")}
+        block = {k: entry.get(k) for k in (*ENTRY_KEYS, "source")}
         return get_path({"archive": block}, key)
     if "." not in key:
         params = entry.get("params") or {}
         if key in params:
             return params[key]
-        if key in ("run_id", "archived_at", "complete"):
-            return entry.get(key)
     return _MISSING
 
 
@@ -113,7 +115,8 @@ def known_keys(entries: Iterable[Mapping[str, Any]]) -> list[str]:
         for name in entry.get("params") or {}:
             keys.add(name)
             keys.add(f"params.{name}")
-        keys.update(("archive.run_id", "archive.archived_at", "archive.source", "run_id"))
+        keys.update(ENTRY_KEYS)
+        keys.update(f"archive.{k}" for k in (*ENTRY_KEYS, "source"))
     return sorted(keys)
 
 
@@ -259,14 +262,32 @@ def sort_entries(entries: Sequence[Mapping[str, Any]], key: str | None) -> list[
 
 def _name(value: Any) -> str | None:
     if isinstance(value, str):
-        return value
+        # run.json's "site" is the site config's path: the file's own name field is better,
+        # so a path yields nothing here and the copied config (or the file stem) is used.
+        return None if _is_path(value) else value
     if isinstance(value, Mapping) and isinstance(value.get("name"), str):
         return str(value["name"])
     return None
 
 
+def _is_path(value: str) -> bool:
+    return "/" in value or value.endswith((".yaml", ".yml"))
+
+
 def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
+
+
+def _site_stem(value: Any) -> str | None:
+    """``mycluster`` for a site config path ``/x/site_configs/mycluster.yaml``.
+
+    >>> _site_stem("/x/site_configs/mycluster.yaml")
+    'mycluster'
+    """
+    if isinstance(value, str) and _is_path(value):
+        name = value.rstrip("/").rsplit("/", 1)[-1]
+        return name.rsplit(".", 1)[0] if name.endswith((".yaml", ".yml")) else name
+    return None
 
 
 def _first(*values: Any) -> Any:
@@ -306,6 +327,7 @@ def run_params(
         _name(run_info.get("site")),
         _name(run_info.get("site_name")),
         _name(site_doc.get("name")) if site_doc else None,
+        _site_stem(run_info.get("site")),
         # Slurm's ClusterName is the best remaining guess at which site ran it.
         slurm_run.get("cluster"),
         slurm_info.get("cluster"),
@@ -315,6 +337,8 @@ def run_params(
         "partition": _first(
             run.get("partition"),
             run_info.get("partition"),
+            # hpcbench submit records the site config's node type (what --partition named).
+            run_info.get("node_type"),
             slurm_run.get("partition"),
             slurm_info.get("partition"),
         ),

@@ -48,6 +48,7 @@ ENTRY_FORMAT = 1
 MARKER = "archive.json"
 RECORD = "record.json"
 SUMMARY = "summary.json"
+SITE_COPY = "site-config.yaml"
 RUNS_DIR = "runs"
 INDEX_DIR = "index"
 STAGING_DIR = "staging"
@@ -79,6 +80,7 @@ class AddResult:
     run_id: str
     added: bool
     complete: bool
+    incomplete_reason: str | None = None
 
 
 def check_run_id(run_id: object, where: str) -> str:
@@ -300,9 +302,13 @@ class Archive:
             for src in _selected_files(run_dir):
                 size, sha = _copy_file(src, staging / src.name, mode & 0o666)
                 files[src.name] = {"bytes": size, "sha256": sha}
+            site_config = _site_config_path(staging)
+            if site_config is not None and SITE_COPY not in files:
+                size, sha = _copy_file(site_config, staging / SITE_COPY, mode & 0o666)
+                files[SITE_COPY] = {"bytes": size, "sha256": sha}
             # The copied summary is what the archive judges, not the (mutable) source file.
             summary = _read_json_object(staging / SUMMARY, "summary")
-            complete = summary.get("complete") is True
+            complete, reason = completeness(summary, _slurm_record(staging))
             record = {
                 "format": ENTRY_FORMAT,
                 "run_id": run_id,
@@ -310,6 +316,7 @@ class Archive:
                 "archived_by": {"host": host, "pid": os.getpid()},
                 "source": str(run_dir.resolve()),
                 "complete": complete,
+                "incomplete_reason": reason,
                 "files": files,
                 "content_sha256": _content_digest(files),
             }
@@ -335,7 +342,7 @@ class Archive:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         self._write_entry(self.entry_from_run(run_id))
-        return AddResult(run_id=run_id, added=added, complete=complete)
+        return AddResult(run_id=run_id, added=added, complete=complete, incomplete_reason=reason)
 
     # -- index ------------------------------------------------------------------------------
 
@@ -482,6 +489,7 @@ def entry_from_folder(
     if (folder / "run.json").is_file():
         run_info = _read_json_object(folder / "run.json", "run.json")
     site_doc = _site_document(folder, file_names)
+    complete, reason = completeness(summary, _slurm_record(folder))
     plan: dict[str, Any] | None = None
     if (folder / "plan.json").is_file():
         plan = _read_json_object(folder / "plan.json", "plan")
@@ -490,7 +498,8 @@ def entry_from_folder(
         "run_id": run_id,
         "archived_at": archived_at,
         "source": source,
-        "complete": summary.get("complete") is True,
+        "complete": complete,
+        "incomplete_reason": reason,
         "params": run_params(summary, spec, run_info, site_doc, plan),
         "summary": summary,
         "spec": spec,
@@ -513,6 +522,83 @@ def entry_from_run_dir(run_dir: Path | str) -> dict[str, Any]:
         source=str(run_dir),
         file_names=[p.name for p in _selected_files(run_dir)],
     )
+
+
+# Slurm job states after which a run is not a complete measurement, even when every rank
+# file happens to be finished (e.g. a TIMEOUT after the timed phase, during aggregation).
+FAILED_JOB_STATES = frozenset(
+    {
+        "CANCELLED",
+        "TIMEOUT",
+        "FAILED",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "OUT_OF_MEMORY",
+        "BOOT_FAIL",
+        "DEADLINE",
+    }
+)
+
+
+def _site_config_path(folder: Path) -> Path | None:
+    """The site config file that ``run.json`` names (``hpcbench submit`` records its path)."""
+    try:
+        info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    site = info.get("site") if isinstance(info, dict) else None
+    if not isinstance(site, str) or not site.endswith((".yaml", ".yml")):
+        return None
+    path = Path(site)
+    try:
+        # Only a regular file: never a link's target, a device or a folder.
+        if stat.S_ISREG(path.lstat().st_mode):
+            return path
+    except OSError:
+        return None
+    return None
+
+
+def _slurm_record(folder: Path) -> Mapping[str, Any] | None:
+    """``slurm.json`` (written by ``hpcbench submit``) when present and readable."""
+    path = folder / "slurm.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def completeness(
+    summary: Mapping[str, Any], slurm_record: Mapping[str, Any] | None
+) -> tuple[bool, str | None]:
+    """Whether a run is a complete measurement, and why not.
+
+    >>> completeness({"complete": True}, {"state": "TIMEOUT"})
+    (False, 'Slurm job ended TIMEOUT')
+    >>> completeness({"complete": True}, None)
+    (True, None)
+    >>> completeness({}, None)
+    (False, 'summary.json does not say complete: true')
+    """
+    if summary.get("complete") is not True:
+        excluded = summary.get("excluded_ranks")
+        if isinstance(excluded, list) and excluded:
+            ranks = ", ".join(str(e.get("rank")) for e in excluded if isinstance(e, Mapping))
+            return False, f"aggregated without rank(s) {ranks}"
+        return False, "summary.json does not say complete: true"
+    jobs = [slurm_record]
+    run = summary.get("run")
+    if isinstance(run, Mapping):
+        jobs.append(run.get("slurm_job"))
+    for job in jobs:
+        if isinstance(job, Mapping):
+            state = str(job.get("state") or "").split()[0:1]
+            if state and state[0] in FAILED_JOB_STATES:
+                return False, f"Slurm job ended {state[0]}"
+    return True, None
 
 
 def _content_digest(files: Mapping[str, Mapping[str, Any]]) -> str:

@@ -82,7 +82,7 @@ def add(run_dirs: tuple[Path, ...], archive_dir: Path) -> None:
             failures.append(str(run_dir))
             continue
         state = "added" if result.added else "already archived"
-        flag = "" if result.complete else " (INCOMPLETE: summary says complete: false)"
+        flag = "" if result.complete else f" (INCOMPLETE: {result.incomplete_reason})"
         click.echo(f"{state}: {result.run_id}{flag}")
     if failures:
         raise ArchiveError(f"{len(failures)} of {len(run_dirs)} run(s) not archived")
@@ -159,7 +159,8 @@ def show(archive_dir: Path, run_id: str, as_json: bool) -> None:
         _echo_json(entry)
         return
     folder = store.runs_dir / entry["run_id"]
-    click.echo(f"run {entry['run_id']}{'' if entry.get('complete') else '  (INCOMPLETE)'}")
+    state = "" if entry.get("complete") else f"  (INCOMPLETE: {entry.get('incomplete_reason')})"
+    click.echo(f"run {entry['run_id']}{state}")
     click.echo(f"archived {entry.get('archived_at')} from {entry.get('source')}")
     click.echo(f"folder   {folder}")
     click.echo("files    " + ", ".join(sorted(p.name for p in folder.iterdir())))
