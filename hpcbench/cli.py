@@ -32,6 +32,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "submit",
         "Submit a run to Slurm, follow it and print its result.",
     ),
+    "sweep": (
+        "hpcbench.commands.sweep",
+        "sweep",
+        "Run a grid of benchmark points as one Slurm job array (or locally).",
+    ),
     "aggregate": (
         "hpcbench.commands.aggregate",
         "aggregate",

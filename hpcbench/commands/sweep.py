@@ -1,0 +1,65 @@
+"""``hpcbench sweep SPEC.yaml``: a grid of benchmark points as one Slurm job array, or locally."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command("sweep")
+@click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--site", default=None, help="Site config (overrides the spec's 'site').")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Sweep directory [default: the spec's 'out', else ./hpcbench-sweeps/NAME].",
+)
+@click.option(
+    "--max-parallel",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Array tasks running at once (sbatch --array=...%N).",
+)
+@click.option("--local", is_flag=True, help="Run the points here, one after another, no Slurm.")
+@click.option(
+    "--poll-s",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    help="Seconds between state checks while waiting.",
+)
+@click.option(
+    "--wait-timeout-s",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Stop waiting after this long [default: 24 h]; running again resumes.",
+)
+def sweep(
+    spec_file: Path,
+    site: str | None,
+    out: Path | None,
+    max_parallel: int | None,
+    local: bool,
+    poll_s: float,
+    wait_timeout_s: float | None,
+) -> int:
+    """Run every point of a sweep spec; points already complete are skipped.
+
+    Prints a table of all points at the end; exits 1 when a point failed.
+    """
+    from hpcbench.slurm.sweep import format_table, load_sweep, run_sweep
+
+    spec = load_sweep(spec_file, site=site, out=out, max_parallel=max_parallel)
+    points = run_sweep(
+        spec,
+        local=local,
+        argv=sys.argv,
+        poll_s=poll_s,
+        timeout_s=wait_timeout_s,
+        echo=lambda line: click.echo(line, err=True),
+    )
+    click.echo(format_table(spec, points))
+    return 1 if any(p.status == "failed" for p in points) else 0

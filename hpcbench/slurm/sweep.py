@@ -1,0 +1,389 @@
+"""Sweeps: a grid of benchmark points, one run directory each, as one Slurm job array.
+
+A sweep spec (YAML, validated against ``hpcbench/schemas/sweep.schema.json``) names a site, the
+settings every point shares (``base``) and the values to vary (``grid``: model x batch size x
+layout x precision ..., the way DLBS varied ``exp.model``, ``exp.replica_batch``, ``exp.gpus``).
+Each point becomes a run directory ``pNNN`` holding its own ``job.sbatch`` (what ``hpcbench
+render`` shows for that point); the array script runs one point's script per array task.
+Re-running the same spec skips the points whose ``summary.json`` exists, so an interrupted or
+partly failed sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from hpcbench.errors import ConfigError, HpcbenchError, RunError, UsageError, closest
+from hpcbench.slurm.options import JobInputs, inputs_from_options
+from hpcbench.slurm.render import ArrayPoint, render_array
+from hpcbench.slurm.submit import (
+    JobState,
+    JobTracker,
+    add_job_to_summary,
+    explain_failure,
+    job_record,
+    prepare,
+    sbatch,
+    slurm_version,
+)
+
+SWEEP_FILE = "sweep.json"
+# Sweep keys that are spelled differently as command-line keyword arguments.
+_ALIASES = {"layout": "gpus", "cpu_layout": "cpus", "compile": "compile_model"}
+
+
+@dataclass(frozen=True, slots=True)
+class SweepSpec:
+    """A validated sweep spec."""
+
+    name: str
+    site: str
+    partition: str | None
+    base: Mapping[str, Any]
+    grid: tuple[tuple[str, tuple[Any, ...]], ...]
+    out: Path
+    max_parallel: int | None = None
+    time_limit_min: int | None = None
+    python: str | None = None
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every combination of the grid, first key varying slowest.
+
+        >>> grid = (("model", ("a", "b")), ("batch_size", (8, 16)))
+        >>> spec = SweepSpec("s", "site", None, {}, grid, Path("out"))
+        >>> [tuple(p.values()) for p in spec.points()]
+        [('a', 8), ('a', 16), ('b', 8), ('b', 16)]
+        """
+        keys = [k for k, _ in self.grid]
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in self.grid))]
+
+
+@lru_cache(maxsize=1)
+def sweep_schema() -> dict[str, Any]:
+    text = resources.files("hpcbench").joinpath("schemas/sweep.schema.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+def _schema_message(error: Any) -> str:
+    path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        if extra:
+            return (
+                f"unknown key {extra[0]!r}{closest(extra[0], allowed)} "
+                f"(valid keys: {', '.join(allowed)})"
+            )
+    if error.validator == "enum" and error.schema is sweep_schema()["$defs"]["setting_name"]:
+        choices = list(error.validator_value)
+        return (
+            f"{path}: unknown setting {error.instance!r}{closest(str(error.instance), choices)}"
+            f" (valid: {', '.join(choices)})"
+        )
+    return f"{path}: {error.message}"
+
+
+def load_sweep(
+    path: Path, *, site: str | None = None, out: Path | None = None, max_parallel: int | None = None
+) -> SweepSpec:
+    """Read and validate a sweep spec; command-line values override the file's."""
+    import jsonschema
+
+    from hpcbench.site import parse_yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read sweep spec {path}: {exc.strerror or exc}") from None
+    data = parse_yaml(text, str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a sweep spec must be a YAML mapping")
+    validator = jsonschema.Draft202012Validator(sweep_schema())
+    errors = list(validator.iter_errors(data))
+    if errors:
+        # propertyNames errors carry the bad key in their context; report the most specific.
+        leaves = [leaf for e in errors for leaf in (e.context or [e])]
+        best = min(leaves, key=lambda e: (e.validator != "enum", -len(e.absolute_path)))
+        raise ConfigError(f"{path}: {_schema_message(best)}")
+    site_path = site or data.get("site")
+    if not site_path:
+        raise ConfigError(f"{path}: no site: give 'site:' in the spec or --site")
+    # A relative site path in the spec is relative to the spec file, like templates_dir.
+    if not site and not os.path.isabs(site_path) and (Path(path).parent / site_path).is_file():
+        site_path = str(Path(path).parent / site_path)
+    name = data.get("name") or Path(path).stem
+    for key, values in data["grid"].items():
+        for value in values:
+            if not isinstance(value, str | int | float | bool | dict):
+                raise ConfigError(f"{path}: grid.{key}: {value!r} is not a single value")
+    return SweepSpec(
+        name=name,
+        site=str(site_path),
+        partition=data.get("partition"),
+        base=dict(data.get("base") or {}),
+        grid=tuple((k, tuple(v)) for k, v in data["grid"].items()),
+        out=Path(out or data.get("out") or Path("hpcbench-sweeps") / name),
+        max_parallel=max_parallel or data.get("max_parallel"),
+        time_limit_min=data.get("time_limit_min"),
+        python=data.get("python"),
+    )
+
+
+def _kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Sweep settings as the keyword arguments of the shared command-line flags."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        name = _ALIASES.get(key, key)
+        if key == "options":
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"options: expected a mapping of backend options, got {value!r}")
+            out["backend_options"] = tuple(f"{k}={json.dumps(v)}" for k, v in value.items())
+        elif name in ("gpus", "cpus") and value is not None:
+            out[name] = str(value)
+        else:
+            out[name] = value
+    return out
+
+
+@dataclass(slots=True)
+class PointRun:
+    """One sweep point: its settings, its run directory and how it went."""
+
+    index: int
+    params: dict[str, Any]
+    run_dir: Path
+    inputs: JobInputs
+    status: str = "pending"
+    job_id: str | None = None
+    message: str = ""
+    summary: Mapping[str, Any] | None = field(default=None)
+
+
+def plan_points(spec: SweepSpec) -> list[PointRun]:
+    """Resolve every point (plan, spec, job); a bad point is named with its settings."""
+    points = []
+    for index, params in enumerate(spec.points()):
+        settings = {**spec.base, **params}
+        try:
+            inputs = inputs_from_options(
+                site_path=spec.site,
+                partition=spec.partition,
+                job_name=f"{spec.name}-p{index:03d}",
+                python=spec.python,
+                time_limit_min=spec.time_limit_min,
+                **_kwargs(settings),
+            )
+        except HpcbenchError as exc:
+            raise ConfigError(f"sweep point {index} {_label(params)}: {exc}") from None
+        except TypeError as exc:
+            raise ConfigError(f"sweep point {index} {_label(params)}: {exc}") from None
+        run_dir = (spec.out / f"p{index:03d}").resolve()
+        points.append(PointRun(index, params, run_dir, inputs))
+    return points
+
+
+def _label(params: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+def _is_complete(run_dir: Path) -> bool:
+    return (run_dir / "summary.json").is_file()
+
+
+def _set_aside(run_dir: Path) -> None:
+    """Move an unfinished point's directory away so the point starts fresh (kept for reading)."""
+    if not run_dir.exists():
+        return
+    for n in itertools.count(1):
+        target = run_dir.with_name(f"{run_dir.name}.incomplete-{n}")
+        if not target.exists():
+            run_dir.rename(target)
+            return
+
+
+def _check_same_sweep(spec: SweepSpec, sweep_dir: Path) -> None:
+    """Refuse to resume into a directory that holds a different grid."""
+    record = {
+        "name": spec.name,
+        "site": spec.site,
+        "partition": spec.partition,
+        "base": dict(spec.base),
+        "grid": [[k, list(v)] for k, v in spec.grid],
+    }
+    path = sweep_dir / SWEEP_FILE
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if {k: old.get(k) for k in record} != json.loads(json.dumps(record)):
+            raise UsageError(
+                f"{sweep_dir} holds another sweep (its {SWEEP_FILE} differs from this spec); "
+                f"choose another --out"
+            )
+        return
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    local: bool = False,
+    argv: Sequence[str] = (),
+    poll_s: float = 1.0,
+    timeout_s: float | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[PointRun]:
+    """Run every point that is not complete yet; return all points with their outcome."""
+    points = plan_points(spec)
+    sweep_dir = spec.out.resolve()
+    _check_same_sweep(spec, sweep_dir)
+    pending = []
+    for point in points:
+        if _is_complete(point.run_dir):
+            point.status = "done (earlier)"
+            point.summary = json.loads((point.run_dir / "summary.json").read_text())
+            continue
+        _set_aside(point.run_dir)
+        pending.append(point)
+    echo(f"sweep {spec.name}: {len(points)} point(s), {len(pending)} to run, in {sweep_dir}")
+    if not pending:
+        return points
+    for point in pending:
+        prepare(point.inputs, point.run_dir, [*argv, f"(sweep point {point.index})"])
+    if local:
+        _run_local(pending, echo)
+    else:
+        _run_array(spec, pending, sweep_dir, poll_s, timeout_s, echo)
+    return points
+
+
+def _run_local(pending: list[PointRun], echo: Callable[[str], None]) -> None:
+    from hpcbench.aggregate import aggregate_run
+    from hpcbench.runtime.launcher import launch_local
+    from hpcbench.runtime.rundir import read_run_info
+
+    for point in pending:
+        echo(f"point {point.index} ({_label(point.params)}): running locally")
+        try:
+            launch_local(
+                point.run_dir,
+                point.inputs.plan,
+                read_run_info(point.run_dir),
+                python=point.inputs.python,
+            )
+            point.summary = aggregate_run(point.run_dir)
+            point.status = "done"
+        except (RunError, UsageError) as exc:
+            point.status = "failed"
+            point.message = str(exc)
+            echo(f"point {point.index}: failed: {exc}")
+
+
+def _run_array(
+    spec: SweepSpec,
+    pending: list[PointRun],
+    sweep_dir: Path,
+    poll_s: float,
+    timeout_s: float | None,
+    echo: Callable[[str], None],
+) -> None:
+    node_type = pending[0].inputs.node_type
+    site = pending[0].inputs.site
+    (sweep_dir / "logs").mkdir(exist_ok=True)
+    text = render_array(
+        [ArrayPoint(p.index, str(p.run_dir / "job.sbatch"), p.inputs.plan) for p in pending],
+        node_type,
+        str(sweep_dir),
+        job_name=spec.name,
+        max_parallel=spec.max_parallel,
+        time_limit_min=spec.time_limit_min,
+        site_templates_dir=site.templates_dir,
+    )
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    script = sweep_dir / f"array-{stamp}.sbatch"
+    tmp = script.with_name(script.name + ".part")
+    tmp.write_text(text)
+    tmp.replace(script)
+    version = slurm_version()
+    submitted_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    array_id = sbatch(script)
+    echo(f"submitted job array {array_id} ({len(pending)} task(s)): {script}")
+    trackers = {
+        p.index: JobTracker(f"{array_id}_{p.index}", sweep_dir / "submitit") for p in pending
+    }
+    deadline = time.monotonic() + (timeout_s or 86400.0)
+    states: dict[int, JobState] = {}
+    last = ""
+    while True:
+        for point in pending:
+            if point.index not in states or not states[point.index].final:
+                states[point.index] = trackers[point.index].state()
+        counts: dict[str, int] = {}
+        for state in states.values():
+            counts[state.state] = counts.get(state.state, 0) + 1
+        line = f"array {array_id}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        if line != last:
+            echo(line)
+            last = line
+        if all(s.final for s in states.values()):
+            break
+        if time.monotonic() > deadline:
+            raise RunError(
+                f"job array {array_id} not finished after {timeout_s or 86400.0:.0f} s ({line}); "
+                f"it keeps running: run the same sweep again later to collect it"
+            )
+        time.sleep(poll_s)
+    for point in pending:
+        state = states[point.index]
+        point.job_id = state.job_id
+        record = job_record(state, submitted_at=submitted_at, script=script, version=version)
+        tmp_record = point.run_dir / "slurm.json.part"
+        tmp_record.write_text(json.dumps(record, indent=2) + "\n")
+        tmp_record.replace(point.run_dir / "slurm.json")
+        if state.state != "COMPLETED":
+            point.status = "failed"
+            point.message = explain_failure(state, point.run_dir, point.inputs.plan.world_size)
+            continue
+        try:
+            point.summary = add_job_to_summary(point.run_dir, record)
+            point.status = "done"
+        except HpcbenchError as exc:
+            point.status = "failed"
+            point.message = str(exc)
+
+
+def format_table(spec: SweepSpec, points: Sequence[PointRun]) -> str:
+    """A table of every point: its settings, status, throughput and run directory."""
+    keys = [k for k, _ in spec.grid]
+    header = ["point", *keys, "status", "img/s", "run dir"]
+    rows = [header]
+    for point in points:
+        throughput = None
+        if point.summary is not None:
+            throughput = point.summary.get("throughput", {}).get("common_window_img_s")
+        rows.append(
+            [
+                f"p{point.index:03d}",
+                *(str(point.params[k]) for k in keys),
+                point.status,
+                f"{throughput:,.1f}" if isinstance(throughput, int | float) else "-",
+                str(point.run_dir),
+            ]
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    for point in points:
+        if point.message:
+            lines.append(f"p{point.index:03d}: {point.message}")
+    return "\n".join(lines)

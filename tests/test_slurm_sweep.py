@@ -1,0 +1,111 @@
+"""Sweeps: spec validation (pure), a 4-point job array on the local cluster, local runs, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from hpcbench.errors import ConfigError
+from hpcbench.slurm.sweep import format_table, load_sweep, run_sweep
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("site: s\ngird:\n  model: [a]\n", "unknown key 'gird' (did you mean 'grid'?)"),
+        ("site: s\ngrid:\n  batch_sise: [1]\n", "grid: unknown setting 'batch_sise' (did you mean"),
+        ("site: s\ngrid: {model: [a]}\nbase: {modle: a}\n", "base: unknown setting 'modle'"),
+        ("site: s\ngrid:\n  model: []\n", "grid.model: [] should be non-empty"),
+        ("site: s\ngrid:\n  model: a\n", "grid.model: 'a' is not of type 'array'"),
+        ("grid:\n  model: [a]\n", "no site"),
+        ("site: s\ngrid:\n  model: [[a, b]]\n", "grid.model: ['a', 'b'] is not a single value"),
+        ("site: s\nmax_parallel: 0\ngrid: {model: [a]}\n", "max_parallel: 0 is less than"),
+    ],
+)
+def test_bad_sweep_specs_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=None) as info:
+        load_sweep(_write(tmp_path / "s.yaml", text))
+    assert message in str(info.value)
+    assert str(info.value).startswith(str(tmp_path / "s.yaml"))
+
+
+def test_command_line_overrides_spec(tmp_path: Path) -> None:
+    spec_path = _write(tmp_path / "s.yaml", "site: a.yaml\nmax_parallel: 3\ngrid: {model: [a]}\n")
+    spec = load_sweep(spec_path, site="b.yaml", out=tmp_path / "o", max_parallel=1)
+    assert (spec.site, spec.out, spec.max_parallel, spec.name) == ("b.yaml", tmp_path / "o", 1, "s")
+
+
+def _this_machine_site(tmp_path: Path) -> Path:
+    """A site config of this machine as it really is: one NUMA node with every CPU, no GPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    text = (
+        "name: here\nnode_types:\n  cpu:\n    topology:\n      numa_nodes:\n"
+        f'        - {{id: 0, package: 0, cpus: "{",".join(map(str, cpus))}"}}\n'
+    )
+    return _write(tmp_path / "here.yaml", text)
+
+
+def test_local_sweep_runs_points_in_turn_and_resumes(tmp_path: Path) -> None:
+    site = _this_machine_site(tmp_path)
+    spec_path = _write(
+        tmp_path / "local.yaml",
+        f"site: {site}\nbase: {{backend: cpu, num_batches: 2, warmup_batches: 0, ranks: 1}}\n"
+        "grid:\n  batch_size: [4, 8]\n",
+    )
+    spec = load_sweep(spec_path, out=tmp_path / "out")
+    points = run_sweep(spec, local=True, echo=lambda _: None)
+    assert [p.status for p in points] == ["done", "done"], format_table(spec, points)
+    batch = [json.loads((p.run_dir / "spec.json").read_text())["batch_size"] for p in points]
+    assert batch == [4, 8]
+    again = run_sweep(spec, local=True, echo=lambda _: None)
+    assert [p.status for p in again] == ["done (earlier)"] * 2
+    table = format_table(spec, again)
+    assert table.splitlines()[0].split()[:4] == ["point", "batch_size", "status", "img/s"]
+
+
+def test_resume_refuses_a_different_grid(tmp_path: Path) -> None:
+    site = _this_machine_site(tmp_path)
+    first = _write(tmp_path / "a.yaml", f"site: {site}\ngrid: {{batch_size: [4]}}\n")
+    run_sweep(load_sweep(first, out=tmp_path / "out"), local=True, echo=lambda _: None)
+    other = _write(tmp_path / "b.yaml", f"name: a\nsite: {site}\ngrid: {{batch_size: [8]}}\n")
+    with pytest.raises(Exception, match="holds another sweep"):
+        run_sweep(load_sweep(other, out=tmp_path / "out"), local=True, echo=lambda _: None)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(240)
+def test_four_point_sweep_is_one_job_array(slurm_site: Path, tmp_path: Path) -> None:
+    spec_path = _write(
+        tmp_path / "grid.yaml",
+        f"name: grid\nsite: {slurm_site}\nmax_parallel: 2\n"
+        "base: {backend: cpu, num_batches: 3, warmup_batches: 1}\n"
+        "grid:\n  batch_size: [4, 8]\n  layout: ['0,1;2,3', '0;2']\n",
+    )
+    spec = load_sweep(spec_path, out=tmp_path / "out")
+    lines: list[str] = []
+    points = run_sweep(spec, poll_s=0.5, timeout_s=200, echo=lines.append)
+    assert [p.status for p in points] == ["done"] * 4, format_table(spec, points)
+    records = [json.loads((p.run_dir / "slurm.json").read_text()) for p in points]
+    assert len({r["job_id"] for r in records}) == 1, records  # one array job
+    assert [r["array_task_id"] for r in records] == [0, 1, 2, 3]
+    assert sum("submitted job array" in line for line in lines) == 1
+    for point in points:
+        summary = json.loads((point.run_dir / "summary.json").read_text())
+        assert summary["run"]["batch_size"] == point.params["batch_size"]
+        assert summary["run"]["gpu_layout"] == point.params["layout"]
+        for rank in summary["ranks"]:
+            assert rank["cpus"] == rank["cpus_actual"]
+            assert rank["gpus_visible"] == ",".join(map(str, rank["gpus"]))
+    # Resume: nothing left to submit.
+    lines.clear()
+    again = run_sweep(spec, poll_s=0.5, timeout_s=60, echo=lines.append)
+    assert [p.status for p in again] == ["done (earlier)"] * 4
+    assert not any("submitted" in line for line in lines)
