@@ -158,3 +158,14 @@ def smt_cpus(
             for cpu in siblings:
                 out[cpu] = (p, c, siblings)
     return out
+
+
+def set_port_type(root: Path, address: str, port_type: int) -> None:
+    """Give a function a 256-byte config space whose PCIe capability has this port type."""
+    space = bytearray(256)
+    space[0x06] = 0x10  # status: capability list present
+    space[0x34] = 0x50
+    space[0x50:0x52] = bytes([0x01, 0x60])  # power management capability first, then ...
+    space[0x60:0x64] = bytes([0x10, 0x00, (port_type << 4) | 0x2, 0x00])  # ... PCI Express
+    device = (root / "sys" / "bus" / "pci" / "devices" / address).resolve()
+    (device / "config").write_bytes(bytes(space))

@@ -335,3 +335,19 @@ def test_sources_pick_exactly_one(tmp_path: Path) -> None:
     assert node_type is not None and node_type.topology is topo
     topo, node_type = topology_from_options(None, None, None, None)  # this host
     assert node_type is None and topo.cpus
+
+
+def test_the_documented_example_validates(tmp_path: Path, hwloc_fixtures: Path) -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "site-config.md").read_text()
+    block = doc.split("A complete example with every key:", 1)[1].split("```yaml\n", 1)[1]
+    (tmp_path / "mycluster.yaml").write_text(block.split("```", 1)[0])
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "cpu-node.xml").write_bytes(
+        (hwloc_fixtures / "24em64t-2n6c2t-pci.xml").read_bytes()
+    )
+    site = load_site(tmp_path / "mycluster.yaml")
+    gpu = site.node_type(None)
+    assert gpu.name == "gpu" and site.node_type("gpu").slurm.extra_sbatch == ("--constraint=v100",)
+    assert gpu.topology.numa_node(2).cpus == () and gpu.reserved_cores == (0, 36)
+    assert site.templates_dir == (tmp_path / "templates").resolve()
+    assert len(site.node_type("cpu").topology.numa_nodes) == 2

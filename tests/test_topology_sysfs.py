@@ -14,7 +14,13 @@ from hpcbench.cli import main
 from hpcbench.cpulist import parse_cpulist
 from hpcbench.errors import TopologyError
 from hpcbench.topology.sysfs import normalize_bus_id, read_sysfs
-from tests.sysfs_tree import PciFunction, add_virtual_netdev, make_sysfs, smt_cpus
+from tests.sysfs_tree import (
+    PciFunction,
+    add_virtual_netdev,
+    make_sysfs,
+    set_port_type,
+    smt_cpus,
+)
 
 SNAPSHOTS = ["16em64t-4s2c2t", "8em64t-2s2ca2c"]
 
@@ -293,6 +299,34 @@ def test_two_level_pcie_switch(tmp_path: Path) -> None:
     assert g["0000:05:00.0"].pcie_path == (*top, "0000:02:00.0", "0000:03:00.0", "0000:04:00.0")
     # The bridges themselves (class 0x0604) are not GPUs.
     assert len(topo.gpus) == 4
+
+
+def test_port_types_from_config_space_beat_the_chain_shape(tmp_path: Path) -> None:
+    # As root, config space says which bridge is a switch's upstream port. Two chains the
+    # shape rule gets wrong: a PCIe-to-PCI bridge below a switch, and a VM that hides the root
+    # port (the chain starts at the upstream port).
+    s0 = [0, 1, 2, 3, 8, 9, 10, 11]
+    legacy = (RP0, "0000:01:00.0", "0000:02:00.0", "0000:03:00.0")
+    hidden = ("0000:00:05.0", "0000:06:00.0")
+    pci = [gpu("0000:04:00.0", legacy, 0, s0), gpu("0000:07:00.0", hidden, 0, s0)]
+    root = two_socket(tmp_path, pci=pci)
+    assert {g.pci_bus_id: g.pcie_switch for g in read_sysfs(root).gpus} == {
+        "0000:04:00.0": "0000:02:00.0",  # shape rule: wrong (a downstream port)
+        "0000:07:00.0": None,  # shape rule: no switch seen
+    }
+    for address, port_type in [
+        (RP0, 4),
+        ("0000:01:00.0", 5),
+        ("0000:02:00.0", 6),
+        ("0000:03:00.0", 7),  # PCIe-to-PCI bridge
+        ("0000:00:05.0", 5),
+        ("0000:06:00.0", 6),
+    ]:
+        set_port_type(root, address, port_type)
+    assert {g.pci_bus_id: g.pcie_switch for g in read_sysfs(root).gpus} == {
+        "0000:04:00.0": "0000:01:00.0",
+        "0000:07:00.0": "0000:00:05.0",
+    }
 
 
 def test_nics(tmp_path: Path) -> None:

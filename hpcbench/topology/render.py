@@ -54,11 +54,13 @@ def render_tree(topology: Topology) -> str:
         lines.append(f"  Package {package.id}: CPUs {format_cpulist(package.cpus)}")
         for node_id in package.numa_nodes:
             node = topology.numa_node(node_id)
-            memory = f", {node.memory_mb / 1024:.0f} GiB" if node.memory_mb else ""
+            first = node.id not in shown
+            memory = f", {node.memory_mb / 1024:.0f} GiB" if node.memory_mb and first else ""
             cores = _cores_text(topology, node.id, package.id)
             lines.append(f"    NUMA node {node.id}: {cores}{memory}")
-            # A NUMA node spanning packages (old front-side-bus machines) lists its devices once.
-            if node.id not in shown:
+            # A NUMA node spanning packages (old front-side-bus machines) shows its memory and
+            # devices once.
+            if first:
                 shown.add(node.id)
                 for gpu in topology.gpus:
                     if gpu.numa_node == node.id:

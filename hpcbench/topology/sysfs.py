@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hpcbench.cpulist import CpuListError, parse_cpulist, parse_sysfs_mask
@@ -33,6 +33,10 @@ VENDOR_NVIDIA = 0x10DE
 VENDOR_AMD = 0x1002
 VENDOR_INTEL = 0x8086
 SYSFS_GPU_NOTE = "GPU indices in PCI bus order and models as PCI ids (sysfs has no GPU names)"
+# PCI Express Capabilities register, "Device/Port Type" field (PCIe base spec 7.5.3.2).
+PCIE_ROOT_PORT = 4
+PCIE_UPSTREAM_PORT = 5
+PCIE_DOWNSTREAM_PORT = 6
 # ARPHRD_INFINIBAND in <linux/if_arp.h>: what /sys/class/net/*/type holds for an IPoIB interface.
 ARPHRD_INFINIBAND = 32
 
@@ -48,6 +52,8 @@ class PciDevice:
     numa_node: int | None
     local_cpus: tuple[int, ...]
     bridges: tuple[str, ...]
+    port_type: int | None = None
+    switch: str | None = None
 
 
 def is_gpu(pci_class: int, vendor: int) -> bool:
@@ -78,7 +84,9 @@ def is_gpu(pci_class: int, vendor: int) -> bool:
     return vendor in (VENDOR_AMD, VENDOR_INTEL) and sub_class in (0x02, 0x80)
 
 
-def nearest_switch(bridges: tuple[str, ...]) -> str | None:
+def nearest_switch(
+    bridges: tuple[str, ...], port_types: Mapping[str, int | None] | None = None
+) -> str | None:
     """The upstream port of the nearest PCIe switch above a device, from its bridge chain.
 
     The chain starts at the root port. Each PCIe switch appears as an upstream-port bridge with a
@@ -92,9 +100,45 @@ def nearest_switch(bridges: tuple[str, ...]) -> str | None:
     >>> nearest_switch(("0000:00:01.0", "0000:01:00.0", "0000:02:08.0", "0000:03:00.0",
     ...                 "0000:04:10.0"))
     '0000:03:00.0'
+
+    When the PCIe port type of every bridge is known (``port_types``, read from config space,
+    which only root can read past its first 64 bytes), the nearest upstream port is taken
+    directly; this also covers a hidden root port (VMs) and a PCIe-to-PCI bridge in the chain.
+
+    >>> nearest_switch(("0000:01:00.0", "0000:02:00.0"), {"0000:01:00.0": 5, "0000:02:00.0": 6})
+    '0000:01:00.0'
     """
+    if port_types is not None and bridges and all(port_types.get(b) is not None for b in bridges):
+        upstream = [b for b in bridges if port_types[b] == PCIE_UPSTREAM_PORT]
+        return upstream[-1] if upstream else None
     if len(bridges) >= 3:
         return bridges[-2]
+    return None
+
+
+def pcie_port_type(config: bytes) -> int | None:
+    """The PCIe Device/Port Type of a function from its config space, or None when unreadable.
+
+    Walks the capability list (status bit 4, pointer at 0x34) to the PCI Express capability
+    (id 0x10) and returns bits 7:4 of its capabilities register. Unprivileged reads of sysfs
+    ``config`` stop at 64 bytes, before any capability, so this needs root.
+
+    >>> space = bytearray(256); space[0x06] = 0x10; space[0x34] = 0x40
+    >>> space[0x40:0x44] = bytes([0x10, 0x00, 0x52, 0x00])   # PCIe cap v2, type 5
+    >>> pcie_port_type(bytes(space))
+    5
+    >>> pcie_port_type(bytes(64)) is None
+    True
+    """
+    if len(config) < 0x40 or not config[0x06] & 0x10:
+        return None
+    pointer = config[0x34] & 0xFC
+    for _ in range(48):  # the list is short; the bound guards against loops in bad data
+        if pointer < 0x40 or pointer + 4 > len(config):
+            return None
+        if config[pointer] == 0x10:
+            return (config[pointer + 2] >> 4) & 0xF
+        pointer = config[pointer + 1] & 0xFC
     return None
 
 
@@ -287,9 +331,22 @@ def read_pci_devices(root: str | os.PathLike[str] = "/") -> list[PciDevice]:
                 numa_node=numa if numa is not None and numa >= 0 else None,
                 local_cpus=local,
                 bridges=chain,
+                port_type=_port_type_of(entry),
             )
         )
-    return sorted(devices, key=lambda d: d.address)
+    port_types = {d.address: d.port_type for d in devices}
+    return sorted(
+        (replace(d, switch=nearest_switch(d.bridges, port_types)) for d in devices),
+        key=lambda d: d.address,
+    )
+
+
+def _port_type_of(entry: Path) -> int | None:
+    try:
+        with (entry / "config").open("rb") as handle:
+            return pcie_port_type(handle.read(4096))
+    except OSError:
+        return None
 
 
 def gpu_devices(devices: Iterable[PciDevice]) -> list[PciDevice]:
@@ -354,7 +411,7 @@ def _nics(root: Path, by_address: dict[str, PciDevice]) -> list[Nic]:
                 kind=kind,
                 pci_bus_id=address,
                 numa_node=pci.numa_node,
-                pcie_switch=nearest_switch(pci.bridges),
+                pcie_switch=pci.switch,
             )
         )
         seen.add(address)
@@ -371,7 +428,7 @@ def _nics(root: Path, by_address: dict[str, PciDevice]) -> list[Nic]:
                 kind="ethernet" if layers == {"Ethernet"} else "infiniband",
                 pci_bus_id=address,
                 numa_node=pci.numa_node,
-                pcie_switch=nearest_switch(pci.bridges),
+                pcie_switch=pci.switch,
             )
         )
     return nics
@@ -459,7 +516,7 @@ def read_sysfs(root: str | os.PathLike[str] = "/") -> Topology:
                 numa_node=numa,
                 cpus=cpus,
                 pcie_path=device.bridges,
-                pcie_switch=nearest_switch(device.bridges),
+                pcie_switch=device.switch,
             )
         )
     if gpus:
