@@ -25,7 +25,11 @@ class Core:
 
 @dataclass(frozen=True, slots=True)
 class NumaNode:
-    """A NUMA node. ``package`` is None for a node without CPUs (HBM, CXL or GPU memory)."""
+    """A NUMA node. ``package`` is None for a node without CPUs (HBM, CXL or GPU memory).
+
+    On old front-side-bus machines one NUMA node spans several packages; ``package`` is then the
+    lowest of them (the readers add a note), and :class:`Package` lists the node under each.
+    """
 
     id: int
     package: int | None
