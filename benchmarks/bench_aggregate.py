@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -31,11 +32,12 @@ import json, resource, sys, time
 from pathlib import Path
 from hpcbench.aggregate import aggregate_run
 rss_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 summary = aggregate_run(Path(sys.argv[1]))
-elapsed_s = time.perf_counter() - t0
+elapsed_s, cpu_s = time.perf_counter() - t0, time.process_time() - c0
 print(json.dumps({
     "aggregate_s": elapsed_s,
+    "cpu_s": cpu_s,
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     "rss_after_imports_mb": rss_before_kb / 1024,
     "common_window_img_s": summary["throughput"]["common_window_img_s"],
@@ -100,6 +102,8 @@ def main() -> None:
         "result_h5_mb": round(result_mb, 1),
         "generate_s": round(generate_s, 2),
         "aggregate_s": [round(r["aggregate_s"], 3) for r in runs],
+        "cpu_s": [round(r["cpu_s"], 3) for r in runs],
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "peak_rss_mb": [round(r["peak_rss_mb"], 1) for r in runs],
         "rss_after_imports_mb": round(runs[0]["rss_after_imports_mb"], 1),
     }
@@ -112,12 +116,13 @@ def main() -> None:
     )
     for i, r in enumerate(runs, 1):
         print(
-            f"  run {i}: aggregate_run {r['aggregate_s']:.3f} s, "
+            f"  run {i}: aggregate_run {r['aggregate_s']:.3f} s wall, {r['cpu_s']:.3f} s CPU, "
             f"peak RSS {r['peak_rss_mb']:.0f} MB (after imports {r['rss_after_imports_mb']:.0f} MB)"
         )
     print(
         f"best {min(report['aggregate_s']):.3f} s, worst {max(report['aggregate_s']):.3f} s, "
-        f"max peak RSS {max(report['peak_rss_mb']):.0f} MB"
+        f"max peak RSS {max(report['peak_rss_mb']):.0f} MB; load average "
+        f"{report['load_average_1min']} on {os.cpu_count()} CPUs (wall time grows with load)"
     )
 
 

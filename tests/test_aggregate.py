@@ -9,6 +9,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hpcbench.aggregate import aggregate_run, figures, format_summary, read_summary, summarize_run
 from hpcbench.aggregate.load import read_result_ranks
@@ -45,6 +47,7 @@ def test_worked_example_matches_design(tmp_path: Path) -> None:
     assert summary["window"]["length_s"] == pytest.approx(9.95)
     # Effective: images / (start arrive → end release): 1 ms before T0 until 1 ms after 11.25 s.
     assert summary["ranks"][0]["dlbs_effective_img_s"] == pytest.approx(102400 / 11.252)
+    assert round(summary["throughput"]["dlbs_effective_sum_img_s"], 1) == 18201.2
     assert summary["throughput"]["dlbs_reported_img_s"] == pytest.approx(
         max(summary["throughput"]["dlbs_adjusted_img_s"], 2 * 102400 / 11.252)
     )
@@ -338,3 +341,52 @@ def test_read_summary_prefers_file_and_computes_otherwise(tmp_path: Path) -> Non
     for rank_path in copy.glob("rank-*.h5"):
         rank_path.unlink()
     assert read_summary(copy)["throughput"] == computed["throughput"]
+
+
+# ---------------------------------------------------------------------------- properties
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 1000), st.integers(0, 200), st.integers(1, 64)),
+        min_size=1,
+        max_size=30,
+    ),
+    st.integers(0, 1200),
+    st.integers(0, 600),
+)
+def test_window_images_match_a_per_batch_computation(
+    batches: list[tuple[int, int, int]], window_start: int, window_length: int
+) -> None:
+    starts = np.array([b[0] for b in batches], dtype=np.int64) + T0_NS
+    ends = starts + np.array([b[1] for b in batches], dtype=np.int64)
+    images = np.array([b[2] for b in batches], dtype=np.int32)
+    w0, w1 = T0_NS + window_start, T0_NS + window_start + window_length
+    expected = 0.0
+    for start, end, count in zip(starts.tolist(), ends.tolist(), images.tolist()):
+        if w1 <= w0:
+            continue
+        if end == start:
+            expected += count if w0 <= end <= w1 else 0
+        else:
+            expected += count * max(0, min(end, w1) - max(start, w0)) / (end - start)
+    assert figures.images_in_window(starts, ends, images, w0, w1) == pytest.approx(expected)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(0, 10**10), min_size=1, max_size=200))
+def test_latency_percentiles_match_numpy(values: list[int]) -> None:
+    got = figures.latency_ms(np.array(values, dtype=np.int64))
+    expected = np.percentile(np.array(values, dtype=np.float64), [50, 90, 99]) / NS_PER_MS
+    assert [got["p50"], got["p90"], got["p99"]] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert got["max"] == pytest.approx(max(values) / NS_PER_MS)
+
+
+def test_rank_file_named_for_another_rank(tmp_path: Path) -> None:
+    path = write_rank(tmp_path, 0, 6, Batches.of([T0_NS], [T0_NS + NS_PER_S], 8))
+    write_rank(tmp_path, 1, 6, Batches.of([T0_NS], [T0_NS + NS_PER_S], 8))
+    path.rename(tmp_path / "rank-00005.h5")
+    with pytest.raises(MetricsError, match=r"rank-00005\.h5: attribute rank=0"):
+        aggregate_run(tmp_path, allow_partial=True)
+    (tmp_path / "rank-00005.h5").rename(tmp_path / "rank-00009.h5")
+    with pytest.raises(MetricsError, match=r"rank-00009\.h5: rank 9 is outside the world size 6"):
+        aggregate_run(tmp_path, allow_partial=True)

@@ -336,25 +336,30 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             + "; ".join(e["reason"] for e in summary.get("excluded_ranks", []))
         )
     if tp["common_window_img_s"] is None:
-        lines.append(f"common-window throughput: undefined ({tp['common_window_reason']})")
+        lines.append(f"{'common-window throughput':<26}undefined ({tp['common_window_reason']})")
     else:
         lines.append(
-            f"common-window throughput: {_num(tp['common_window_img_s'])} img/s "
+            f"{'common-window throughput':<26}{_num(tp['common_window_img_s'])} img/s "
             f"({_num(tp['per_device_img_s'])} per device) over {window['length_s']:.3f} s"
         )
-    lines.append(f"sum of own throughputs:   {_num(tp['sum_own_img_s'])} img/s")
+    lines.append(f"{'sum of own throughputs':<26}{_num(tp['sum_own_img_s'])} img/s")
     adjusted = (
         f"{_num(tp['dlbs_adjusted_img_s'])} img/s"
         if tp["dlbs_adjusted_img_s"] is not None
         else f"undefined ({tp['dlbs_adjusted_reason']})"
     )
-    lines.append(f"DLBS adjusted (N={tp['dlbs_trim']}):   {adjusted}")
+    lines.append(f"{'DLBS adjusted (N=' + str(tp['dlbs_trim']) + ')':<26}{adjusted}")
     effective = (
         f"{_num(tp['dlbs_effective_sum_img_s'])} img/s"
         if tp["dlbs_effective_sum_img_s"] is not None
         else f"undefined ({tp['dlbs_effective_reason']})"
     )
-    lines.append(f"DLBS sum of effective:    {effective}")
+    lines.append(f"{'DLBS sum of effective':<26}{effective}")
+    if tp.get("dlbs_reported_img_s") is not None:
+        lines.append(
+            f"{'DLBS reported':<26}{_num(tp['dlbs_reported_img_s'])} img/s "
+            "(max of adjusted and sum of effective)"
+        )
     lines.append(
         f"skew: start {_secs(skew['start_s'])}, end {_secs(skew['end_s'])}, "
         f"timed-phase ends {_secs(skew['finish_s'])}"
