@@ -258,3 +258,45 @@ def test_bad_files(tmp_path: Path, content: str, message: str) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(TopologyError, match="hwloc XML not found"):
         read_hwloc_xml(tmp_path / "nope.xml")
+
+
+def test_packages_without_os_index_are_numbered_in_order(tmp_path: Path) -> None:
+    xml = dgx_like_xml().replace('<object type="Package" os_index="1"', '<object type="Package"')
+    xml = xml.replace('<object type="Package" os_index="0"', '<object type="Package"')
+    path = tmp_path / "vm.xml"
+    path.write_text(xml)
+    topo = read_hwloc_xml(path)
+    assert [(p.id, p.cpus) for p in topo.packages] == [(0, (0, 1, 4, 5)), (1, (2, 3, 6, 7))]
+
+
+def test_hwloc_1_layout_with_numa_nodes_as_parents(tmp_path: Path) -> None:
+    # hwloc 1.x: no version attribute, NUMANode objects contain their packages, and the
+    # network OS device type is the enum value 2.
+    gpu = _gpu("0000:81:00.0", '<object type="OSDev" name="cuda0" osdev_type="5"/>')
+    nic = (
+        '<object type="PCIDev" pci_busid="0000:82:00.0" pci_type="0200 [8086:1521] [0:0] 01">'
+        '<object type="OSDev" name="eth0" osdev_type="2"/></object>'
+    )
+    io = f'<object type="Bridge" bridge_type="0-1">{_bridge("0000:80:01.0", gpu + nic)}</object>'
+    xml = f"""<?xml version="1.0" encoding="UTF-8"?>
+<topology>
+  <object type="Machine" os_index="0" cpuset="0xf" nodeset="0x3">
+    <object type="NUMANode" os_index="0" cpuset="0x3" nodeset="0x1" local_memory="4294967296">
+      <object type="Package" os_index="0" cpuset="0x3">{_core(0, [0], 0)}{_core(1, [1], 0)}</object>
+    </object>
+    <object type="NUMANode" os_index="1" cpuset="0xc" nodeset="0x2">
+      <object type="Package" os_index="1" cpuset="0xc">{_core(0, [2], 1)}{_core(1, [3], 1)}</object>
+      {io}
+    </object>
+  </object>
+</topology>
+"""
+    path = tmp_path / "v1.xml"
+    path.write_text(xml)
+    topo = read_hwloc_xml(path)
+    assert [(n.id, n.package, n.cpus, n.memory_mb) for n in topo.numa_nodes] == [
+        (0, 0, (0, 1), 4096),
+        (1, 1, (2, 3), None),
+    ]
+    assert [(g.index, g.numa_node, g.cpus) for g in topo.gpus] == [(0, 1, (2, 3))]
+    assert [(n.name, n.kind, n.numa_node) for n in topo.nics] == [("eth0", "ethernet", 1)]

@@ -147,6 +147,12 @@ def _topology_from_tree(root: ET.Element, where: str, version: int) -> Topology:
             memory = item.element.get("local_memory")
             numa_memory[index] = int(memory) // 2**20 if memory and memory.isdigit() else None
 
+    # hwloc omits os_index when the OS does not say (some VMs): number those packages in order.
+    package_elements = [i.element for i in objects if i.element.get("type") == "Package"]
+    package_ids = {
+        id(el): int(el.get("os_index", "")) if el.get("os_index", "").isdigit() else n
+        for n, el in enumerate(package_elements)
+    }
     core_groups: dict[int, list[int]] = {}
     core_meta: dict[int, tuple[int, int | None]] = {}
     for item in objects:
@@ -156,7 +162,7 @@ def _topology_from_tree(root: ET.Element, where: str, version: int) -> Topology:
         cpu = _os_index(element, where)
         core_el = next((a for a in reversed(item.ancestors) if a.get("type") == "Core"), element)
         package_el = next((a for a in reversed(item.ancestors) if a.get("type") == "Package"), None)
-        package = _os_index(package_el, where) if package_el is not None else 0
+        package = package_ids.get(id(package_el), 0) if package_el is not None else 0
         nodes = parse_hwloc_bitmap(element.get("nodeset"))
         if len(nodes) != 1:
             numa_el = next(
