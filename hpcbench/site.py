@@ -221,6 +221,8 @@ def _schema_error_message(error: Any, schema: Mapping[str, Any]) -> str:
         return (
             f"{key_path(path)}: {error.instance!r} is not allowed{suggestion} (choices: {choices})"
         )
+    if error.validator == "pattern" and path and path[-1] == "slurm_version":
+        return f'{key_path(path)}: {error.instance!r} is not a Slurm version like "22.05"'
     if error.validator == "propertyNames":
         return f"{key_path(path)}: {error.message}"
     return f"{key_path(path)}: {error.message}"

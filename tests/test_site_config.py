@@ -19,6 +19,14 @@ from tests.sysfs_tree import PciFunction, make_sysfs, smt_cpus
 SHIPPED = sorted(site_configs_dir().glob("*.yaml"))
 
 
+def test_the_shipped_schema_is_a_valid_json_schema() -> None:
+    import jsonschema
+
+    from hpcbench.site import site_schema
+
+    jsonschema.Draft202012Validator.check_schema(site_schema())
+
+
 def test_the_required_site_configs_are_shipped() -> None:
     names = {p.stem for p in SHIPPED}
     assert {"hpe-apollo6500-gen10", "nvidia-dgx-a100", "nvidia-dgx-h100"} <= names
@@ -182,6 +190,11 @@ def mutated(tmp_path: Path, change) -> Path:
         (
             lambda d: d["node_types"]["gpu"]["slurm"].update(slurm_version=22.05),
             r"node_types\.gpu\.slurm\.slurm_version: expected string or null, got 22\.05 .*quote",
+        ),
+        (
+            lambda d: d["node_types"]["gpu"]["slurm"].update(slurm_version="latest"),
+            r"node_types\.gpu\.slurm\.slurm_version: 'latest' is not a Slurm version like "
+            r"\"22\.05\"",
         ),
         (
             lambda d: d["node_types"]["gpu"]["topology"]["gpus"][1].update(numa_node=7),
