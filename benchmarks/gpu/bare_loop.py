@@ -7,9 +7,9 @@ but no queues, threads, barriers or metrics: one Python loop per GPU. Throughput
 the wall time between two device synchronisations, after warm-up.
 
     python benchmarks/gpu/bare_loop.py --model resnet50 --precision fp16 --batch 256 \
-        --cuda-graph --seconds 20 [--no-copy] [--compile] [--device 0]
+        --cuda-graph --seconds 20 [--variants copy,nocopy] [--compile] [--device 0]
 
-Prints one JSON line with the figure.
+Prints one JSON line per variant.
 """
 
 from __future__ import annotations
@@ -40,7 +40,11 @@ def main() -> None:
     parser.add_argument("--cuda-graph", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--no-channels-last", action="store_true")
-    parser.add_argument("--no-copy", action="store_true", help="no host-to-device copy per batch")
+    parser.add_argument(
+        "--variants",
+        default="copy",
+        help="comma list: copy (a host-to-device copy per batch), nocopy; run in this order",
+    )
     parser.add_argument("--device", type=int, default=0)
     args = parser.parse_args()
 
@@ -90,9 +94,9 @@ def main() -> None:
             compute.synchronize()
         free = [torch.cuda.Event() for _ in range(2)]
 
-        def step(n: int) -> None:
+        def step(n: int, with_copy: bool) -> None:
             slot = n % 2
-            if not args.no_copy:
+            if with_copy:
                 copy.wait_event(free[slot])
                 with torch.cuda.stream(copy):
                     inputs[slot].copy_(hosts[n % 2], non_blocking=True)
@@ -108,37 +112,42 @@ def main() -> None:
             done.record(compute)
             free[slot] = done
 
-        for n in range(args.warmup):
-            step(n)
-        torch.cuda.synchronize()
-        # Keep at most two batches queued ahead, like the benchmark's depth-2 pipeline, so the
-        # host never runs far ahead of the GPU.
-        t0 = time.perf_counter()
-        n = 0
-        deadline = t0 + args.seconds
-        while True:
-            step(n)
-            if n >= 1:
-                free[(n - 1) % 2].synchronize()
-            n += 1
-            if time.perf_counter() >= deadline:
-                break
-        torch.cuda.synchronize()
-        elapsed = time.perf_counter() - t0
-    result = {
-        "model": args.model,
-        "precision": args.precision,
-        "batch": args.batch,
-        "cuda_graph": args.cuda_graph,
-        "compile": args.compile,
-        "channels_last": not args.no_channels_last,
-        "copy": not args.no_copy,
-        "device": torch.cuda.get_device_name(dev),
-        "batches": n,
-        "seconds": round(elapsed, 3),
-        "images_per_s": round(n * args.batch / elapsed, 1),
-    }
-    print(json.dumps(result), flush=True)
+        def measure(with_copy: bool) -> dict[str, object]:
+            for n in range(args.warmup):
+                step(n, with_copy)
+            torch.cuda.synchronize()
+            # At most two batches queued ahead, like the benchmark's depth-2 pipeline, so the
+            # host never runs far ahead of the GPU.
+            t0 = time.perf_counter()
+            n = 0
+            deadline = t0 + args.seconds
+            while True:
+                step(n, with_copy)
+                if n >= 1:
+                    free[(n - 1) % 2].synchronize()
+                n += 1
+                if time.perf_counter() >= deadline:
+                    break
+            torch.cuda.synchronize()
+            elapsed = time.perf_counter() - t0
+            return {
+                "model": args.model,
+                "precision": args.precision,
+                "batch": args.batch,
+                "cuda_graph": args.cuda_graph,
+                "compile": args.compile,
+                "channels_last": not args.no_channels_last,
+                "copy": with_copy,
+                "device": torch.cuda.get_device_name(dev),
+                "batches": n,
+                "seconds": round(elapsed, 3),
+                "images_per_s": round(n * args.batch / elapsed, 1),
+            }
+
+        for variant in args.variants.split(","):
+            if variant not in ("copy", "nocopy"):
+                parser.error(f"--variants: {variant!r} is not copy or nocopy")
+            print(json.dumps(measure(variant == "copy")), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# Every GPU measurement of issues 7 and 10 in one call on an H200 machine (1, 2 or 4 GPUs):
+#   bash benchmarks/gpu/run_all.sh [SECONDS_PER_RUN] [SECTIONS]
+# SECTIONS (comma list, default all): tests,bare,layouts,data,modes,precision,best,seed,topo.
+# BUDGET_S (default 520): no run starts later than this; GPU_TEST_MARKS: pytest -m expression.
+# Writes under $OUT (default /tmp/hpcbench-gpu): all.log, tables.md, results.json, topo.json,
+# bare.jsonl, runs.tar.gz (summaries, specs, plans, logs and rank files of every run).
+# On the device machine, packages missing from its image travel as wheels in .whl/ (see
+# /work/.library/device/README.md); they are installed to /tmp/site first.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+secs=${1:-8}
+sections=${2:-tests,bare,layouts,data,modes,precision,best,seed,topo}
+# Runs that would start after this many seconds are skipped, so collection always happens
+# inside the device tool's 600 s limit per command.
+budget_s=${BUDGET_S:-520}
+out=${OUT:-/tmp/hpcbench-gpu}
+runs=/tmp/hpcbench-gpu-runs
+mkdir -p "$out" "$runs"
+exec > >(tee -a "$out/all.log") 2>&1
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1
+# NVLink multicast stays off on these shared machines (device README).
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+ngpu=$(nvidia-smi -L | wc -l)
+want() { [[ ",$sections," == *",$1,"* ]]; }
+stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
+stamp "start: $ngpu GPU(s), $(nproc) CPUs, ${secs}s per run, sections $sections"
+nvidia-smi --query-gpu=index,name,pci.bus_id,power.limit,clocks.max.sm,driver_version \
+    --format=csv
+python3 -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision",
+torchvision.__version__, "cudnn", torch.backends.cudnn.version())'
+
+# hb NAME ARGS...: one `hpcbench run` of ResNet-50 fp16 b256 with a CUDA graph unless ARGS
+# override; its printed result goes to the log, its run directory to $runs/NAME.
+hb() {
+    local name=$1
+    shift
+    if ((SECONDS > budget_s)); then
+        stamp "skip $name: past the ${budget_s}s budget"
+        return
+    fi
+    stamp "run $name: $*"
+    local t0=$SECONDS
+    python3 -m hpcbench run --backend torch --model resnet50 --precision fp16 --batch-size 256 \
+        --cuda-graph --duration-s "$secs" --warmup-batches 20 --accept-warnings -q \
+        --out "$runs/$name" "$@" >"$runs/$name.log" 2>&1
+    local rc=$?
+    if ((rc != 0)); then
+        echo "   FAILED (exit $rc):"
+        tail -n 25 "$runs/$name.log"
+    else
+        grep -E "common-window|DLBS adjusted|^skew" "$runs/$name.log" | sed 's/^/   /'
+    fi
+    echo "   ($((SECONDS - t0)) s)"
+}
+all_gpus=$(seq -s, 0 $((ngpu - 1)))
+one_per_rank=$(seq -s';' 0 $((ngpu - 1)))
+
+if want tests; then
+    stamp "gpu tests"
+    python3 -m pytest -q -m "${GPU_TEST_MARKS:-gpu}" -p no:cacheprovider tests/test_torch_gpu.py \
+        2>&1 | tail -15
+fi
+if want topo; then
+    python3 -m hpcbench topo --json >"$out/topo.json" && stamp "topo: $out/topo.json"
+    python3 -m hpcbench topo | head -30
+fi
+if want bare; then
+    stamp "bare loop"
+    python3 benchmarks/gpu/bare_loop.py --cuda-graph --seconds "$secs" \
+        --variants copy,nocopy | tee -a "$runs/bare.jsonl"
+fi
+if want layouts || want bare; then
+    hb r50_fp16_1x1 --gpus 0
+fi
+if want layouts && ((ngpu > 1)); then
+    hb "r50_fp16_1x$ngpu" --gpus "$all_gpus"
+    hb "r50_fp16_${ngpu}x1" --gpus "$one_per_rank"
+    if ((ngpu == 4)); then
+        hb r50_fp16_2x2 --gpus "0,1;2,3"
+    fi
+fi
+if want modes; then
+    hb r50_fp16_tele0 --gpus 0 --telemetry-hz 0
+    hb r50_fp16_tele100 --gpus 0 --telemetry-hz 100
+    hb r50_fp16_eager --gpus 0 --no-cuda-graph
+    hb r50_fp16_compile --gpus 0 --no-cuda-graph --compile
+    hb r50_fp16_compile_graph --gpus 0 --compile
+fi
+if want data; then
+    stamp "data make"
+    python3 -m hpcbench data make --images $((1024 * ngpu)) --shards "$ngpu" --out /tmp/hb-data
+    sync
+    hb r50_fp16_data --gpus 0 --data /tmp/hb-data
+    hb r50_fp16_staged --gpus 0 --data /tmp/hb-data --stage-data
+    if ((ngpu > 1)); then
+        hb "r50_fp16_${ngpu}x1_staged" --gpus "$one_per_rank" --data /tmp/hb-data --stage-data
+    fi
+fi
+if want precision; then
+    hb r50_bf16_1x1 --gpus 0 --precision bf16
+    hb r50_tf32_1x1 --gpus 0 --precision tf32
+    hb r50_fp32_1x1 --gpus 0 --precision fp32
+fi
+if want best; then
+    hb r50_fp16_b512 --gpus 0 --batch-size 512
+    hb r50_fp16_b512_compile --gpus 0 --batch-size 512 --compile
+fi
+if want seed; then
+    # Issue 10: the seed's 8-GPU layouts scaled to this machine, ResNet-50 and AlexNet b1024.
+    layouts=("1x$ngpu:$all_gpus" "${ngpu}x1:$one_per_rank")
+    if ((ngpu == 4)); then
+        layouts+=("2x2:0,1;2,3" "2x1:0;2")
+    fi
+    for model in resnet50 alexnet; do
+        for item in "${layouts[@]}"; do
+            name=${item%%:*}
+            gpus=${item#*:}
+            if [[ $model == resnet50 && -d "$runs/r50_fp16_$name" ]]; then
+                continue # measured above with the same settings
+            fi
+            if [[ $model == resnet50 ]]; then
+                hb "r50_fp16_$name" --gpus "$gpus"
+            else
+                hb "alexnet_$name" --gpus "$gpus" --model alexnet --batch-size 1024
+            fi
+        done
+    done
+    hb alexnet_1x1 --gpus 0 --model alexnet --batch-size 1024
+fi
+
+stamp "collect"
+python3 benchmarks/gpu/collect.py "$runs" --out "$out/results.json" | tee "$out/tables.md"
+cp "$runs/bare.jsonl" "$out/" 2>/dev/null
+tar -czf "$out/runs.tar.gz" -C "$runs" --exclude='result.h5' . &&
+    ls -la "$out"
+stamp "done"
