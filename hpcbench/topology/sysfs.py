@@ -397,14 +397,15 @@ def _nics(root: Path, by_address: dict[str, PciDevice]) -> list[Nic]:
     for entry in _iterdir(root / "sys" / "class" / "net"):
         # Class entries are links into the device tree; follow them first so the relative
         # "device" link inside resolves against the real folder.
-        device_link = _resolve_link(root, entry) / "device"
+        real = _resolve_link(root, entry)
+        device_link = real / "device"
         if not device_link.is_symlink():
             continue  # virtual interface (lo, bridges, veth)
         address = _pci_address_of(_resolve_link(root, device_link))
         pci = by_address.get(address) if address else None
         if pci is None or address is None:
             continue
-        kind = "infiniband" if _read_int(entry / "type") == ARPHRD_INFINIBAND else "ethernet"
+        kind = "infiniband" if _read_int(real / "type") == ARPHRD_INFINIBAND else "ethernet"
         nics.append(
             Nic(
                 name=entry.name,
