@@ -374,3 +374,14 @@ def test_failed_copy_leaves_no_half_run(
     assert list((archive_dir / "staging").iterdir()) == []
     monkeypatch.setattr(store, "_copy_file", real_copy)
     assert add_run(archive_dir, tmp_path / "run-a") == "run-a"
+
+
+def test_unreadable_run_file_is_refused_before_publishing(
+    tmp_path: Path, archive_dir: Path
+) -> None:
+    run = make_run(tmp_path, "run-a")
+    (run / "spec.json").write_text("{not json")
+    with pytest.raises(ArchiveError, match=r"spec\.json: spec is not valid JSON"):
+        add_run(archive_dir, run)
+    assert Archive(archive_dir).run_ids() == []
+    assert list((archive_dir / "staging").iterdir()) == []

@@ -142,15 +142,13 @@ def format_comparison(
     a: Mapping[str, Any], b: Mapping[str, Any], rows: Sequence[FigureComparison]
 ) -> str:
     """A readable table of a comparison."""
+    from hpcbench.archive.tables import format_number as number
     from hpcbench.archive.tables import format_table
 
     def spread(s: Spread | None) -> str:
         if s is None:
             return "-"
         return f"n={s.n}" if s.cv is None else f"n={s.n} ±{100 * s.cv:.1f}%"
-
-    def number(v: float | None) -> str:
-        return "-" if v is None else f"{v:,.2f}"
 
     lines = [f"A: {a['run_id']}{'' if a.get('complete') else ' (INCOMPLETE)'}"]
     lines.append(f"B: {b['run_id']}{'' if b.get('complete') else ' (INCOMPLETE)'}")

@@ -294,7 +294,7 @@ def check_entries(
 
 def format_outcomes(outcomes: Sequence[Outcome]) -> str:
     """The check report: one line per figure."""
-    from hpcbench.archive.tables import format_table
+    from hpcbench.archive.tables import format_number, format_table
 
     rows = []
     for o in outcomes:
@@ -305,9 +305,9 @@ def format_outcomes(outcomes: Sequence[Outcome]) -> str:
                 o.run_id,
                 o.reference,
                 o.key,
-                "-" if o.measured is None else f"{o.measured:,.2f}",
-                f"{sign} {o.expected.limit:,.2f}",
-                f"{o.expected.value:,.2f} ±{o.expected.tolerance_pct:g}%",
+                format_number(o.measured),
+                f"{sign} {format_number(o.expected.limit)}",
+                f"{format_number(o.expected.value)} ±{o.expected.tolerance_pct:g}%",
                 "-" if o.deviation_pct is None else f"{o.deviation_pct:+.1f}%",
             ]
         )

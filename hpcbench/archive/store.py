@@ -25,6 +25,7 @@ directory is unpickled or executed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -35,7 +36,7 @@ import socket
 import stat
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,15 @@ _SKIPPED = re.compile(r"^(rank-\d+\.h5.*|.*\.part|.*\.pkl|.*\.pickle|record\.jso
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 STAGING_STALE_S = 24 * 3600.0
 _INDEX_TMP_STALE_S = 3600.0
+
+
+@contextlib.contextmanager
+def _fs_errors(where: Path) -> Iterator[None]:
+    """Turn a filesystem failure (permissions, a vanished file) into one ArchiveError line."""
+    try:
+        yield
+    except OSError as exc:
+        raise ArchiveError(f"{exc.filename or where}: {exc.strerror or exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,18 +319,29 @@ class Archive:
             # The copied summary is what the archive judges, not the (mutable) source file.
             summary = _read_json_object(staging / SUMMARY, "summary")
             complete, reason = completeness(summary, _slurm_record(staging))
+            archived_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            source = str(run_dir.resolve())
             record = {
                 "format": ENTRY_FORMAT,
                 "run_id": run_id,
-                "archived_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "archived_at": archived_at,
                 "archived_by": {"host": host, "pid": os.getpid()},
-                "source": str(run_dir.resolve()),
+                "source": source,
                 "complete": complete,
                 "incomplete_reason": reason,
                 "files": files,
                 "content_sha256": _content_digest(files),
             }
             _write_atomic(staging / RECORD, json.dumps(record, indent=2) + "\n", mode & 0o666)
+            # Derive the index entry now: a run whose files cannot be read (a damaged
+            # spec.json, say) is refused here rather than published and then unlistable.
+            entry = entry_from_folder(
+                staging,
+                run_id=run_id,
+                archived_at=archived_at,
+                source=source,
+                file_names=sorted(files),
+            )
             os.chmod(staging, mode)
             final = self.runs_dir / run_id
             try:
@@ -341,7 +362,7 @@ class Archive:
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
-        self._write_entry(self.entry_from_run(run_id))
+        self._write_entry(entry if added else self.entry_from_run(run_id))
         return AddResult(run_id=run_id, added=added, complete=complete, incomplete_reason=reason)
 
     # -- index ------------------------------------------------------------------------------
@@ -376,6 +397,11 @@ class Archive:
         )
 
     def entries(self) -> list[dict[str, Any]]:
+        """Every run's index entry, sorted by run id (see :meth:`_entries`)."""
+        with _fs_errors(self.root):
+            return self._entries()
+
+    def _entries(self) -> list[dict[str, Any]]:
         """Every run's index entry, sorted by run id.
 
         Reads ``index/``; a run whose entry is missing (its writer died between publishing the
@@ -387,6 +413,10 @@ class Archive:
 
     def entry(self, run_id: str) -> dict[str, Any]:
         """One run's entry by id or by an unambiguous prefix of its id."""
+        with _fs_errors(self.root):
+            return self._entry(run_id)
+
+    def _entry(self, run_id: str) -> dict[str, Any]:
         ids = self.run_ids()
         matches = [run_id] if run_id in ids else [i for i in ids if i.startswith(run_id)]
         if not matches:
@@ -405,7 +435,10 @@ class Archive:
             entry: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             entry = self.entry_from_run(run_id)
-            self._write_entry(entry)
+            # A read-only archive (another user's) is still listable.
+            with contextlib.suppress(OSError):
+                self._write_entry(entry)
+
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ArchiveError(
                 f"{path}: damaged index entry ({exc}); run 'hpcbench archive rebuild-index'"
@@ -414,6 +447,10 @@ class Archive:
 
     def rebuild_index(self, *, stale_after_s: float = STAGING_STALE_S) -> RebuildReport:
         """Regenerate every index entry from the runs; drop orphans and stale staging folders."""
+        with _fs_errors(self.root):
+            return self._rebuild_index(stale_after_s)
+
+    def _rebuild_index(self, stale_after_s: float) -> RebuildReport:
         self.check()
         self.index_dir.mkdir(exist_ok=True)
         ids = self.run_ids()

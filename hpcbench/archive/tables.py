@@ -74,6 +74,22 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(out)
 
 
+def format_number(value: float | None) -> str:
+    """A figure with as many digits as its size needs.
+
+    >>> [format_number(v) for v in (40123.456, 12.3456, 0.0000388, 0.0, None)]
+    ['40,123.5', '12.346', '3.88e-05', '0', '-']
+    """
+    if value is None:
+        return "-"
+    size = abs(value)
+    if size >= 100:
+        return f"{value:,.1f}"
+    if size >= 0.01:
+        return f"{value:.3f}"
+    return f"{value:.3g}"
+
+
 def _number(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
