@@ -110,6 +110,7 @@ def test_nothing_matched_fails(
         (REFERENCES.replace("defaults", "default"), "unknown key 'default'"),
         (REFERENCES.replace("tolerance_pct: 5", "tolerance_pct: -5"), "less than the minimum"),
         ("references: [\n", "not valid YAML at line"),
+        (REFERENCES.replace("10000", ".nan"), "must be a finite number, got nan"),
         ("version: 1\n", "'references' is a required property"),
         (REFERENCES.replace("10000", "lots"), "give a number or {value, tolerance_pct, direction}"),
     ],

@@ -20,6 +20,7 @@ skew) ``measured <= value·(1 + tol/100)``. A run that is incomplete, or lacks a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,6 +222,12 @@ def parse_references(data: Any, source: str) -> list[Reference]:
         for key, spec in item["figures"].items():
             if not isinstance(spec, Mapping):
                 spec = {"value": spec}
+            for name in ("value", "tolerance_pct"):
+                if name in spec and not math.isfinite(float(spec[name])):
+                    raise ConfigError(
+                        f"{source}: references[{i}].figures.{key}.{name}: must be a finite "
+                        f"number, got {spec[name]!r}"
+                    )
             direction = spec.get("direction") or FIGURES.get(key)
             if direction is None:
                 raise ConfigError(

@@ -29,6 +29,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -530,7 +531,7 @@ def entry_from_folder(
     plan: dict[str, Any] | None = None
     if (folder / "plan.json").is_file():
         plan = _read_json_object(folder / "plan.json", "plan")
-    return {
+    entry = {
         "format": ENTRY_FORMAT,
         "run_id": run_id,
         "archived_at": archived_at,
@@ -541,6 +542,24 @@ def entry_from_folder(
         "summary": summary,
         "spec": spec,
     }
+    # NaN/Infinity parse from a foreign summary.json but are not JSON: the index says null.
+    finite: dict[str, Any] = _finite(entry)
+    return finite
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None.
+
+    >>> _finite({"a": [float("nan"), 1.5], "b": float("inf")})
+    {'a': [None, 1.5], 'b': None}
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def entry_from_run_dir(run_dir: Path | str) -> dict[str, Any]:
