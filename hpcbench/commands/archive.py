@@ -58,7 +58,7 @@ def archive() -> None:
     """Store runs under stable ids; list, show, export, compare and report across them."""
 
 
-@archive.command("add")
+@archive.command("add", short_help="Archive run directories (atomic, idempotent).")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--to",
@@ -88,7 +88,7 @@ def add(run_dirs: tuple[Path, ...], archive_dir: Path) -> None:
         raise ArchiveError(f"{len(failures)} of {len(run_dirs)} run(s) not archived")
 
 
-@archive.command("list")
+@archive.command("list", short_help="List runs, filtered and sorted.")
 @_archive_option
 @_where_option
 @click.option("--sort", "sort_key", metavar="KEY", help="Sort by KEY (-KEY: descending).")
@@ -145,7 +145,7 @@ def list_runs(
     click.echo(f"{len(entries)} run(s)")
 
 
-@archive.command("show")
+@archive.command("show", short_help="Show one run.")
 @_archive_option
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Print the index entry as JSON.")
@@ -175,7 +175,7 @@ def show(archive_dir: Path, run_id: str, as_json: bool) -> None:
         _echo_json(entry["summary"])
 
 
-@archive.command("export")
+@archive.command("export", short_help="One row per run as CSV or JSON.")
 @_archive_option
 @_where_option
 @click.option("--csv", "fmt", flag_value="csv", help="Comma-separated values.")
@@ -220,7 +220,7 @@ def export(
         click.echo(f"wrote {len(rows)} row(s) to {output}", err=True)
 
 
-@archive.command("compare")
+@archive.command("compare", short_help="Ratios B/A with the run-to-run spread.")
 @_archive_option
 @click.argument("run_a")
 @click.argument("run_b")
@@ -239,7 +239,7 @@ def compare(archive_dir: Path, run_a: str, run_b: str, as_json: bool) -> None:
     click.echo(format_comparison(a, b, rows))
 
 
-@archive.command("report")
+@archive.command("report", short_help="Exploration and scaling tables, plots.")
 @_archive_option
 @_where_option
 @click.option(
@@ -265,7 +265,7 @@ def report(archive_dir: Path, where: tuple[str, ...], plot_dir: Path | None, as_
             click.echo(f"wrote {path}", err=True)
 
 
-@archive.command("rebuild-index")
+@archive.command("rebuild-index", short_help="Regenerate the index from the runs.")
 @_archive_option
 def rebuild_index(archive_dir: Path) -> None:
     """Regenerate the index from the archived runs (drops orphans and stale staging folders)."""
