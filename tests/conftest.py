@@ -98,7 +98,8 @@ def _cluster_problem() -> str | None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"scontrol ping failed: {exc}"
     if ping.returncode != 0 or "UP" not in ping.stdout:
-        return f"slurmctld does not answer: {(ping.stdout + ping.stderr).strip()}"
+        said = ((ping.stdout + ping.stderr).strip().splitlines() or [f"exit {ping.returncode}"])[0]
+        return f"slurmctld does not answer (scontrol ping: {said})"
     return None
 
 
