@@ -372,13 +372,19 @@ def test_window_images_match_a_per_batch_computation(
     assert figures.images_in_window(starts, ends, images, w0, w1) == pytest.approx(expected)
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.integers(0, 10**10), min_size=1, max_size=200))
-def test_latency_percentiles_match_numpy(values: list[int]) -> None:
-    got = figures.latency_ms(np.array(values, dtype=np.int64))
-    expected = np.percentile(np.array(values, dtype=np.float64), [50, 90, 99]) / NS_PER_MS
-    assert [got["p50"], got["p90"], got["p99"]] == pytest.approx(expected.tolist(), abs=1e-6)
-    assert got["max"] == pytest.approx(max(values) / NS_PER_MS)
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.integers(0, 10**10), min_size=1, max_size=200),
+    st.lists(st.integers(0, 200), max_size=5),
+)
+def test_latency_percentiles_match_numpy(values: list[int], cuts: list[int]) -> None:
+    array = np.array(values, dtype=np.int64)
+    expected = np.percentile(array.astype(np.float64), [50, 90, 99]) / NS_PER_MS
+    # Pooled over sorted runs (one per rank, some possibly empty) as over one array.
+    runs = [np.sort(part) for part in np.split(array, sorted(c % (len(values) + 1) for c in cuts))]
+    for got in (figures.latency_ms(array), figures.pooled_latency_ms(runs)):
+        assert [got["p50"], got["p90"], got["p99"]] == pytest.approx(expected.tolist(), abs=1e-6)
+        assert got["max"] == pytest.approx(max(values) / NS_PER_MS)
 
 
 def test_rank_file_named_for_another_rank(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from hpcbench.aggregate.load import RESULT_FILE, SUMMARY_FILE, LoadedRun, load_run
 from hpcbench.aggregate.result import write_result, write_summary
-from hpcbench.aggregate.summary import format_summary, summarize
+from hpcbench.aggregate.summary import dumps, format_summary, summarize
 from hpcbench.errors import MetricsError, UsageError
 
 __all__ = [
@@ -58,8 +58,9 @@ def aggregate_run(
     run_dir = Path(run_dir)
     run = load_run(run_dir, allow_partial=allow_partial)
     summary = summarize(run, dlbs_trim=dlbs_trim, reference=_reference_summary(reference))
-    write_result(run_dir / RESULT_FILE, run.ranks, summary)
-    write_summary(run_dir / SUMMARY_FILE, summary)
+    text = dumps(summary)
+    write_result(run_dir / RESULT_FILE, run.ranks, summary, text)
+    write_summary(run_dir / SUMMARY_FILE, summary, text)
     return summary
 
 

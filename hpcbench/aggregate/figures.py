@@ -174,7 +174,8 @@ def latency_ms(latency_ns: np.ndarray, *, in_place: bool = False) -> dict[str, f
     """Batch latency percentiles p50/p90/p99 and the maximum, in milliseconds.
 
     Percentiles interpolate linearly between order statistics (numpy's default method).
-    ``in_place`` sorts the caller's array instead of a copy.
+    ``in_place`` sorts the caller's array instead of a copy (then reusable by
+    :func:`pooled_latency_ms`).
 
     >>> latency_ms(np.arange(1, 101) * NS_PER_MS)
     {'p50': 50.5, 'p90': 90.1, 'p99': 99.01, 'max': 100.0}
@@ -182,24 +183,57 @@ def latency_ms(latency_ns: np.ndarray, *, in_place: bool = False) -> dict[str, f
     True
     """
     values = np.asarray(latency_ns)
-    if values.shape[0] == 0:
-        return {"p50": None, "p90": None, "p99": None, "max": None}
-    # A full sort is faster than np.percentile's partition for integer arrays (numpy's
-    # SIMD sort), and gives every order statistic at once.
     if in_place:
+        # A full sort beats np.percentile's partition for integers (numpy's SIMD sort).
         values.sort()
         ordered = values
     else:
         ordered = np.sort(values)
+    return pooled_latency_ms([ordered])
+
+
+def pooled_latency_ms(sorted_runs: Sequence[np.ndarray]) -> dict[str, float | None]:
+    """:func:`latency_ms` of the concatenation of already-sorted integer arrays.
+
+    Order statistics are found by bisection over values, counting with ``searchsorted`` in
+    each run: for 64 ranks × 100 000 batches that is ~30 ms where concatenating and sorting
+    takes ~150 ms and 50 MB.
+
+    >>> pooled_latency_ms([np.arange(1, 101, 2) * NS_PER_MS, np.arange(2, 101, 2) * NS_PER_MS])
+    {'p50': 50.5, 'p90': 90.1, 'p99': 99.01, 'max': 100.0}
+    """
+    runs = [r for r in sorted_runs if r.shape[0]]
+    total = sum(int(r.shape[0]) for r in runs)
+    if total == 0:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
     result: dict[str, float | None] = {}
     for q in LATENCY_PERCENTILES:
-        position = (ordered.shape[0] - 1) * q / 100.0
+        position = (total - 1) * q / 100.0
         below = int(np.floor(position))
-        above = min(below + 1, ordered.shape[0] - 1)
-        low, high = float(ordered[below]), float(ordered[above])
+        low = _order_statistic(runs, below)
+        high = _order_statistic(runs, min(below + 1, total - 1))
         result[f"p{q}"] = round((low + (high - low) * (position - below)) / NS_PER_MS, 6)
-    result["max"] = round(float(ordered[-1]) / NS_PER_MS, 6)
+    result["max"] = round(max(float(r[-1]) for r in runs) / NS_PER_MS, 6)
     return result
+
+
+def _order_statistic(sorted_runs: Sequence[np.ndarray], k: int) -> float:
+    """The k-th smallest (0-based) value of the union of sorted runs."""
+    if len(sorted_runs) == 1:
+        return float(sorted_runs[0][k])
+    if not all(np.issubdtype(r.dtype, np.integer) for r in sorted_runs):
+        return float(np.sort(np.concatenate(sorted_runs))[k])
+    # Smallest integer v with more than k values <= v: that is the k-th smallest value.
+    lo = min(int(r[0]) for r in sorted_runs)
+    hi = max(int(r[-1]) for r in sorted_runs)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        count = sum(int(np.searchsorted(r, mid, side="right")) for r in sorted_runs)
+        if count > k:
+            hi = mid
+        else:
+            lo = mid + 1
+    return float(lo)
 
 
 def spread_s(times_ns: Sequence[int | None]) -> float | None:

@@ -18,7 +18,6 @@ Both files are written under a temporary name and renamed, so a reader sees all 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,8 +34,16 @@ RESULT_SCHEMA = "hpcbench.result"
 RESULT_SCHEMA_VERSION = 1
 
 
-def write_result(path: Path, ranks: Sequence[RankFile], summary: Mapping[str, Any]) -> None:
-    """Write ``result.h5`` atomically from the rank files and their summary."""
+def write_result(
+    path: Path,
+    ranks: Sequence[RankFile],
+    summary: Mapping[str, Any],
+    summary_text: str | None = None,
+) -> None:
+    """Write ``result.h5`` atomically from the rank files and their summary.
+
+    ``summary_text`` is the summary already rendered by :func:`dumps` (saves rendering twice).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
@@ -45,7 +52,7 @@ def write_result(path: Path, ranks: Sequence[RankFile], summary: Mapping[str, An
             out.attrs["schema_version"] = RESULT_SCHEMA_VERSION
             out.attrs["run_id"] = str(summary.get("run", {}).get("run_id") or "")
             out.attrs["complete"] = bool(summary["complete"])
-            out.attrs["summary_json"] = json.dumps(json.loads(dumps(summary)), sort_keys=True)
+            out.attrs["summary_json"] = summary_text if summary_text is not None else dumps(summary)
             group = out.create_group("ranks")
             for rank_file in ranks:
                 try:
@@ -91,12 +98,12 @@ def _float(value: float | None) -> float:
     return float("nan") if value is None else float(value)
 
 
-def write_summary(path: Path, summary: Mapping[str, Any]) -> None:
-    """Write ``summary.json`` atomically."""
+def write_summary(path: Path, summary: Mapping[str, Any], summary_text: str | None = None) -> None:
+    """Write ``summary.json`` atomically (``summary_text``: the summary already rendered)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
-        tmp.write_text(dumps(summary))
+        tmp.write_text(summary_text if summary_text is not None else dumps(summary))
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)

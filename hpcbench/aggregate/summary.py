@@ -140,7 +140,6 @@ def summarize(
 
     starts = [row["start_barrier_ns"] for row in rank_rows]
     ends = [row["end_barrier_ns"] for row in rank_rows]
-    all_latency = np.concatenate(latencies) if latencies else np.zeros(0, np.int64)
 
     summary: dict[str, Any] = {
         "schema": SUMMARY_SCHEMA,
@@ -181,7 +180,8 @@ def summarize(
             "begin_s": figures.spread_s([row["t_begin_ns"] for row in rank_rows]),
             "finish_s": figures.spread_s([row["t_finish_ns"] for row in rank_rows]),
         },
-        "latency_ms": figures.latency_ms(all_latency, in_place=True),
+        # Each rank's latencies were sorted in place above.
+        "latency_ms": figures.pooled_latency_ms(latencies),
         "efficiency": _efficiency(common_img_s, run.world_size, reference),
         "ranks": rank_rows,
     }
@@ -232,10 +232,8 @@ def _device_rows(
 ) -> list[dict[str, Any]]:
     timed = rank_file.timed
     count = max(num_devices, int(timed.device.max()) + 1 if len(timed) else 0)
-    per_device = np.bincount(
-        timed.device.astype(np.int64), weights=timed.images.astype(np.float64), minlength=count
-    )
-    batches = np.bincount(timed.device.astype(np.int64), minlength=count)
+    per_device = np.bincount(timed.device, weights=timed.images, minlength=count)
+    batches = np.bincount(timed.device, minlength=count)
     return [
         {
             "device": device,
