@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issues 7 and 10 in one call on an H200 machine (1, 2 or 4 GPUs):
 #   bash benchmarks/gpu/run_all.sh [SECONDS_PER_RUN] [SECTIONS]
-# SECTIONS (comma list, default all): tests,bare,layouts,data,modes,precision,best,seed,topo.
+# SECTIONS (comma list, run in that order; default all): topo,bare,layouts,seed,data,precision,
+# modes,best,tests (bare also runs the 1x1 reference through hpcbench; seed is issue 10).
 # BUDGET_S (default 520): no run starts later than this; GPU_TEST_MARKS: pytest -m expression.
 # Writes under $OUT (default /tmp/hpcbench-gpu): all.log, tables.md, results.json, topo.json,
 # bare.jsonl, runs.tar.gz (summaries, specs, plans, logs and rank files of every run).
@@ -10,7 +11,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-8}
-sections=${2:-tests,bare,layouts,data,modes,precision,best,seed,topo}
+sections=${2:-topo,bare,layouts,seed,data,precision,modes,best,tests}
 # Runs that would start after this many seconds are skipped, so collection always happens
 # inside the device tool's 600 s limit per command.
 budget_s=${BUDGET_S:-520}
@@ -50,7 +51,7 @@ hb() {
     stamp "run $name: $*"
     local t0=$SECONDS
     python3 -m hpcbench run --backend torch --model resnet50 --precision fp16 --batch-size 256 \
-        --cuda-graph --duration-s "$secs" --warmup-batches 20 --accept-warnings -q \
+        --cuda-graph --duration-s "$secs" --warmup-batches 10 --accept-warnings -q \
         --out "$runs/$name" "$@" >"$runs/$name.log" 2>&1
     local rc=$?
     if ((rc != 0)); then
@@ -64,38 +65,39 @@ hb() {
 all_gpus=$(seq -s, 0 $((ngpu - 1)))
 one_per_rank=$(seq -s';' 0 $((ngpu - 1)))
 
-if want tests; then
+section_tests() {
+    ((SECONDS < budget_s)) || return 0
     stamp "gpu tests"
     python3 -m pytest -q -m "${GPU_TEST_MARKS:-gpu}" -p no:cacheprovider tests/test_torch_gpu.py \
         2>&1 | tail -15
-fi
-if want topo; then
+}
+section_topo() {
     python3 -m hpcbench topo --json >"$out/topo.json" && stamp "topo: $out/topo.json"
     python3 -m hpcbench topo | head -30
-fi
-if want bare; then
+}
+section_bare() {
     stamp "bare loop"
     python3 benchmarks/gpu/bare_loop.py --cuda-graph --seconds "$secs" \
         --variants copy,nocopy | tee -a "$runs/bare.jsonl"
-fi
-if want layouts || want bare; then
+    # The same settings through hpcbench right after (the reference of every ratio below).
     hb r50_fp16_1x1 --gpus 0
-fi
-if want layouts && ((ngpu > 1)); then
+}
+section_layouts() {
+    ((ngpu > 1)) || return 0
     hb "r50_fp16_1x$ngpu" --gpus "$all_gpus"
     hb "r50_fp16_${ngpu}x1" --gpus "$one_per_rank"
     if ((ngpu == 4)); then
         hb r50_fp16_2x2 --gpus "0,1;2,3"
     fi
-fi
-if want modes; then
+}
+section_modes() {
     hb r50_fp16_tele0 --gpus 0 --telemetry-hz 0
     hb r50_fp16_tele100 --gpus 0 --telemetry-hz 100
     hb r50_fp16_eager --gpus 0 --no-cuda-graph
     hb r50_fp16_compile --gpus 0 --no-cuda-graph --compile
     hb r50_fp16_compile_graph --gpus 0 --compile
-fi
-if want data; then
+}
+section_data() {
     stamp "data make"
     python3 -m hpcbench data make --images $((1024 * ngpu)) --shards "$ngpu" --out /tmp/hb-data
     sync
@@ -104,22 +106,23 @@ if want data; then
     if ((ngpu > 1)); then
         hb "r50_fp16_${ngpu}x1_staged" --gpus "$one_per_rank" --data /tmp/hb-data --stage-data
     fi
-fi
-if want precision; then
+}
+section_precision() {
     hb r50_bf16_1x1 --gpus 0 --precision bf16
     hb r50_tf32_1x1 --gpus 0 --precision tf32
     hb r50_fp32_1x1 --gpus 0 --precision fp32
-fi
-if want best; then
+}
+section_best() {
     hb r50_fp16_b512 --gpus 0 --batch-size 512
     hb r50_fp16_b512_compile --gpus 0 --batch-size 512 --compile
-fi
-if want seed; then
+}
+section_seed() {
     # Issue 10: the seed's 8-GPU layouts scaled to this machine, ResNet-50 and AlexNet b1024.
     layouts=("1x$ngpu:$all_gpus" "${ngpu}x1:$one_per_rank")
     if ((ngpu == 4)); then
         layouts+=("2x2:0,1;2,3" "2x1:0;2")
     fi
+    section_alexnet1
     for model in resnet50 alexnet; do
         for item in "${layouts[@]}"; do
             name=${item%%:*}
@@ -134,8 +137,18 @@ if want seed; then
             fi
         done
     done
+}
+section_alexnet1() {
     hb alexnet_1x1 --gpus 0 --model alexnet --batch-size 1024
-fi
+}
+
+for section in ${sections//,/ }; do
+    if ! declare -F "section_$section" >/dev/null; then
+        echo "unknown section $section" >&2
+        exit 2
+    fi
+    "section_$section"
+done
 
 stamp "collect"
 python3 benchmarks/gpu/collect.py "$runs" --out "$out/results.json" | tee "$out/tables.md"
@@ -143,3 +156,4 @@ cp "$runs/bare.jsonl" "$out/" 2>/dev/null
 tar -czf "$out/runs.tar.gz" -C "$runs" --exclude='result.h5' . &&
     ls -la "$out"
 stamp "done"
+sleep 1 # let tee write the last lines
