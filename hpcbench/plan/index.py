@@ -11,7 +11,7 @@ one NUMA node whenever it can.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from hpcbench.topology.model import Gpu, Topology
@@ -50,6 +50,7 @@ class TopologyIndex:
 
     topology: Topology
     core_cpus: tuple[tuple[int, ...], ...]
+    core_first_cpu: tuple[int, ...]
     core_package: tuple[int, ...]
     core_numa: tuple[int, ...]
     cpu_core: dict[int, int]
@@ -66,6 +67,10 @@ class TopologyIndex:
     gpu_domain: dict[Granularity, dict[int, int | None]]
     # True when no GPU reports a locality: every GPU counts as local to every rank (VMs).
     gpus_unattached: bool
+    # Filled by the planner: (granularity, NUMA nodes, domains, max tier) -> [(gpu, tier)].
+    tier_cache: dict[tuple[object, ...], list[tuple[int, int]]] = field(default_factory=dict)
+    # Filled by the planner: (granularity, ranks, cores per rank, reserved CPUs) -> core slots.
+    slot_cache: dict[tuple[object, ...], tuple[tuple[int, ...], ...]] = field(default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -154,6 +159,7 @@ def _build(topology: Topology) -> TopologyIndex:
     return TopologyIndex(
         topology=topology,
         core_cpus=core_cpus,
+        core_first_cpu=tuple(cpus[0] for cpus in core_cpus),
         core_package=core_package,
         core_numa=core_numa,
         cpu_core=cpu_core,

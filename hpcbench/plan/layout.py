@@ -202,12 +202,32 @@ def check_rules(
     PCIe switch information never produce a locality or switch warning: nothing is invented
     on flat nodes.
     """
+    violations = check_cpu_rules(index, cpus, granularity, reserved_cpus)
+    core_domain = index.core_domain[granularity]
+    cpu_core, core_numa = index.cpu_core, index.core_numa
+    rank_cores = [{cpu_core[cpu] for cpu in rank_cpus} for rank_cpus in cpus]
+    violations += check_gpu_rules(
+        index,
+        gpus,
+        [frozenset(core_domain[c] for c in cores) for cores in rank_cores],
+        [frozenset(core_numa[c] for c in cores) for cores in rank_cores],
+        granularity,
+    )
+    violations.sort(key=lambda v: v.rank)
+    return violations
+
+
+def check_cpu_rules(
+    index: TopologyIndex,
+    cpus: Sequence[Sequence[int]],
+    granularity: Granularity = "socket",
+    reserved_cpus: Sequence[int] = (),
+) -> list[Violation]:
+    """Rule 1 (disjoint physical cores), the site's reserved cores and rule 4 (memory locality)."""
     violations: list[Violation] = []
     cpu_core = index.cpu_core
     domains = index.domains[granularity]
     core_domain = index.core_domain[granularity]
-    gpu_domain = index.gpu_domain[granularity]
-    switch = index.gpu_switch
     nranks = len(cpus)
 
     rank_cores: list[dict[int, set[int]]] = []  # core id -> the rank's CPUs on it
@@ -266,46 +286,6 @@ def check_rules(
                     )
                 )
 
-    # Rule 1 for GPUs: one rank per GPU (sharing one needs MPS and is the user's explicit choice).
-    gpu_owner: dict[int, int] = {}
-    for rank, rank_gpus in enumerate(gpus):
-        for gpu in rank_gpus:
-            owner = gpu_owner.get(gpu)
-            if owner is None:
-                gpu_owner[gpu] = rank
-            elif owner != rank:
-                violations.append(
-                    Violation(rank, RULE_GPU_SHARED, f"GPU {gpu} is also used by rank {owner}")
-                )
-
-    # Rule 2: each GPU with a known locality sits in one of the rank's domains.
-    rule2 = RULE_GPU_LOCAL.format(domain="socket" if granularity == "socket" else "NUMA node")
-    for rank, rank_gpus in enumerate(gpus):
-        homes = rank_domains[rank]
-        where = " and ".join(domains[d].label for d in sorted(homes))
-        for gpu in rank_gpus:
-            home = gpu_domain[gpu]
-            if home is not None and home not in homes:
-                violations.append(
-                    Violation(
-                        rank,
-                        rule2,
-                        f"GPU {gpu} is attached to {domains[home].label} but the rank's CPUs are "
-                        f"on {where}",
-                    )
-                )
-
-    # Rule 3: a rank's GPUs share a switch uplink only where no unused local GPU avoids it.
-    load: dict[str, int] = {}
-    for gpu in gpu_owner:
-        load[switch[gpu]] = load.get(switch[gpu], 0) + 1
-    for rank, rank_gpus in enumerate(gpus):
-        found = _switch_violation(
-            index, rank, rank_gpus, rank_cores[rank], granularity, gpu_owner, load
-        )
-        if found is not None:
-            violations.append(found)
-
     # Rule 4: a rank whose CPUs span domains that other ranks also use cannot keep its memory local.
     for rank in range(nranks):
         spanned = rank_domains[rank]
@@ -322,6 +302,74 @@ def check_rules(
                     f"{', '.join(str(o) for o in others)}, so part of its memory is remote",
                 )
             )
+    violations.sort(key=lambda v: v.rank)
+    return violations
+
+
+def check_gpu_rules(
+    index: TopologyIndex,
+    gpus: Sequence[Sequence[int]],
+    rank_domains: Sequence[frozenset[int]],
+    rank_numa: Sequence[frozenset[int]],
+    granularity: Granularity = "socket",
+) -> list[Violation]:
+    """One rank per GPU, rule 2 (GPUs local) and rule 3 (switch spread).
+
+    ``rank_domains[r]`` are the positions in ``index.domains[granularity]`` and ``rank_numa[r]``
+    the NUMA nodes of rank r's cores.
+    """
+    violations: list[Violation] = []
+    domains = index.domains[granularity]
+    gpu_domain = index.gpu_domain[granularity]
+    switch = index.gpu_switch
+
+    # Rule 1 for GPUs: one rank per GPU (sharing one needs MPS and is the user's explicit choice).
+    gpu_owner: dict[int, int] = {}
+    for rank, rank_gpus in enumerate(gpus):
+        for gpu in rank_gpus:
+            owner = gpu_owner.get(gpu)
+            if owner is None:
+                gpu_owner[gpu] = rank
+            elif owner != rank:
+                violations.append(
+                    Violation(rank, RULE_GPU_SHARED, f"GPU {gpu} is also used by rank {owner}")
+                )
+
+    # Rule 2: each GPU with a known locality sits in one of the rank's domains.
+    rule2 = RULE_GPU_LOCAL.format(domain="socket" if granularity == "socket" else "NUMA node")
+    for rank, rank_gpus in enumerate(gpus):
+        homes = rank_domains[rank]
+        for gpu in rank_gpus:
+            home = gpu_domain[gpu]
+            if home is not None and home not in homes:
+                where = " and ".join(domains[d].label for d in sorted(homes))
+                violations.append(
+                    Violation(
+                        rank,
+                        rule2,
+                        f"GPU {gpu} is attached to {domains[home].label} but the rank's CPUs are "
+                        f"on {where}",
+                    )
+                )
+
+    # Rule 3: a rank's GPUs share a switch uplink only where no unused local GPU avoids it.
+    if len(gpu_owner) < len(index.gpu_ids):
+        load: dict[str, int] = {}
+        for gpu in gpu_owner:
+            load[switch[gpu]] = load.get(switch[gpu], 0) + 1
+        for rank, rank_gpus in enumerate(gpus):
+            found = _switch_violation(
+                index,
+                rank,
+                rank_gpus,
+                rank_domains[rank],
+                rank_numa[rank],
+                granularity,
+                gpu_owner,
+                load,
+            )
+            if found is not None:
+                violations.append(found)
     violations.sort(key=lambda v: v.rank)
     return violations
 
@@ -346,17 +394,15 @@ def _switch_violation(
     index: TopologyIndex,
     rank: int,
     rank_gpus: Sequence[int],
-    per_core: dict[int, set[int]],
+    mine_domains: frozenset[int],
+    mine_numa: frozenset[int],
     granularity: Granularity,
     gpu_owner: dict[int, int],
     load: dict[str, int],
 ) -> Violation | None:
-    if not rank_gpus:
+    if len(rank_gpus) == 0:
         return None
     switch = index.gpu_switch
-    core_domain = index.core_domain[granularity]
-    mine_domains = frozenset(core_domain[c] for c in per_core)
-    mine_numa = frozenset(index.core_numa[c] for c in per_core)
     own: dict[str, int] = {}
     for gpu in rank_gpus:
         own[switch[gpu]] = own.get(switch[gpu], 0) + 1

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Literal, Protocol, TypeVar
 
 import click
@@ -39,7 +40,8 @@ from hpcbench.plan.index import GRANULARITIES, Granularity, TopologyIndex, topol
 from hpcbench.plan.layout import (
     RULE_GPU_SHARED,
     RULE_NO_OVERSUBSCRIPTION,
-    check_rules,
+    check_cpu_rules,
+    check_gpu_rules,
     gpu_tier,
     parse_cpu_layout,
     parse_gpu_layout,
@@ -111,50 +113,78 @@ def make_plan(topology: Topology, request: PlanRequest) -> Plan:
     validate_layout(index, cpu_layout, gpu_layout)
     nranks = _rank_count(index, request, cpu_layout, gpu_layout)
 
+    rank_cores: Sequence[tuple[int, ...]]
     if cpu_layout is None:
-        slots = _core_slots(index, nranks, request)
+        rank_cores = _core_slots(index, nranks, request)
         if gpu_layout is not None:
-            slots = _match_slots_to_gpus(index, slots, gpu_layout, granularity)
+            rank_cores = _match_slots_to_gpus(index, rank_cores, gpu_layout, granularity)
         if request.use_hwthreads:
-            cpus = [
-                tuple(sorted(cpu for c in cores for cpu in index.core_cpus[c])) for cores in slots
-            ]
+            threads = index.core_cpus.__getitem__
+            cpus = [tuple(sorted(chain.from_iterable(map(threads, c)))) for c in rank_cores]
         else:
-            cpus = [tuple(index.core_cpus[c][0] for c in cores) for cores in slots]
-        rank_cores = slots
+            first = index.core_first_cpu.__getitem__
+            cpus = [tuple(sorted(map(first, cores))) for cores in rank_cores]
     else:
         cpus = list(cpu_layout)
         rank_cores = [index.cores_of(c) for c in cpu_layout]
-    gpus = _choose_gpus(index, rank_cores, request) if gpu_layout is None else list(gpu_layout)
+    core_domain, core_numa, core_package = (
+        index.core_domain[granularity],
+        index.core_numa,
+        index.core_package,
+    )
+    rank_domains = [frozenset(map(core_domain.__getitem__, cores)) for cores in rank_cores]
+    rank_numa = [frozenset(map(core_numa.__getitem__, cores)) for cores in rank_cores]
+    if gpu_layout is None:
+        gpus = _choose_gpus(index, rank_domains, rank_numa, request)
+    else:
+        gpus = list(gpu_layout)
 
-    violations = check_rules(index, cpus, gpus, granularity, request.reserved_cores)
+    # Planned core slots are disjoint, skip reserved cores and never straddle a shared domain
+    # by construction (tests check them with the full checker); explicit CPUs get every rule.
+    violations = (
+        []
+        if cpu_layout is None
+        else check_cpu_rules(index, cpus, granularity, request.reserved_cores)
+    )
+    violations += check_gpu_rules(index, gpus, rank_domains, rank_numa, granularity)
     if violations and not request.accept_warnings:
+        violations.sort(key=lambda v: v.rank)
         broken = "; ".join(v.message for v in violations)
         raise PlanError(
             f"the layout breaks placement rules: {broken}; pass --accept-warnings to run it anyway"
         )
+    violations.sort(key=lambda v: v.rank)
     warnings = tuple(v.message for v in violations)
 
     per_node = []
-    for local, (rank_cpus, rank_gpus, cores) in enumerate(zip(cpus, gpus, rank_cores)):
-        packages = {index.core_package[c] for c in cores}
-        mem_nodes = tuple(sorted({index.core_numa[c] for c in cores}))
-        per_node.append((local, rank_cpus, tuple(rank_gpus), packages, mem_nodes))
+    for local in range(nranks):
+        packages = set(map(core_package.__getitem__, rank_cores[local]))
+        mem_nodes = tuple(sorted(rank_numa[local]))
+        per_node.append(
+            (
+                local,
+                cpus[local],
+                tuple(gpus[local]),
+                next(iter(packages)) if len(packages) == 1 else None,
+                mem_nodes[0] if len(mem_nodes) == 1 else None,
+                mem_nodes,
+            )
+        )
     root = request.data_root or DATA_ROOT_PLACEHOLDER
     ranks = []
     for node in range(request.nodes):
-        for local, rank_cpus, rank_gpus, packages, numa in per_node:
+        for local, rank_cpus, rank_gpus, socket, numa_node, mem_nodes in per_node:
             rank = node * nranks + local
             ranks.append(
                 RankPlacement(
                     rank=rank,
                     node=node,
                     local_rank=local,
-                    socket=next(iter(packages)) if len(packages) == 1 else None,
-                    numa_node=numa[0] if len(numa) == 1 else None,
+                    socket=socket,
+                    numa_node=numa_node,
                     cpus=rank_cpus,
                     gpus=rank_gpus,
-                    mem_nodes=numa,
+                    mem_nodes=mem_nodes,
                     data_dir=f"{root}/rank{rank:05d}",
                 )
             )
@@ -183,8 +213,20 @@ def _rank_count(
     return len(index.domains[request.granularity])
 
 
-def _core_slots(index: TopologyIndex, nranks: int, request: PlanRequest) -> list[tuple[int, ...]]:
-    """Core ids per local rank, in rank order."""
+def _core_slots(
+    index: TopologyIndex, nranks: int, request: PlanRequest
+) -> tuple[tuple[int, ...], ...]:
+    """Core ids per local rank, in rank order (cached per topology: a sweep repeats them)."""
+    key = (request.granularity, nranks, request.cores_per_rank, request.reserved_cores)
+    slots = index.slot_cache.get(key)
+    if slots is None:
+        slots = index.slot_cache[key] = _compute_core_slots(index, nranks, request)
+    return slots
+
+
+def _compute_core_slots(
+    index: TopologyIndex, nranks: int, request: PlanRequest
+) -> tuple[tuple[int, ...], ...]:
     domains = index.domains[request.granularity]
     kind = "socket" if request.granularity == "socket" else "NUMA node"
     reserved = {index.cpu_core[c] for c in request.reserved_cores if c in index.cpu_core}
@@ -239,12 +281,12 @@ def _core_slots(index: TopologyIndex, nranks: int, request: PlanRequest) -> list
                 f"cores{note} (rule 1: disjoint cores)"
             )
         slots.extend(tuple(free[j * per_rank : (j + 1) * per_rank]) for j in range(k))
-    return slots
+    return tuple(slots)
 
 
 def _match_slots_to_gpus(
     index: TopologyIndex,
-    slots: list[tuple[int, ...]],
+    slots: Sequence[tuple[int, ...]],
     gpu_layout: Sequence[Sequence[int]],
     granularity: Granularity,
 ) -> list[tuple[int, ...]]:
@@ -265,12 +307,15 @@ def _match_slots_to_gpus(
 
 # ----------------------------------------------------------------------------- GPUs
 def _choose_gpus(
-    index: TopologyIndex, rank_cores: Sequence[Sequence[int]], request: PlanRequest
+    index: TopologyIndex,
+    rank_domains: Sequence[frozenset[int]],
+    rank_numa: Sequence[frozenset[int]],
+    request: PlanRequest,
 ) -> list[tuple[int, ...]]:
     """Pick each rank's GPUs: local first, then spread over PCIe switches (rule 2, rule 3)."""
     granularity = request.granularity
     gpu_ids = index.gpu_ids
-    nranks = len(rank_cores)
+    nranks = len(rank_domains)
     wanted = request.gpus_per_rank
     if not gpu_ids:
         if wanted:
@@ -278,7 +323,7 @@ def _choose_gpus(
                 f"rank 0 gets no GPUs: --gpus-per-rank {wanted} but this node has no GPUs (use "
                 f"--gpus-per-rank 0)"
             )
-        return [() for _ in rank_cores]
+        return [() for _ in rank_domains]
     if wanted is not None and wanted * nranks > len(gpu_ids):
         short = len(gpu_ids) // wanted
         raise PlanError(
@@ -287,8 +332,6 @@ def _choose_gpus(
             f"{len(gpu_ids)} ({RULE_GPU_SHARED})"
         )
     domains = index.domains[granularity]
-    rank_domains = [frozenset(index.domains_of_cores(granularity, c)) for c in rank_cores]
-    rank_numa = [frozenset(index.core_numa[c] for c in cores) for cores in rank_cores]
     switch = index.gpu_switch
     neighbours = index.gpu_path_neighbours
     taken: set[int] = set()
@@ -306,16 +349,24 @@ def _choose_gpus(
             count = local // peers
         own: dict[str, int] = {}
         picks: list[int] = []
+        max_tier = 3 if request.accept_warnings else 2
+        cache_key = (granularity, rank_numa[rank], mine, max_tier)
+        tiers = index.tier_cache.get(cache_key)
+        if tiers is None:
+            tiers = [
+                (gpu, tier)
+                for gpu in gpu_ids
+                if (tier := gpu_tier(index, gpu, rank_numa[rank], mine, granularity)) <= max_tier
+            ]
+            index.tier_cache[cache_key] = tiers
         for _ in range(count):
             best: tuple[int, int, int, int, int] | None = None
-            for gpu in gpu_ids:
+            for gpu, tier in tiers:
                 if gpu in taken:
                     continue
-                tier = gpu_tier(index, gpu, rank_numa[rank], mine, granularity)
-                if tier == 3 and not request.accept_warnings:
-                    continue
+                sw = switch[gpu]
                 near = len(neighbours[gpu].intersection(picks)) if picks else 0
-                key = (tier, own.get(switch[gpu], 0), load.get(switch[gpu], 0), near, gpu)
+                key = (tier, own.get(sw, 0), load.get(sw, 0), near, gpu)
                 if best is None or key < best:
                     best = key
             if best is None:
