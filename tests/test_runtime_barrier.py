@@ -210,3 +210,17 @@ def test_file_barrier_state_is_owner_only(tmp_path: Path) -> None:
     barrier.close()
     assert modes == {"root": 0o700, "gen": 0o700, "arrival": 0o600}
     assert not (tmp_path / FILE_DIR).exists()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_close_inside_the_timeout_handler_removes_the_state(kind: str, tmp_path: Path) -> None:
+    namespace = _namespace()
+    barrier = open_barrier(
+        kind, namespace=namespace, rank=0, world_size=2, timeout_s=0.2, run_dir=tmp_path
+    )
+    try:
+        barrier.wait("start")
+    except BarrierTimeout:
+        # The traceback still references the waiting frame here, as in a rank's error path.
+        barrier.close()
+    assert _leftovers(namespace, tmp_path) == []

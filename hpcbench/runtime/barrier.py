@@ -8,8 +8,10 @@ Two kinds, chosen per run with ``--barrier``:
     instruction executed by the kernel (``FUTEX_WAKE_OP``, which also orders the slot write
     before the counter), and the rank that sees the counter complete stores the generation in
     the release word and wakes every waiter with one ``FUTEX_WAKE``. Waiters spin briefly on
-    the release word, then sleep in ``FUTEX_WAIT``, so a barrier costs microseconds of skew and
-    no core is burnt while a slow rank is still warming up.
+    the release word, then sleep in ``FUTEX_WAIT``, so no core is burnt while a slow rank is
+    still warming up; when only one rank is missing they spin again for a bounded time (its
+    arrival is often near), so they leave within microseconds instead of after the kernel's
+    wake-up latency.
 ``file``
     Ranks on several nodes sharing the run directory. A rank creates its arrival file by
     writing a temporary file and renaming it (atomic on local filesystems and NFS, no lock
@@ -160,10 +162,16 @@ def open_barrier(
     timeout_s: float,
     run_dir: Path | None = None,
     spin_s: float | None = None,
+    last_spin_s: float | None = None,
 ) -> Barrier:
-    """Open (creating when first) the barrier ``namespace`` of kind "shm" or "file"."""
+    """Open (creating when first) the barrier ``namespace`` of kind "shm" or "file".
+
+    ``spin_s`` and ``last_spin_s`` tune the shm barrier (see :class:`ShmBarrier`).
+    """
     if kind == "shm":
-        return ShmBarrier(namespace, rank, world_size, timeout_s, spin_s=spin_s)
+        return ShmBarrier(
+            namespace, rank, world_size, timeout_s, spin_s=spin_s, last_spin_s=last_spin_s
+        )
     if kind == "file":
         if run_dir is None:
             raise ConfigError("barrier 'file' needs the run directory")
@@ -301,7 +309,12 @@ class ShmBarrier(Barrier):
     """Barrier among ranks of one node through a /dev/shm segment and futexes."""
 
     kind = "shm"
+    # Spin after arriving, before sleeping in the kernel.
     DEFAULT_SPIN_S = 100e-6
+    # Spin again once only one rank is missing: its arrival is then often close (ranks that
+    # finish a timed phase at a shared deadline), and a spinning waiter leaves within
+    # microseconds where a sleeping one needs the kernel's wake-up (~0.1-0.3 ms on a VM).
+    DEFAULT_LAST_SPIN_S = 2e-3
 
     def __init__(
         self,
@@ -310,12 +323,19 @@ class ShmBarrier(Barrier):
         world_size: int,
         timeout_s: float,
         spin_s: float | None = None,
+        last_spin_s: float | None = None,
     ) -> None:
         super().__init__(namespace, rank, world_size, timeout_s)
         import mmap
 
         self._futex = _Futex()
         self.spin_s = self.DEFAULT_SPIN_S if spin_s is None else spin_s
+        if last_spin_s is None:
+            # Spinning ranks would steal the CPU of the rank everybody waits for when ranks
+            # outnumber the machine's CPUs.
+            enough_cpus = world_size < (os.cpu_count() or 1)
+            last_spin_s = self.DEFAULT_LAST_SPIN_S if enough_cpus else 0.0
+        self.last_spin_s = last_spin_s
         self.path = SHM_DIR / namespace
         size = _HEADER_BYTES + _SLOT_BYTES * world_size
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -368,12 +388,20 @@ class ShmBarrier(Barrier):
         self._slot_ns[self.rank][generation & 1] = arrive_ns
         self._slot_gen[self.rank].value = generation
         self._futex.atomic_add(self._addr_arrived, self._addr_scratch, 1)
-        # Unsigned distance: the counter wraps after 2**32 arrivals.
-        if (self._arrived.value - target) & 0xFFFFFFFF < 0x80000000:
+        arrived = self._arrived
+        # Unsigned distances: the counter wraps after 2**32 arrivals.
+        missing = (target - arrived.value) & 0xFFFFFFFF
+        if missing == 0 or missing >= 0x80000000:
             self._release_all(generation)
+        spin_until = start + self.spin_s
+        last_spin = self.last_spin_s > 0
+        if last_spin and missing == 1:
+            spin_until = max(spin_until, start + self.last_spin_s)
+            last_spin = False
+            if n > 2:
+                self._futex.wake_all(self._addr_release)  # sleepers: start spinning
         release = self._release
         abort_gen = self._abort_gen
-        spin_until = start + self.spin_s
         while release.value < generation:
             if abort_gen.value >= generation and abort_gen.value:
                 self._raise_aborted(name, generation)
@@ -387,6 +415,9 @@ class ShmBarrier(Barrier):
             if current >= generation:
                 break
             self._futex.wait(self._addr_release, current, min(deadline - now, 0.25))
+            if last_spin and (target - arrived.value) & 0xFFFFFFFF == 1:
+                spin_until = time.monotonic() + self.last_spin_s
+                last_spin = False
         release_ns = time.time_ns()
         common = max(int(self._slot_ns[r][generation & 1]) for r in range(n))
         return BarrierEvent(name, generation, arrive_ns, release_ns, common)
@@ -439,7 +470,11 @@ class ShmBarrier(Barrier):
         del self._release, self._arrived, self._abort_gen, self._abort_rank
         del self._closed_count, self._scratch, self._abort_kind, self._slot_gen
         del self._slot_pid, self._slot_ns
-        self._mm.close()
+        with contextlib.suppress(BufferError):
+            # Closing after a timeout, inside the except block: the traceback still holds
+            # _wait's frame and its views of the mapping. The mapping goes with them; the
+            # segment must be removed now all the same.
+            self._mm.close()
         if last or self._aborted:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
