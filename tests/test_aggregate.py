@@ -396,3 +396,12 @@ def test_rank_file_named_for_another_rank(tmp_path: Path) -> None:
     (tmp_path / "rank-00005.h5").rename(tmp_path / "rank-00009.h5")
     with pytest.raises(MetricsError, match=r"rank-00009\.h5: rank 9 is outside the world size 6"):
         aggregate_run(tmp_path, allow_partial=True)
+
+
+def test_per_device_images_with_a_partial_batch(tmp_path: Path) -> None:
+    starts = T0_NS + np.array([0, 0, 100, 100]) * NS_PER_MS
+    batches = Batches.of(starts, starts + 100 * NS_PER_MS, [8, 8, 3, 8], [0, 1, 0, 1])
+    write_rank(tmp_path, 0, 1, batches, num_devices=2, batch_size=8)
+    devices = summarize_run(tmp_path, dlbs_trim=0)["ranks"][0]["devices"]
+    assert [(d["device"], d["batches"], d["images"]) for d in devices] == [(0, 2, 11), (1, 2, 16)]
+    assert [d["own_img_s"] for d in devices] == pytest.approx([55.0, 80.0])

@@ -95,6 +95,8 @@ def _reference_summary(reference: Path | None) -> dict[str, Any] | None:
             f"--reference {reference}: a single-rank run is needed for efficiency, "
             f"this one has {world_size} ranks"
         )
+    if not summary.get("complete", True):
+        raise UsageError(f"--reference {reference}: the reference run is incomplete")
     if summary["throughput"].get("common_window_img_s") is None:
         raise UsageError(f"--reference {reference}: the reference run has no throughput figure")
     return summary
