@@ -194,6 +194,48 @@ def test_killed_rank_leaves_a_readable_part_file(tmp_path: Path, sig: int) -> No
         assert data.attrs["num_devices"] == 1  # written on the way out
 
 
+def _swapped_ranks(run_dir: Path) -> list[subprocess.Popen[bytes]]:
+    """Both ranks started on the other rank's planned core."""
+    procs = []
+    for rank in (0, 1):
+        env = dict(os.environ)
+        env.update(
+            {LOCAL_VARS["rank"]: str(rank), LOCAL_VARS["local_rank"]: str(rank),
+             LOCAL_VARS["world_size"]: "2", LOCAL_VARS["node"]: "0"}
+        )  # fmt: skip
+        cpu = _cpus()[1 - rank]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "hpcbench.runtime.rank", str(run_dir)],
+                env=env,
+                stderr=subprocess.PIPE,
+                preexec_fn=lambda cpu=cpu: os.sched_setaffinity(0, [cpu]),
+            )
+        )
+    return procs
+
+
+def test_binding_mismatch_is_recorded_and_fails_under_strict_binding(tmp_path: Path) -> None:
+    run_dir, _, _ = make_run(tmp_path / "loose", duration_s=0.3)
+    for proc in _swapped_ranks(run_dir):
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    cpus = _cpus()
+    data = read_rank_file(run_dir / "rank-00000.h5")
+    assert data.json_attr("binding_json")["mismatches"] == [
+        f"cpus: planned {cpus[0]}, got {cpus[1]}"
+    ]
+    strict_dir, _, _ = make_run(tmp_path / "strict", strict_binding=True)
+    for rank, proc in enumerate(_swapped_ranks(strict_dir)):
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1
+        assert (
+            f"rank {rank}: binding differs from the plan (--strict-binding): cpus: planned "
+            f"{cpus[rank]}, got {cpus[1 - rank]}"
+        ).encode() in err
+    assert not list(strict_dir.glob("rank-*.h5*"))
+
+
 @pytest.mark.slow
 def test_hpcbench_run_cli_two_ranks(tmp_path: Path) -> None:
     """The issue's acceptance command."""

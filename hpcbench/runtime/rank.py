@@ -94,6 +94,11 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
     plan = Plan.read(run_dir / PLAN_FILE)
     spec = RunSpec.read(run_dir / SPEC_FILE)
     placement = check_identity(plan, identity, str(run_dir / PLAN_FILE))
+    if spec.barrier == "shm" and plan.nodes > 1:
+        raise ConfigError(
+            f"{run_dir / SPEC_FILE}: barrier 'shm' works within one node, the plan has "
+            f"{plan.nodes} nodes; use --barrier file"
+        )
     host = hostname()
     log.info(
         "rank %d/%d (local %d, node %d) on %s, run %s",
