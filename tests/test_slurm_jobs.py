@@ -170,3 +170,23 @@ def test_cancelled_job_says_cancelled(slurm_site: Path, tmp_path: Path) -> None:
     assert state.state == "CANCELLED"
     with pytest.raises(SlurmError, match=f"job {job_id} ended CANCELLED"):
         raise SlurmError(explain_failure(state, run_dir, 2))
+
+
+def test_numactl_wrapper_variant_in_a_real_job(slurm_site: Path, tmp_path: Path) -> None:
+    """srun_binding: false: srun starts ranks unbound and the wrapper pins them with numactl."""
+    import os
+
+    cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    gpus = "".join(f"        - {{index: {g}, model: fake, numa_node: 0}}\n" for g in range(4))
+    site = tmp_path / "wrapper.yaml"
+    site.write_text(
+        "name: wrapper\nnode_types:\n  local:\n    topology:\n      numa_nodes:\n"
+        f'        - {{id: 0, package: 0, cpus: "{cpus}"}}\n      gpus:\n{gpus}'
+        "    slurm: {partition: debug, srun_binding: false}\n"
+    )
+    inputs = _inputs(site, ranks=2)
+    run_dir, script = prepare(inputs, tmp_path / "r", ["test"])
+    assert "numactl --physcpubind=" in script.read_text()
+    state = _wait(sbatch(script), run_dir, 2)
+    assert state.state == "COMPLETED", explain_failure(state, run_dir, 2)
+    _check_rank_files("numactl-wrapper", inputs.plan, run_dir)

@@ -199,3 +199,40 @@ def test_relative_run_dir_is_refused() -> None:
     plan = socket_plan(1, [(0, 1), (2, 3)], mem_node_per_socket=False)
     with pytest.raises(UsageError, match="absolute"):
         render_job(JobRequest(plan, RunSpec(), node_type, "runs/x"))
+
+
+# The shipped Apollo 6500 config through the command line: planner + site config + templates.
+CLI_CASES = {
+    "apollo-2x2gpus": ["--ranks", "2", "--gpus-per-rank", "2"],
+    "apollo-4x1gpu": ["--ranks", "4", "--gpus-per-rank", "1"],
+    "apollo-2x4gpus-hwthreads": ["--ranks", "2", "--hwthreads", "--time-min", "45"],
+}
+CLI_COMMON = [
+    "--site", "hpe-apollo6500-gen10", "--backend", "torch", "--model", "resnet50",
+    "--batch-size", "256", "--precision", "fp16", "--python", PY,
+]  # fmt: skip
+
+
+def _cli(*args: str) -> str:
+    from click.testing import CliRunner
+
+    from hpcbench.cli import cli
+
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize("name", sorted(CLI_CASES))
+def test_render_command_matches_golden(name: str, golden) -> None:  # type: ignore[no-untyped-def]
+    args = [*CLI_COMMON, *CLI_CASES[name], "--job-name", name, "--out", f"/runs/{name}"]
+    text = _cli("render", *args)
+    golden(f"cli-{name}.sbatch", text)
+
+
+def test_submit_dry_run_prints_what_render_prints(tmp_path: Path) -> None:
+    args = [*CLI_COMMON, "--ranks", "2", "--out", "/runs/same"]
+    assert _cli("submit", "--dry-run", *args) == _cli("render", *args)
+    out = tmp_path / "job.sbatch"
+    _cli("render", *args, "-o", str(out))
+    assert out.read_text() == _cli("render", *args)

@@ -109,3 +109,23 @@ def test_four_point_sweep_is_one_job_array(slurm_site: Path, tmp_path: Path) -> 
     again = run_sweep(spec, poll_s=0.5, timeout_s=60, echo=lines.append)
     assert [p.status for p in again] == ["done (earlier)"] * 4
     assert not any("submitted" in line for line in lines)
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(240)
+def test_failed_array_point_is_reported_and_rerun(slurm_site: Path, tmp_path: Path) -> None:
+    spec_path = _write(
+        tmp_path / "fail.yaml",
+        f"name: fail\nsite: {slurm_site}\n"
+        "base: {backend: cpu, num_batches: 2, warmup_batches: 0, ranks: 2}\n"
+        "grid:\n  model: [mlp, no-such-model]\n",
+    )
+    spec = load_sweep(spec_path, out=tmp_path / "out")
+    points = run_sweep(spec, poll_s=0.5, timeout_s=200, echo=lambda _: None)
+    assert [p.status for p in points] == ["done", "failed"]
+    assert "ended FAILED; rank " in points[1].message
+    assert "no-such-model" in points[1].message  # the rank's own error, from its stderr
+    assert "p001: job " in format_table(spec, points)
+    again = run_sweep(spec, poll_s=0.5, timeout_s=200, echo=lambda _: None)
+    assert [p.status for p in again] == ["done (earlier)", "failed"]
+    assert (tmp_path / "out" / "p001.incomplete-1").is_dir()

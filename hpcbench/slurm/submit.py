@@ -169,20 +169,34 @@ def wait_for_job(
         state = tracker.state()
 
 
-def _tail(path: Path, lines: int = 8) -> str:
+# srun's verbose binding reports, written to each task's stderr before the rank starts.
+_BIND_REPORT = re.compile(r"^(cpu-bind=|gpu-bind:|mem-bind=)")
+
+
+def _tail(path: Path, lines: int = 4) -> str:
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return ""
-    kept = [line for line in text.splitlines() if line.strip()][-lines:]
+    kept = [line for line in text.splitlines() if line.strip() and not _BIND_REPORT.match(line)][
+        -lines:
+    ]
     return " | ".join(kept)
 
 
-def explain_failure(state: JobState, run_dir: Path, world_size: int) -> str:
-    """One line saying what failed: the state, the rank that died first and its stderr tail."""
+def explain_failure(
+    state: JobState, run_dir: Path, world_size: int, job_err: Sequence[Path] | None = None
+) -> str:
+    """One line saying what failed: the state, the rank that died first and its stderr tail.
+
+    ``job_err`` are the batch script's stderr files (default: ``logs/slurm-JOBID*.err``; an
+    array task's lie in the sweep directory).
+    """
     logs = run_dir / LOGS_DIR
     base = state.job_id.split("_")[0]
-    job_err = sorted(logs.glob(f"slurm-{base}*.err"))
+    if job_err is None:
+        job_err = sorted(logs.glob(f"slurm-{base}*.err"))
+    job_err = [p for p in job_err if p.is_file()]
     text = f"job {state.job_id} ended {state.state}"
     if state.exit_code and state.exit_code not in ("0:0", ""):
         text += f" (exit code {state.exit_code})"

@@ -353,7 +353,10 @@ def _run_array(
         tmp_record.replace(point.run_dir / "slurm.json")
         if state.state != "COMPLETED":
             point.status = "failed"
-            point.message = explain_failure(state, point.run_dir, point.inputs.plan.world_size)
+            array_err = sweep_dir / "logs" / f"slurm-{array_id}_{point.index}.err"
+            point.message = explain_failure(
+                state, point.run_dir, point.inputs.plan.world_size, [array_err]
+            )
             continue
         try:
             point.summary = add_job_to_summary(point.run_dir, record)
