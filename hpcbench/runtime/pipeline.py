@@ -361,6 +361,8 @@ class Pipeline:
                 break
             batch, wait_ns = got
             t_start_ns = time.time_ns()
+            if deadline_ns is not None and t_start_ns >= deadline_ns:
+                break  # the input arrived after the deadline: the phase is over
             ticket = engine.submit(batch)
             done += 1
             if pending is not None:
