@@ -378,7 +378,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"efficiency vs {run.get('world_size')} × single-rank "
             f"{_num(eff['reference_img_s'])} img/s: {value}"
         )
-    lines.append("rank  host          gpus      images      own img/s  effective img/s")
+    any_gpus = any(row.get("gpus") for row in summary["ranks"])
+    lines.append(
+        f"rank  host          {'gpus' if any_gpus else 'devices':<8}  images      own img/s  "
+        "effective img/s"
+    )
     for row in summary["ranks"]:
         gpus = ",".join(str(g) for g in row["gpus"]) if row.get("gpus") else str(row["num_devices"])
         lines.append(
