@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcbench.errors import SlurmError, UsageError
+from hpcbench.plan.model import Plan
 from hpcbench.runtime.rundir import LOGS_DIR, create_run_dir, write_json_atomic
 from hpcbench.slurm.nodelist import expand_nodelist
 from hpcbench.slurm.options import JobInputs
@@ -138,13 +139,22 @@ def wait_for_job(
     run_dir: Path,
     world_size: int,
     *,
+    plan: Plan | None = None,
     poll_s: float = 1.0,
     timeout_s: float = 86400.0,
+    progress_every_s: float = 10.0,
     echo: Callable[[str], None] = print,
 ) -> JobState:
-    """Poll until the job reaches a final state; print every change of state or progress."""
-    deadline = time.monotonic() + timeout_s
-    last = ""
+    """Poll until the job reaches a final state, printing each change of state.
+
+    While the job runs, the ranks' phases (from their status files, with ``plan``) are printed
+    when a phase changes, and at most every ``progress_every_s`` otherwise.
+    """
+    from hpcbench.runtime.launcher import progress_line
+
+    start = time.monotonic()
+    deadline = start + timeout_s
+    last, last_phases, last_progress = "", "", 0.0
     state = tracker.state()
     while True:
         done = count_rank_files(run_dir)
@@ -157,6 +167,13 @@ def wait_for_job(
         if line != last:
             echo(line)
             last = line
+        if state.state == "RUNNING" and plan is not None:
+            now = time.monotonic()
+            progress = progress_line(run_dir, plan, now - start)
+            phases = re.sub(r"\d+ batches|\[.*?\] ", "", progress)
+            if phases != last_phases or now - last_progress >= progress_every_s:
+                echo(f"job {tracker.job_id}: {progress}")
+                last_phases, last_progress = phases, now
         if state.final:
             return state
         if time.monotonic() > deadline:
@@ -309,7 +326,13 @@ def submit_run(
         minutes = inputs.time_limit_min or inputs.node_type.slurm.time_limit_min
         limit_s = minutes * 60.0 + 600.0 if minutes else 86400.0
     state = wait_for_job(
-        tracker, run_dir, inputs.plan.world_size, poll_s=poll_s, timeout_s=limit_s, echo=echo
+        tracker,
+        run_dir,
+        inputs.plan.world_size,
+        plan=inputs.plan,
+        poll_s=poll_s,
+        timeout_s=limit_s,
+        echo=echo,
     )
     record = job_record(state, submitted_at=submitted_at, script=script, version=version)
     write_json_atomic(run_dir / SLURM_FILE, record)
