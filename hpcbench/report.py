@@ -48,7 +48,7 @@ def load_summaries(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     summaries = []
     for run_dir in run_dirs:
         summary = dict(read_summary(Path(run_dir)))
-        path = Path(run_dir)
+        path = Path(run_dir).resolve()  # "." has no name; its resolved path has
         summary["_name"] = path.parent.name if path.is_file() else path.name
         summaries.append(summary)
     return summaries

@@ -60,6 +60,24 @@ def test_cli_report_writes_pictures(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert f"wrote {path}" in out
 
 
+@pytest.mark.slow
+def test_runs_of_the_same_name_keep_their_pictures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for parent in ("a", "b"):
+        run = tmp_path / parent / "run"
+        run.mkdir(parents=True)
+        write_rank(run, 0, 1, iteration_batches(T0_NS, [10.0] * 20, 1, 8))
+    monkeypatch.chdir(tmp_path / "a" / "run")
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", ".", str(tmp_path / "b" / "run"), "--plot", str(tmp_path / "plots")])
+    assert exit_.value.code == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in table[2:4]] == ["run", "run"]
+    names = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert names[0] == "run-0-latency.png" and len(names) == 6
+
+
 def test_pictures_from_result_h5_alone(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
@@ -76,6 +94,7 @@ def test_pictures_from_result_h5_alone(tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["x-timeline.png", "x-throughput.png", "x-latency.png"]
 
 
+@pytest.mark.slow
 def test_many_ranks_and_a_long_latency_tail_still_draw(tmp_path: Path) -> None:
     # 9 ranks × 4 devices exceed the per-device lane limit; one stalled batch is 100× p99.
     for rank in range(9):

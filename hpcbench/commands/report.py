@@ -31,8 +31,11 @@ def report(run_dirs: tuple[Path, ...], plot_dir: Path | None, dlbs_trim: int) ->
     if plot_dir is not None:
         from hpcbench.plots import load_plot_data, write_plots
 
-        for run_dir in run_dirs:
-            data = load_plot_data(run_dir.parent if run_dir.is_file() else run_dir,
-                                  dlbs_trim=dlbs_trim)  # fmt: skip
-            for path in write_plots(data, plot_dir):
+        dirs = [run_dir.parent if run_dir.is_file() else run_dir for run_dir in run_dirs]
+        names = [d.resolve().name for d in dirs]
+        for index, run_dir in enumerate(dirs):
+            # Two runs of the same name (a/run, b/run) must not overwrite each other's pictures.
+            prefix = names[index] if names.count(names[index]) == 1 else f"{names[index]}-{index}"
+            data = load_plot_data(run_dir, dlbs_trim=dlbs_trim)
+            for path in write_plots(data, plot_dir, prefix=prefix):
                 click.echo(f"wrote {path}")
