@@ -1,0 +1,79 @@
+"""Pure parts of submission: failure explanations, job records, node lists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpcbench.errors import SlurmError
+from hpcbench.slurm.nodelist import expand_nodelist
+from hpcbench.slurm.submit import JobState, explain_failure, job_record
+
+
+def _run_dir(tmp_path: Path, job_err: str, rank_errs: dict[int, str]) -> Path:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "slurm-42.err").write_text(job_err)
+    for rank, text in rank_errs.items():
+        (logs / f"rank-{rank:05d}.err").write_text(text)
+    return tmp_path
+
+
+def test_first_rank_that_exited_is_the_culprit(tmp_path: Path) -> None:
+    # With --kill-on-bad-exit, srun reports the killed ranks too; the cause is the one that exited.
+    job_err = (
+        "srun: error: gpu07: task 0: Killed\n"
+        "srun: error: gpu08: task 3: Exited with exit code 1\n"
+        "srun: error: gpu07: tasks 1-2: Killed\n"
+    )
+    rank_err = "cpu-bind=MASK - gpu08, task  3  1 [99]: mask 0x2 set\nTraceback\nRunError: boom\n"
+    run_dir = _run_dir(tmp_path, job_err, {3: rank_err})
+    message = explain_failure(JobState("42", "FAILED", "1:0"), run_dir, 4)
+    assert message == (
+        "job 42 ended FAILED (exit code 1:0); rank 3 on gpu08: Exited with exit code 1; "
+        "its stderr ends: Traceback | RunError: boom"
+    )
+
+
+def test_timeout_lists_ranks_without_results(tmp_path: Path) -> None:
+    run_dir = _run_dir(
+        tmp_path, "slurmstepd: error: *** JOB 42 CANCELLED DUE TO TIME LIMIT ***\n", {}
+    )
+    (run_dir / "rank-00001.h5").write_bytes(b"")
+    message = explain_failure(JobState("42", "TIMEOUT", "0:0"), run_dir, 3)
+    assert message.startswith("job 42 ended TIMEOUT; ranks without a result file: [0, 2]")
+    assert "DUE TO TIME LIMIT" in message
+
+
+def test_job_record_expands_nodes_and_array_ids() -> None:
+    record = job_record(
+        JobState("77_3", "COMPLETED", "0:0", "node[1-2]"),
+        submitted_at="t",
+        script=Path("/r/job.sbatch"),
+        version="22.05.8",
+    )
+    assert record["job_id"] == "77" and record["array_task_id"] == 3
+    assert record["nodes"] == ["node1", "node2"]
+    assert record["slurm_version"] == "22.05.8" and record["script"] == "job.sbatch"
+
+
+@pytest.mark.parametrize(
+    ("text", "names"),
+    [
+        ("node1", ["node1"]),
+        ("node[1-2]", ["node1", "node2"]),
+        ("gpu[008-010],cpu1", ["gpu008", "gpu009", "gpu010", "cpu1"]),
+        ("a[1,3-4]b", ["a1b", "a3b", "a4b"]),
+        ("r[1-2]n[01-02]", ["r1n01", "r1n02", "r2n01", "r2n02"]),
+        ("None assigned", []),
+    ],
+)
+def test_expand_nodelist(text: str, names: list[str]) -> None:
+    assert expand_nodelist(text) == names
+
+
+@pytest.mark.parametrize("text", ["n[1-", "n]1[", "n[a-b]", "n[2-1]"])
+def test_bad_nodelist_is_an_error(text: str) -> None:
+    with pytest.raises(SlurmError, match="node list"):
+        expand_nodelist(text)
