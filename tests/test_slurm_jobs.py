@@ -31,11 +31,9 @@ LAYOUTS = {
     "socket-per-rank-one-gpu": {"ranks": 2, "gpus_per_rank": 1},
     "one-rank-whole-node": {"ranks": 1},
     "explicit-remote-gpus": {"ranks": 2, "gpus": "0,2;1,3", "accept_warnings": True},
-    "explicit-cpus-swapped": {
-        "ranks": 2,
-        "cpus": "1;0",
-        "gpus": "2;0",
-    },
+    # Swapped order: local task 0 on the last CPU. Accepting warnings keeps it valid on nodes
+    # with more than 2 CPUs, where CPU 1 is not on the socket of GPU 2.
+    "explicit-cpus-swapped": {"ranks": 2, "cpus": "1;0", "gpus": "2;0", "accept_warnings": True},
     "two-nodes": {"ranks": 2, "gpus_per_rank": 1, "nodes": 2},
 }
 SPEC = {"backend": "cpu", "num_batches": 3, "warmup_batches": 1, "batch_size": 8}
