@@ -42,6 +42,7 @@ import platform
 import re
 import shutil
 import stat
+import sys
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -200,6 +201,48 @@ def remove_barrier_state(namespace: str, run_dir: Path | None = None) -> list[Pa
         with contextlib.suppress(OSError):
             parent.rmdir()
     return removed
+
+
+def sweep_stale_segments(min_age_s: float = 600.0, shm_dir: Path = SHM_DIR) -> list[Path]:
+    """Remove shm barrier segments of this user whose ranks are all dead (a killed launcher).
+
+    A segment is stale when it is older than ``min_age_s`` and no process id recorded in its
+    rank slots is alive on this host (segments are host-local, like the pids). Returns the
+    paths removed.
+    """
+    removed: list[Path] = []
+    now = time.time()
+    for path in shm_dir.glob(f"{SHM_PREFIX}*"):
+        try:
+            info = path.lstat()
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+                continue
+            if now - info.st_mtime < min_age_s or info.st_size < _HEADER_BYTES:
+                continue
+            data = path.read_bytes()
+        except OSError:
+            continue
+        slots = (len(data) - _HEADER_BYTES) // _SLOT_BYTES
+        pids = [
+            int.from_bytes(data[off + 4 : off + 8], sys.byteorder)
+            for off in range(_HEADER_BYTES, _HEADER_BYTES + slots * _SLOT_BYTES, _SLOT_BYTES)
+        ]
+        if any(pid and _alive(pid) for pid in pids):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
 
 
 # ------------------------------------------------------------------------------- futexes

@@ -12,6 +12,7 @@ removes the barrier state.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import secrets
@@ -29,7 +30,11 @@ from typing import IO, Any
 from hpcbench.errors import RunError, UsageError
 from hpcbench.plan.launch import cuda_visible_devices, numactl_args
 from hpcbench.plan.model import Plan, RankPlacement
-from hpcbench.runtime.barrier import barrier_namespace, remove_barrier_state
+from hpcbench.runtime.barrier import (
+    barrier_namespace,
+    remove_barrier_state,
+    sweep_stale_segments,
+)
 from hpcbench.runtime.binding import apply_binding
 from hpcbench.runtime.identity import RankIdentity, local_env
 from hpcbench.runtime.rank import status_path
@@ -190,6 +195,8 @@ def launch_local(
     numactl = shutil.which("numactl") if use_numactl is not False else None
     if use_numactl and numactl is None:
         raise UsageError("numactl was requested but is not installed")
+    # Segments of launches killed without cleanup (SIGKILL of hpcbench itself) would pile up.
+    sweep_stale_segments()
     launch_id = "L" + secrets.token_hex(4)
     namespace = barrier_namespace(info.run_id, launch_id)
     env_base = dict(os.environ if base_env is None else base_env)
@@ -202,7 +209,7 @@ def launch_local(
                 out = _open_log(out_path)
                 err = _open_log(err_path)
                 ranks.files += [out, err]
-                preexec = None if numactl else _binder(placement)
+                preexec = _child_setup(None if numactl else placement, os.getpid())
                 try:
                     ranks.procs[placement.rank] = subprocess.Popen(
                         rank_command(run_dir, placement, numactl, python),
@@ -238,11 +245,25 @@ def _open_log(path: Path) -> IO[bytes]:
     return os.fdopen(fd, "wb")
 
 
-def _binder(placement: RankPlacement) -> Callable[[], None]:
-    def bind() -> None:
-        apply_binding(placement)
+_PR_SET_PDEATHSIG = 1
 
-    return bind
+
+def _child_setup(placement: RankPlacement | None, launcher_pid: int) -> Callable[[], None]:
+    """Run in the child before exec: die with the launcher, then bind (unless numactl does)."""
+
+    def setup() -> None:
+        # Ranks run in their own sessions, so a launcher killed with SIGKILL (or by the OOM
+        # killer) would leave them running as orphans: the kernel sends them SIGTERM instead
+        # (kept across exec), on which a rank closes its file as unfinished and exits.
+        prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # Linux only
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != launcher_pid:  # the launcher died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+        if placement is not None:
+            apply_binding(placement)
+
+    return setup
 
 
 def _watch(

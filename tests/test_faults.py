@@ -1,0 +1,404 @@
+"""Fault injection with real processes: ranks killed in every phase, late and missing ranks,
+stale barrier state, a killed launcher, unusable output folders, corrupt rank files.
+
+Phases are observed from outside, never injected: a rank logs ``devices: ...`` just before it
+builds its engines and publishes ``logs/rank-NNNNN.status.json`` at every later phase
+(warmup, barrier start, timed, barrier end), and rank processes are found as children of the
+``hpcbench run`` process (their environment names their rank). To hold a rank inside a barrier
+the test stops its partner with SIGSTOP, the way a straggler would. The figures these tests
+check are listed in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from hpcbench.errors import MetricsError
+from hpcbench.metrics import read_rank_file
+from hpcbench.plan.model import Plan, RankPlacement
+from hpcbench.runtime.barrier import FILE_DIR, SHM_DIR, barrier_namespace, remove_barrier_state
+from hpcbench.runtime.identity import LAUNCH_ID_VAR, LOCAL_VARS
+from hpcbench.runtime.rank import status_path
+from hpcbench.runtime.rundir import create_run_dir
+from hpcbench.spec import RunSpec
+
+pytestmark = pytest.mark.timeout(120)
+
+# Engines take ~0.4 s to build and a batch ~20 ms on one core: every phase lasts long enough
+# to be hit from outside.
+FAULT_OPTIONS = {"input": 512, "hidden": 1024, "layers": 10, "classes": 10}
+TIMEOUT_S = 3.0
+DURATION_S = 1.0
+# What a survivor may take beyond the barrier timeout to notice, log and exit (the issue's 5 s).
+GRACE_S = 5.0
+PHASES = ("build", "warmup", "barrier start", "timed", "barrier end")
+VICTIM = 1
+SURVIVOR = 0
+HPCBENCH = [sys.executable, "-m", "hpcbench"]
+
+
+def _cpus() -> list[int]:
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    return cpus
+
+
+def _plan(cpus: list[int]) -> Plan:
+    return Plan(
+        tuple(RankPlacement(r, 0, r, 0, 0, (cpus[r],), (), (0,)) for r in (0, 1)), (), "faults"
+    )
+
+
+def _spec(**changes: object) -> RunSpec:
+    values: dict[str, object] = {
+        "batch_size": 2, "duration_s": DURATION_S, "warmup_batches": 20,
+        "options": FAULT_OPTIONS, "barrier_timeout_s": TIMEOUT_S,
+    }  # fmt: skip
+    values.update(changes)
+    return RunSpec(**values)  # type: ignore[arg-type]
+
+
+def _make_run(tmp_path: Path, name: str = "run", **spec_changes: object) -> tuple[Path, Plan]:
+    plan = _plan(_cpus())
+    run_dir, _ = create_run_dir(tmp_path / name, plan=plan, spec=_spec(**spec_changes), argv=["t"])
+    return run_dir, plan
+
+
+# ------------------------------------------------------------------------- observing ranks
+def _err_text(run_dir: Path, rank: int) -> str:
+    try:
+        return (run_dir / "logs" / f"rank-{rank:05d}.err").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _status(run_dir: Path, rank: int) -> dict[str, object]:
+    try:
+        data = json.loads(status_path(run_dir, rank).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def in_phase(run_dir: Path, rank: int, phase: str, launch_id: str = "fault") -> bool:
+    """Whether ``rank`` is in ``phase`` now, from its log and status file."""
+    if phase == "build":
+        err = _err_text(run_dir, rank)
+        return "devices:" in err and "phase: warmup" not in err
+    status = _status(run_dir, rank)
+    if phase.startswith("barrier "):
+        # The status is published just before arriving: wait for the arrival itself.
+        generation = 1 if phase == "barrier start" else 2
+        return status.get("phase") == phase and arrived(run_dir, rank, generation, launch_id)
+    if phase == "timed":
+        return status.get("phase") == "timed" and int(status.get("timed_batches", 0)) >= 3  # type: ignore[call-overload]
+    return status.get("phase") == phase
+
+
+def arrived(run_dir: Path, rank: int, generation: int, launch_id: str) -> bool:
+    """Whether ``rank`` has arrived at barrier ``generation`` (read from the barrier's state)."""
+    namespace = _namespace(run_dir, launch_id)
+    directory = run_dir / FILE_DIR / namespace
+    if directory.is_dir():
+        return (directory / f"g{generation:06d}" / f"a{rank:05d}").exists()
+    try:
+        data = (SHM_DIR / namespace).read_bytes()
+    except OSError:
+        return False
+    # Slot r of the shm segment starts at 512 + 64 r with the u32 generation it arrived at.
+    offset = 512 + 64 * rank
+    return (
+        len(data) >= offset + 4
+        and int.from_bytes(data[offset : offset + 4], "little") >= generation
+    )
+
+
+def _wait_for(what: str, check: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{what} not seen within {timeout_s:g} s")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead too: it only waits for its parent to reap it.
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            return False
+    return True
+
+
+def rank_children(launcher_pid: int) -> dict[int, int]:
+    """rank -> pid of the rank processes started by an ``hpcbench run`` process."""
+    found: dict[int, int] = {}
+    try:
+        children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    except OSError:
+        return found
+    for pid in map(int, children):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in environ:
+            if item.startswith(LOCAL_VARS["rank"].encode() + b"="):
+                found[int(item.split(b"=", 1)[1])] = pid
+    return found
+
+
+def _log_time(line: str) -> float:
+    """Epoch seconds of a rank log line (``%(asctime)s``: local time, milliseconds)."""
+    stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp()
+
+
+@contextlib.contextmanager
+def _reaped(procs: list[subprocess.Popen[bytes]]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def spawn_rank(run_dir: Path, plan: Plan, rank: int, launch_id: str) -> subprocess.Popen[bytes]:
+    """Start one rank process the way a launcher would (identity variables, pinned core)."""
+    env = dict(os.environ)
+    env.update({LOCAL_VARS["rank"]: str(rank), LOCAL_VARS["local_rank"]: str(rank),
+                LOCAL_VARS["world_size"]: str(plan.world_size), LOCAL_VARS["node"]: "0",
+                LAUNCH_ID_VAR: launch_id, "OMP_NUM_THREADS": "1",
+                "OPENBLAS_NUM_THREADS": "1"})  # fmt: skip
+    cpus = plan.rank(rank).cpus
+    err = (run_dir / "logs" / f"rank-{rank:05d}.err").open("wb")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "hpcbench.runtime.rank", str(run_dir)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+        )
+    finally:
+        err.close()
+
+
+def _namespace(run_dir: Path, launch_id: str) -> str:
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    return barrier_namespace(run_id, launch_id)
+
+
+def _no_barrier_state(run_dir: Path) -> None:
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    assert not (run_dir / FILE_DIR).exists()
+    assert not [p.name for p in SHM_DIR.iterdir() if run_id in p.name]
+
+
+def _hold_partner(run_dir: Path, phase: str, partner_pid: int) -> bool:
+    """Stop the partner (SIGSTOP) so that the victim waits alone inside ``phase``'s barrier."""
+    if phase == "barrier start":
+        _wait_for("partner in warm-up", lambda: in_phase(run_dir, SURVIVOR, "warmup"))
+    elif phase == "barrier end":
+        _wait_for("partner in the timed phase", lambda: in_phase(run_dir, SURVIVOR, "timed"))
+    else:
+        return False
+    os.kill(partner_pid, signal.SIGSTOP)
+    return True
+
+
+# ------------------------------------------------------- a rank killed, no launcher around it
+@pytest.mark.parametrize("barrier", ["shm", "file"])
+@pytest.mark.parametrize("phase", PHASES)
+def test_survivor_names_the_rank_killed_in_each_phase(
+    tmp_path: Path, phase: str, barrier: str
+) -> None:
+    """Ranks alone (as under srun without --kill-on-bad-exit): SIGKILL rank 1 in ``phase``.
+
+    Rank 0 must leave its next barrier within the barrier timeout + 5 s with an error naming
+    rank 1, except when rank 1 had already arrived at the end barrier: then the barrier
+    releases, rank 0 finishes, and only rank 1's unfinished file tells (aggregation refuses).
+    """
+    if barrier == "file" and phase not in ("timed", "barrier end"):
+        pytest.skip("the file barrier is covered in the timed phase and at the end barrier")
+    run_dir, plan = _make_run(tmp_path, barrier=barrier)
+    procs = [spawn_rank(run_dir, plan, r, "fault") for r in (SURVIVOR, VICTIM)]
+    survivor, victim = procs
+    with _reaped(procs):
+        held = _hold_partner(run_dir, phase, survivor.pid)
+        _wait_for(f"rank 1 in {phase}", lambda: in_phase(run_dir, VICTIM, phase))
+        victim.send_signal(signal.SIGKILL)
+        assert victim.wait(10) == -signal.SIGKILL
+        if held:
+            os.kill(survivor.pid, signal.SIGCONT)
+        code = survivor.wait(DURATION_S + 3 * TIMEOUT_S + 30)
+        exited = time.time()
+    err = _err_text(run_dir, SURVIVOR)
+    victim_err = _err_text(run_dir, VICTIM)
+    if phase == "build":
+        assert "phase: warmup" not in victim_err  # it really died while building
+    if phase == "barrier end":
+        # Rank 1 had arrived, so the end barrier released rank 0, which finished cleanly.
+        assert code == 0, err
+        assert read_rank_file(run_dir / "rank-00000.h5").complete
+    else:
+        assert code == 1, err
+        failure = [line for line in err.splitlines() if "ERROR" in line][-1]
+        assert re.search(r"rank 1 did not arrive within 3 s", failure), failure
+        barrier_name = "start" if phase in ("build", "warmup") else "end"
+        assert f"barrier {barrier_name!r}" in failure
+        # From the survivor's arrival at that barrier to its exit: timeout + grace at most.
+        arrived = [line for line in err.splitlines() if f"phase: barrier {barrier_name}" in line]
+        waited_s = exited - _log_time(arrived[-1])
+        assert waited_s <= TIMEOUT_S + GRACE_S, waited_s
+        assert not read_rank_file(run_dir / "rank-00000.h5.part").complete
+    # What rank 1 wrote before it died stays readable.
+    part = read_rank_file(run_dir / "rank-00001.h5.part")
+    assert not part.complete and part.attrs["run_id"]
+    if phase == "timed":
+        assert len(part.timed) >= 1
+    with pytest.raises(MetricsError, match=r"rank-00001\.h5\.part left: the rank did not finish"):
+        _aggregate(run_dir)
+    if phase == "barrier end":
+        summary = _aggregate(run_dir, allow_partial=True)
+        assert summary["complete"] is False
+    segment = SHM_DIR / _namespace(run_dir, "fault")
+    state = [segment, run_dir / FILE_DIR]
+    if phase == "barrier end":
+        # Nobody aborted and rank 1 never closed, so the last-to-close cleanup never ran:
+        # without a launcher (which removes it) the state stays; its name holds the launch id,
+        # so no later launch reads it (test_stale_barrier_state_does_not_affect_the_next_run).
+        assert any(path.exists() for path in state)
+        remove_barrier_state(_namespace(run_dir, "fault"), run_dir)
+    assert not any(path.exists() for path in state)
+
+
+def _aggregate(run_dir: Path, allow_partial: bool = False) -> dict[str, object]:
+    from hpcbench.aggregate import aggregate_run
+
+    return aggregate_run(run_dir, allow_partial=allow_partial)
+
+
+# --------------------------------------------------------- a rank killed under hpcbench run
+def _run_command(out: Path, *extra: str) -> list[str]:
+    options = [f"--option={k}={v}" for k, v in FAULT_OPTIONS.items()]
+    return [*HPCBENCH, "run", "--ranks", "2", "--backend", "cpu", "--batch-size", "2",
+            "--duration-s", str(DURATION_S), "--warmup-batches", "20",
+            "--barrier-timeout-s", str(TIMEOUT_S), "--out", str(out), "-q",
+            *options, *extra]  # fmt: skip
+
+
+def _launch_id(pid: int) -> str:
+    for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        if item.startswith(LAUNCH_ID_VAR.encode() + b"="):
+            return item.split(b"=", 1)[1].decode()
+    raise AssertionError(f"process {pid} has no {LAUNCH_ID_VAR}")
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_hpcbench_run_names_the_rank_killed_in_each_phase(tmp_path: Path, phase: str) -> None:
+    """SIGKILL rank 1 (a child of ``hpcbench run``) in ``phase``: the command stops rank 0,
+    exits 1 naming rank 1 within 5 s + poll, leaves readable files and no process; the run is
+    refused by ``aggregate`` and marked incomplete with ``--allow-partial``."""
+    _cpus()
+    out = tmp_path / "run"
+    cli = subprocess.Popen(_run_command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with _reaped([cli]):
+        children: dict[int, int] = {}
+
+        def both_started() -> bool:
+            children.update(rank_children(cli.pid))
+            return len(children) == 2
+
+        _wait_for("two rank processes under hpcbench run", both_started)
+        launch_id = _launch_id(children[VICTIM])
+        held = _hold_partner(out, phase, children[SURVIVOR]) if phase != "build" else False
+        _wait_for(f"rank 1 in {phase}", lambda: in_phase(out, VICTIM, phase, launch_id))
+        os.kill(children[VICTIM], signal.SIGKILL)
+        killed = time.monotonic()
+        if held:
+            os.kill(children[SURVIVOR], signal.SIGCONT)
+        _, err_bytes = cli.communicate(timeout=60)
+        stopped_s = time.monotonic() - killed
+    err = err_bytes.decode()
+    assert cli.returncode == 1, err
+    assert "hpcbench: error: rank 1 was killed by signal 9; the other ranks were stopped" in err
+    assert "Traceback" not in err
+    # The launcher polls every 0.1 s and gives the others 5 s after SIGTERM.
+    assert stopped_s <= GRACE_S + 1.0, stopped_s
+    assert not any(_alive(pid) for pid in children.values())
+    if phase == "build":
+        assert "phase: warmup" not in _err_text(out, VICTIM)
+    # Whatever a rank had written is readable (rank 0 may have been stopped before its file
+    # existed, when rank 1 died early).
+    for path in out.glob("rank-*.h5*"):
+        assert read_rank_file(path).rank == int(path.name[5:10])
+    assert not read_rank_file(out / "rank-00001.h5.part").complete
+    _no_barrier_state(out)
+    refused = subprocess.run([*HPCBENCH, "aggregate", str(out)], capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert "rank-00001.h5.part left: the rank did not finish" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    partial = subprocess.run(
+        [*HPCBENCH, "aggregate", str(out), "--allow-partial", "--json"],
+        capture_output=True,
+        text=True,
+    )
+    if (out / "rank-00000.h5").exists():
+        assert partial.returncode == 0, partial.stderr
+        assert json.loads(partial.stdout)["complete"] is False
+    else:
+        # Rank 0 was stopped too: nothing finished, nothing to aggregate even partially.
+        assert partial.returncode == 2
+        assert "no finished rank file" in partial.stderr
+
+
+def test_killed_launcher_takes_its_ranks_along(tmp_path: Path) -> None:
+    """SIGKILL ``hpcbench run`` itself: its ranks must not run on as orphans."""
+    _cpus()
+    out = tmp_path / "run"
+    cli = subprocess.Popen(
+        _run_command(out, "--duration-s", "60"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    with _reaped([cli]):
+        children: dict[int, int] = {}
+
+        def both_started() -> bool:
+            children.update(rank_children(cli.pid))
+            return len(children) == 2
+
+        _wait_for("two rank processes", both_started)
+        _wait_for("rank 1 in the timed phase", lambda: in_phase(out, VICTIM, "timed"))
+        cli.kill()
+        cli.wait()
+        _wait_for(
+            "the ranks to stop after their launcher died",
+            lambda: not any(_alive(pid) for pid in children.values()),
+            timeout_s=GRACE_S + 5,
+        )
+    parts = sorted(p.name for p in out.glob("rank-*.h5.part"))
+    assert parts == ["rank-00000.h5.part", "rank-00001.h5.part"]
+    assert all(not read_rank_file(out / name).complete for name in parts)
