@@ -45,6 +45,19 @@ class Domain:
 
 
 @dataclass(frozen=True, slots=True)
+class CoreSet:
+    """What a rank's set of physical cores implies: its CPUs, domains and memory nodes."""
+
+    first_cpus: tuple[int, ...]
+    all_cpus: tuple[int, ...]
+    domains: frozenset[int]
+    numa_nodes: frozenset[int]
+    mem_nodes: tuple[int, ...]
+    socket: int | None
+    numa_node: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class TopologyIndex:
     """Lookup tables for one :class:`Topology` (build with :func:`topology_index`)."""
 
@@ -71,6 +84,7 @@ class TopologyIndex:
     tier_cache: dict[tuple[object, ...], list[tuple[int, int]]] = field(default_factory=dict)
     # Filled by the planner: (granularity, ranks, cores per rank, reserved CPUs) -> core slots.
     slot_cache: dict[tuple[object, ...], tuple[tuple[int, ...], ...]] = field(default_factory=dict)
+    core_set_cache: dict[tuple[object, ...], CoreSet] = field(default_factory=dict)
 
     @property
     def source(self) -> str:
@@ -80,6 +94,28 @@ class TopologyIndex:
         """The core ids (sorted, unique) that hold the given OS CPUs (all must exist)."""
         cpu_core = self.cpu_core
         return tuple(sorted({cpu_core[cpu] for cpu in cpus}))
+
+    def core_set(self, cores: tuple[int, ...], granularity: Granularity) -> CoreSet:
+        """The (cached) :class:`CoreSet` of sorted core ids."""
+        key = (granularity, cores)
+        found = self.core_set_cache.get(key)
+        if found is None:
+            packages = {self.core_package[c] for c in cores}
+            numa = frozenset(self.core_numa[c] for c in cores)
+            mem_nodes = tuple(sorted(numa))
+            found = CoreSet(
+                first_cpus=tuple(sorted(self.core_first_cpu[c] for c in cores)),
+                all_cpus=tuple(sorted(cpu for c in cores for cpu in self.core_cpus[c])),
+                domains=frozenset(self.core_domain[granularity][c] for c in cores),
+                numa_nodes=numa,
+                mem_nodes=mem_nodes,
+                socket=next(iter(packages)) if len(packages) == 1 else None,
+                numa_node=mem_nodes[0] if len(mem_nodes) == 1 else None,
+            )
+            if len(self.core_set_cache) >= 4096:  # bound the memory a long sweep can use
+                self.core_set_cache.clear()
+            self.core_set_cache[key] = found
+        return found
 
     def domains_of_cores(self, granularity: Granularity, cores: Iterable[int]) -> tuple[int, ...]:
         """Positions (in ``domains[granularity]``) of the domains holding the given cores."""

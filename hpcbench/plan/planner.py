@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any, Literal, Protocol, TypeVar
 
 import click
@@ -118,22 +117,17 @@ def make_plan(topology: Topology, request: PlanRequest) -> Plan:
         rank_cores = _core_slots(index, nranks, request)
         if gpu_layout is not None:
             rank_cores = _match_slots_to_gpus(index, rank_cores, gpu_layout, granularity)
-        if request.use_hwthreads:
-            threads = index.core_cpus.__getitem__
-            cpus = [tuple(sorted(chain.from_iterable(map(threads, c)))) for c in rank_cores]
-        else:
-            first = index.core_first_cpu.__getitem__
-            cpus = [tuple(sorted(map(first, cores))) for cores in rank_cores]
     else:
-        cpus = list(cpu_layout)
         rank_cores = [index.cores_of(c) for c in cpu_layout]
-    core_domain, core_numa, core_package = (
-        index.core_domain[granularity],
-        index.core_numa,
-        index.core_package,
-    )
-    rank_domains = [frozenset(map(core_domain.__getitem__, cores)) for cores in rank_cores]
-    rank_numa = [frozenset(map(core_numa.__getitem__, cores)) for cores in rank_cores]
+    shapes = [index.core_set(cores, granularity) for cores in rank_cores]
+    if cpu_layout is not None:
+        cpus = list(cpu_layout)
+    elif request.use_hwthreads:
+        cpus = [shape.all_cpus for shape in shapes]
+    else:
+        cpus = [shape.first_cpus for shape in shapes]
+    rank_domains = [shape.domains for shape in shapes]
+    rank_numa = [shape.numa_nodes for shape in shapes]
     if gpu_layout is None:
         gpus = _choose_gpus(index, rank_domains, rank_numa, request)
     else:
@@ -156,20 +150,10 @@ def make_plan(topology: Topology, request: PlanRequest) -> Plan:
     violations.sort(key=lambda v: v.rank)
     warnings = tuple(v.message for v in violations)
 
-    per_node = []
-    for local in range(nranks):
-        packages = set(map(core_package.__getitem__, rank_cores[local]))
-        mem_nodes = tuple(sorted(rank_numa[local]))
-        per_node.append(
-            (
-                local,
-                cpus[local],
-                tuple(gpus[local]),
-                next(iter(packages)) if len(packages) == 1 else None,
-                mem_nodes[0] if len(mem_nodes) == 1 else None,
-                mem_nodes,
-            )
-        )
+    per_node = [
+        (local, cpus[local], tuple(gpus[local]), shape.socket, shape.numa_node, shape.mem_nodes)
+        for local, shape in enumerate(shapes)
+    ]
     root = request.data_root or DATA_ROOT_PLACEHOLDER
     ranks = []
     for node in range(request.nodes):
