@@ -7,6 +7,7 @@ import os
 import secrets
 import signal
 import stat
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from hpcbench.runtime.barrier import (
     barrier_namespace,
     open_barrier,
     remove_barrier_state,
+    sweep_stale_segments,
 )
 
 KINDS = ["shm", "file"]
@@ -224,3 +226,26 @@ def test_close_inside_the_timeout_handler_removes_the_state(kind: str, tmp_path:
         # The traceback still references the waiting frame here, as in a rank's error path.
         barrier.close()
     assert _leftovers(namespace, tmp_path) == []
+
+
+def test_sweep_removes_only_old_segments_of_dead_ranks(tmp_path: Path) -> None:
+    dead = _ctx.Process(target=time.sleep, args=(0,))
+    dead.start()
+    dead.join()
+    header = bytes(512)
+
+    def segment(name: str, pids: list[int], age_s: float) -> Path:
+        slots = b"".join(bytes(4) + pid.to_bytes(4, sys.byteorder) + bytes(56) for pid in pids)
+        path = tmp_path / f"hpcbench-{name}"
+        path.write_bytes(header + slots)
+        path.chmod(0o600)
+        os.utime(path, (time.time() - age_s, time.time() - age_s))
+        return path
+
+    stale = segment("stale", [dead.pid or 0, 0], 3600)
+    live = segment("live", [dead.pid or 0, os.getpid()], 3600)
+    young = segment("young", [dead.pid or 0], 5)
+    other = tmp_path / "unrelated"
+    other.write_bytes(header)
+    assert sweep_stale_segments(600, shm_dir=tmp_path) == [stale]
+    assert live.exists() and young.exists() and other.exists()
