@@ -280,3 +280,12 @@ def test_ctrl_c_stops_every_rank_and_removes_shared_state(tmp_path: Path) -> Non
     assert parts == ["rank-00000.h5.part", "rank-00001.h5.part"]
     assert all(not read_rank_file(out / name).complete for name in parts)
     _no_barrier_state(out)
+
+
+def test_hpcbench_run_rejects_a_bad_backend_option_before_starting(tmp_path: Path) -> None:
+    from hpcbench.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--backend", "cpu", "--option", "hiden=3", "--out", str(tmp_path / "r")])
+    assert exited.value.code == 2
+    assert not (tmp_path / "r").exists()

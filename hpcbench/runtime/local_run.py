@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from hpcbench.errors import MetricsError
+from hpcbench.backends.base import load_backend
+from hpcbench.errors import ConfigError, MetricsError
 from hpcbench.metrics import rank_file_name, read_rank_file
 from hpcbench.plan.model import Plan
 from hpcbench.plan.planner import PlanRequest, make_plan, plan_request_from_options
@@ -82,6 +83,7 @@ def run_local(
     request = default_rank_count(topology, request)
     plan = make_plan(topology, request)
     spec = spec_from_options(default_backend=choose_backend(len(topology.gpus)), **kwargs)
+    preflight(spec, plan)
     run_dir, info = create_run_dir(out, plan=plan, spec=spec, argv=argv, topology=topology)
     for warning in plan.warnings:
         click.echo(f"hpcbench: warning: {warning}", err=True)
@@ -101,6 +103,21 @@ def run_local(
     ranks = tuple(rank_throughput(run_dir, r.rank) for r in plan.ranks)
     summary, text = _aggregate(run_dir)
     return LocalRunOutcome(run_dir, plan, spec, launch, ranks, summary, text)
+
+
+def preflight(spec: RunSpec, plan: Plan) -> None:
+    """Reject a spec the ranks would reject, before any folder is made or rank started."""
+    import importlib.util
+
+    if spec.backend == "torch" and importlib.util.find_spec("torch") is None:
+        raise ConfigError(
+            "backend 'torch' needs PyTorch, which is not installed; install it with "
+            "pip install 'hpcbench[torch]' or use --backend cpu"
+        )
+    if spec.backend == "cpu":
+        backend = load_backend("cpu")
+        for placement in plan.ranks:
+            backend.devices(placement, spec)
 
 
 def rank_throughput(run_dir: Path, rank: int) -> RankThroughput:
