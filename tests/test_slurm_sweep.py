@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -123,7 +124,9 @@ def test_failed_array_point_is_reported_and_rerun(slurm_site: Path, tmp_path: Pa
     spec = load_sweep(spec_path, out=tmp_path / "out")
     points = run_sweep(spec, poll_s=0.5, timeout_s=200, echo=lambda _: None)
     assert [p.status for p in points] == ["done", "failed"]
-    assert "ended FAILED; rank " in points[1].message
+    assert re.search(
+        r"ended FAILED.*; rank \d+ on node\d: Exited with exit code 2", points[1].message
+    )
     assert "no-such-model" in points[1].message  # the rank's own error, from its stderr
     assert "p001: job " in format_table(spec, points)
     again = run_sweep(spec, poll_s=0.5, timeout_s=200, echo=lambda _: None)
