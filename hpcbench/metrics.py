@@ -19,6 +19,7 @@ finished cleanly; it is flushed often enough that a killed rank leaves a readabl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -84,14 +85,22 @@ class RankMetricsWriter:
             self._file = h5py.File(self.part_path, "w")
         except OSError as exc:
             raise MetricsError(f"{self.part_path}: cannot create metrics file ({exc})") from exc
+        try:
+            root = {"schema_version": SCHEMA_VERSION, "rank": rank, "world_size": world_size,
+                    "run_id": run_id, "host": host, "complete": False}  # fmt: skip
+            self._create_layout(root, attrs or {})
+        except (OSError, ValueError, RuntimeError) as exc:
+            with contextlib.suppress(Exception):
+                self._file.close()
+            raise MetricsError(
+                f"{self.part_path}: cannot create metrics file ({_one_line(exc)})"
+            ) from exc
+
+    def _create_layout(self, root: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
         f = self._file
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["rank"] = rank
-        f.attrs["world_size"] = world_size
-        f.attrs["run_id"] = run_id
-        f.attrs["host"] = host
-        f.attrs["complete"] = False
-        for key, value in (attrs or {}).items():
+        for key, value in root.items():
+            f.attrs[key] = value
+        for key, value in attrs.items():
             self.set_attr(key, value)
         for phase in PHASES:
             group = f.create_group(phase)
@@ -169,8 +178,11 @@ class RankMetricsWriter:
                 _append(group["arrive_ns"], np.asarray([b[1] for b in barriers], dtype=np.int64))
                 _append(group["release_ns"], np.asarray([b[2] for b in barriers], dtype=np.int64))
             self._file.flush()
-        except (OSError, ValueError) as exc:
-            raise MetricsError(f"{self.part_path}: writing metrics failed ({exc})") from exc
+        except (OSError, ValueError, RuntimeError) as exc:
+            # h5py reports a failed write (ENOSPC, EIO) as RuntimeError.
+            raise MetricsError(
+                f"{self.part_path}: writing metrics failed ({_one_line(exc)})"
+            ) from exc
         self._last_flush = time.monotonic()
 
     def close(self, complete: bool = True) -> Path:
@@ -180,14 +192,36 @@ class RankMetricsWriter:
         """
         if self._closed:
             return self.final_path if complete else self.part_path
-        self.flush()
-        self._file.attrs["complete"] = bool(complete)
-        self._file.close()
-        self._closed = True
+        try:
+            self.flush()
+            try:
+                self._file.attrs["complete"] = bool(complete)
+                self._file.close()
+            except (OSError, ValueError, RuntimeError) as exc:
+                raise MetricsError(
+                    f"{self.part_path}: writing metrics failed ({_one_line(exc)})"
+                ) from exc
+        except MetricsError:
+            # Release the HDF5 handle now: left to the garbage collector, a file whose writes
+            # failed (a full disk) can crash the interpreter at exit inside h5py's dealloc.
+            with contextlib.suppress(Exception):
+                self._file.close()
+            raise
+        finally:
+            self._closed = True
         if complete:
             self.part_path.replace(self.final_path)
             return self.final_path
         return self.part_path
+
+
+def _one_line(exc: BaseException) -> str:
+    """HDF5 messages embed a ctime() with its newline; error messages are one line.
+
+    >>> _one_line(RuntimeError("write failed: time = Sat Nov 28 2026\\n, errno = 28"))
+    'write failed: time = Sat Nov 28 2026 , errno = 28'
+    """
+    return " ".join(str(exc).split())
 
 
 def _append(dataset: h5py.Dataset, values: np.ndarray) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -402,3 +403,82 @@ def test_killed_launcher_takes_its_ranks_along(tmp_path: Path) -> None:
     parts = sorted(p.name for p in out.glob("rank-*.h5.part"))
     assert parts == ["rank-00000.h5.part", "rank-00001.h5.part"]
     assert all(not read_rank_file(out / name).complete for name in parts)
+
+
+# ------------------------------------------------------------------ unusable output folders
+def _in_private_tmpfs(mount_options: str, script: str, tmp_path: Path, timeout_s: float = 90):
+    """Run ``script`` (sh) with a fresh tmpfs mounted at $MNT in a private mount namespace."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    probe = subprocess.run(
+        ["unshare", "-m", "-r", "sh", "-c", f'mount -t tmpfs -o size=1m tmpfs "{mnt}"'],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a private namespace: {probe.stderr.strip()}")
+    env = {**os.environ, "MNT": str(mnt), "HPCBENCH": " ".join(HPCBENCH)}
+    wrapped = f'mount -t tmpfs -o {mount_options} tmpfs "$MNT" || exit 99\n{script}'
+    return subprocess.run(
+        ["unshare", "-m", "-r", "sh", "-c", wrapped],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout_s,
+    )
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("hpcbench: error:")]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("mount_options", "expected"),
+    [("size=1m", r"has 1 MiB free, a run needs at least 24 MiB"), ("ro", r"is not writable")],
+)
+def test_unusable_out_dir_fails_before_any_rank_starts(
+    tmp_path: Path, mount_options: str, expected: str
+) -> None:
+    _cpus()
+    script = '$HPCBENCH run --ranks 2 --backend cpu --duration-s 1 --out "$MNT/run" -q\n' \
+        'echo "rc=$?"; ls -A "$MNT"'  # fmt: skip
+    done = _in_private_tmpfs(mount_options, script, tmp_path)
+    assert "rc=2" in done.stdout, done.stderr
+    assert re.search(expected, _one_error_line(done.stderr)), done.stderr
+    assert "ranks, backend" not in done.stderr  # the launch line: no rank was started
+    assert done.stdout.strip().endswith("rc=2")  # and nothing was created under $MNT
+
+
+def test_disk_full_during_the_run_is_one_clear_error(tmp_path: Path) -> None:
+    """The output file system fills up while ranks run: the command fails with one line
+    naming the file it could not write, never a traceback or a crashed rank."""
+    _cpus()
+    script = """
+$HPCBENCH run --ranks 2 --backend cpu --duration-s 3 --barrier-timeout-s 10 --out "$MNT/run" \
+    -q >"$MNT/../out.txt" 2>"$MNT/../err.txt" &
+pid=$!
+for _ in $(seq 600); do
+    grep -q '"timed"' "$MNT/run/logs/rank-00001.status.json" 2>/dev/null && break
+    sleep 0.1
+done
+dd if=/dev/zero of="$MNT/fill" bs=1M 2>/dev/null
+wait $pid
+echo "rc=$?"
+cat "$MNT/../err.txt" >&2
+rm -f "$MNT/fill"
+for f in "$MNT"/run/rank-*.h5*; do echo "file=$f"; done
+"""
+    done = _in_private_tmpfs("size=40m", script, tmp_path)
+    rc = re.search(r"rc=(\d+)", done.stdout)
+    assert rc is not None and rc.group(1) in ("1", "2"), done.stdout + done.stderr
+    line = _one_error_line(done.stderr)
+    # Either a rank could not write its metrics (the launcher names it) or the ranks finished
+    # and result.h5 could not be written: both name the file and say why.
+    assert "No space left on device" in done.stderr, done.stderr
+    assert re.search(r"rank \d exited \d|result\.h5: cannot write", line), line
+    assert "signal 11" not in done.stderr

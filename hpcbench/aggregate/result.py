@@ -64,6 +64,10 @@ def write_result(
                     ) from exc
             _write_aggregate(out.create_group("aggregate"), summary)
         tmp.replace(path)
+    except (OSError, RuntimeError) as exc:
+        # h5py reports a failed write (a full disk) as OSError or RuntimeError, with a newline.
+        tmp.unlink(missing_ok=True)
+        raise MetricsError(f"{path}: cannot write ({' '.join(str(exc).split())})") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -105,6 +109,9 @@ def write_summary(path: Path, summary: Mapping[str, Any], summary_text: str | No
     try:
         tmp.write_text(summary_text if summary_text is not None else dumps(summary))
         tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise MetricsError(f"{path}: cannot write ({exc})") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -110,55 +110,8 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
         info.run_id,
     )
 
-    actual = read_actual_binding(env)
-    mismatches = list(
-        compare_binding(
-            placement, actual, under_slurm=identity.launcher == "slurm", cpu_nodes=node_of_cpus()
-        )
-    )
-    if (identity.node, identity.local_rank) != (placement.node, placement.local_rank):
-        mismatches.append(
-            f"identity: plan puts rank {placement.rank} at node {placement.node} local rank "
-            f"{placement.local_rank}, launcher says node {identity.node} local rank "
-            f"{identity.local_rank}"
-        )
-    binding = {**actual.to_json(), "mismatches": mismatches}
-    for problem in mismatches:
-        log.warning("binding differs from the plan: %s", problem)
-    if mismatches and spec.strict_binding:
-        raise RunError(
-            f"rank {identity.rank}: binding differs from the plan (--strict-binding): "
-            + "; ".join(mismatches)
-        )
-
-    backend = load_backend(spec.backend)
-    model_info = backend.describe(spec)
-    writer = RankMetricsWriter(
-        run_dir,
-        identity.rank,
-        identity.world_size,
-        info.run_id,
-        host,
-        attrs={
-            "local_rank": identity.local_rank,
-            "node": identity.node,
-            "backend": spec.backend,
-            "model": spec.model,
-            "batch_size": spec.batch_size,
-            "precision": spec.precision,
-            "launcher": identity.launcher,
-            "pid": os.getpid(),
-            "plan_json": placement.to_json(),
-            "binding_json": binding,
-            "config_json": spec.to_json(),
-            "versions_json": software_versions({"backend": model_info}),
-            "slurm_json": slurm_info(env),
-            "identity_json": asdict(identity),
-        },
-        flush_interval_s=0.5,
-    )
-    if isinstance(model_info.get("flops_per_image"), int):
-        writer.set_attr("flops_per_image", model_info["flops_per_image"])
+    # Opened first, so that any later failure of this rank aborts it and the other ranks stop
+    # at once instead of waiting for the barrier timeout (under srun nobody else stops them).
     barrier = open_barrier(
         spec.barrier,
         namespace=barrier_namespace(info.run_id, launch_id(env)),
@@ -167,14 +120,80 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
         timeout_s=spec.barrier_timeout_s,
         run_dir=run_dir,
     )
+    try:
+        actual = read_actual_binding(env)
+        mismatches = list(
+            compare_binding(
+                placement,
+                actual,
+                under_slurm=identity.launcher == "slurm",
+                cpu_nodes=node_of_cpus(),
+            )
+        )
+        if (identity.node, identity.local_rank) != (placement.node, placement.local_rank):
+            mismatches.append(
+                f"identity: plan puts rank {placement.rank} at node {placement.node} local rank "
+                f"{placement.local_rank}, launcher says node {identity.node} local rank "
+                f"{identity.local_rank}"
+            )
+        binding = {**actual.to_json(), "mismatches": mismatches}
+        for problem in mismatches:
+            log.warning("binding differs from the plan: %s", problem)
+        if mismatches and spec.strict_binding:
+            raise RunError(
+                f"rank {identity.rank}: binding differs from the plan (--strict-binding): "
+                + "; ".join(mismatches)
+            )
+
+        backend = load_backend(spec.backend)
+        model_info = backend.describe(spec)
+        writer = RankMetricsWriter(
+            run_dir,
+            identity.rank,
+            identity.world_size,
+            info.run_id,
+            host,
+            attrs={
+                "local_rank": identity.local_rank,
+                "node": identity.node,
+                "backend": spec.backend,
+                "model": spec.model,
+                "batch_size": spec.batch_size,
+                "precision": spec.precision,
+                "launcher": identity.launcher,
+                "pid": os.getpid(),
+                "plan_json": placement.to_json(),
+                "binding_json": binding,
+                "config_json": spec.to_json(),
+                "versions_json": software_versions({"backend": model_info}),
+                "slurm_json": slurm_info(env),
+                "identity_json": asdict(identity),
+            },
+            flush_interval_s=0.5,
+        )
+        if isinstance(model_info.get("flops_per_image"), int):
+            writer.set_attr("flops_per_image", model_info["flops_per_image"])
+    except BaseException as exc:
+        barrier.abort(f"{type(exc).__name__}: {exc}")
+        barrier.close()
+        raise
+
     status_file = status_path(run_dir, identity.rank)
     last_status = [0.0]
+    status_failed: list[bool] = []
 
     def publish(status: dict[str, Any]) -> None:
         now = time.monotonic()
         if now - last_status[0] >= 0.5 or not status["phase"].startswith("timed"):
             last_status[0] = now
-            write_json_atomic(status_file, {"rank": identity.rank, **status})
+            try:
+                write_json_atomic(status_file, {"rank": identity.rank, **status})
+            except OSError as exc:
+                # Progress display only: a full disk must fail the rank through its metrics
+                # file (MetricsError naming it), not through this side file.
+                if not status_failed:
+                    log.warning("cannot write %s (%s)", status_file, exc)
+                status_failed.append(True)
 
     data_dir = placement.data_dir.replace("{data_root}", spec.data)
     pipeline = Pipeline(backend, spec, placement, writer, barrier, data_dir, status=publish)
