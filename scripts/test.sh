@@ -28,6 +28,8 @@ if [[ "${HPCBENCH_SLURM:-1}" != 0 ]]; then
         echo "reusing the running local Slurm cluster"
     elif bash scripts/slurm-cluster start --nodes 2 --dbd; then
         trap 'bash scripts/slurm-cluster stop' EXIT
+        trap 'exit 130' INT  # so that Ctrl-C and a CI timeout still stop the cluster
+        trap 'exit 143' TERM
     else
         echo "test.sh: the local Slurm cluster did not start; slurm tests will skip (fail in CI)" >&2
     fi
