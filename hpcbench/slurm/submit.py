@@ -116,9 +116,13 @@ class JobTracker:
         self.job_id = job_id
         self._job: Any = submitit.SlurmJob(folder=folder, job_id=job_id)
 
-    def state(self) -> JobState:
-        """The current state; accounting first, then the controller when accounting is off."""
-        info = self._job.watcher.get_info(self.job_id, mode="force")
+    def state(self, refresh: bool = True) -> JobState:
+        """The current state; accounting first, then the controller when accounting is off.
+
+        submitit's watcher asks sacct about every registered job at once, so when following
+        many array tasks one refresh per poll serves them all (``refresh=False`` for the rest).
+        """
+        info = self._job.watcher.get_info(self.job_id, mode="force" if refresh else "cache")
         state = (info.get("State") or "").split(" ")[0]
         # sacct can report the job PENDING for a moment after its steps completed (the database
         # is written asynchronously); the controller is asked in that case too.

@@ -326,9 +326,11 @@ def _run_array(
     states: dict[int, JobState] = {}
     last = ""
     while True:
+        refresh = True
         for point in pending:
             if point.index not in states or not states[point.index].final:
-                states[point.index] = trackers[point.index].state()
+                states[point.index] = trackers[point.index].state(refresh=refresh)
+                refresh = False
         counts: dict[str, int] = {}
         for state in states.values():
             counts[state.state] = counts.get(state.state, 0) + 1
