@@ -220,3 +220,18 @@ def test_gpu_locality_from_local_cpus_when_numa_node_is_unknown() -> None:
     index = topology_index(Topology.build(source="t", cores=cores, numa_nodes=numa, gpus=gpus))
     assert index.gpu_numa == {0: 1, 1: None, 2: None}
     assert rules("0-1;2-3", "0;1,2", index) == [(0, R2_SOCKET)]
+
+
+def test_gpu_on_a_cpu_less_numa_node_is_placed_by_its_local_cpus() -> None:
+    # GH200-style: each GPU's memory is a NUMA node without CPUs (2, 3).
+    cores = [Core(0, 0, (0,)), Core(0, 0, (1,)), Core(1, 1, (2,)), Core(1, 1, (3,))]
+    numa = [
+        NumaNode(0, 0, (0, 1)),
+        NumaNode(1, 1, (2, 3)),
+        NumaNode(2, None, ()),
+        NumaNode(3, None, ()),
+    ]
+    gpus = [Gpu(0, "a", "g", 2, (0, 1)), Gpu(1, "b", "g", 3, (2, 3))]
+    index = topology_index(Topology.build(source="t", cores=cores, numa_nodes=numa, gpus=gpus))
+    assert index.gpu_numa == {0: 0, 1: 1}
+    assert rules("0-1;2-3", "1;0", index) == [(0, R2_SOCKET), (1, R2_SOCKET)]

@@ -441,3 +441,13 @@ def test_automatic_plans_never_break_a_rule(
         seen |= cores
         if gpus_per_rank is not None:
             assert len(rank.gpus) == gpus_per_rank
+
+
+def test_gpus_on_cpu_less_numa_nodes_still_go_to_their_socket() -> None:
+    cores = [Core(s, s, (s * 4 + k,)) for s in range(2) for k in range(4)]
+    numa = [NumaNode(0, 0, (0, 1, 2, 3)), NumaNode(1, 1, (4, 5, 6, 7))]
+    numa += [NumaNode(2, None, ()), NumaNode(3, None, ())]
+    gpus = [Gpu(0, "a", "GH200", 2, (0, 1, 2, 3)), Gpu(1, "b", "GH200", 3, (4, 5, 6, 7))]
+    topology = Topology.build(source="t", cores=cores, numa_nodes=numa, gpus=gpus)
+    plan = make_plan(topology, PlanRequest())
+    assert layout(plan) == [("0-3", (0,)), ("4-7", (1,))]

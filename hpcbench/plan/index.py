@@ -126,12 +126,14 @@ class TopologyIndex:
 def _gpu_locality(
     gpu: Gpu, cpu_core: dict[int, int], core_numa: tuple[int, ...], all_cpus: int
 ) -> int | None:
-    """The NUMA node a GPU is attached to, or None when it reports no usable locality.
+    """The NUMA node (with CPUs) a GPU is attached to, or None when it reports no usable one.
 
     sysfs gives ``numa_node`` -1 on many VMs and single-socket boards; the local CPU list then
-    either lists every CPU (no information) or the CPUs of one node (use that node).
+    either lists every CPU (no information) or the CPUs of one node (use that node). A GPU whose
+    NUMA node has no CPUs (its own memory exposed as a node, GH200/MI300A style) is placed by
+    its local CPU list too.
     """
-    if gpu.numa_node is not None:
+    if gpu.numa_node is not None and gpu.numa_node in core_numa:
         return gpu.numa_node
     local = [cpu for cpu in gpu.cpus if cpu in cpu_core]
     if not local or len(local) >= all_cpus:
