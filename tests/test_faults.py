@@ -482,3 +482,147 @@ for f in "$MNT"/run/rank-*.h5*; do echo "file=$f"; done
     assert "No space left on device" in done.stderr, done.stderr
     assert re.search(r"rank \d exited \d|result\.h5: cannot write", line), line
     assert "signal 11" not in done.stderr
+
+
+# ---------------------------------------------------------------- missing, late, stale state
+def test_rank_that_never_starts_is_named(tmp_path: Path) -> None:
+    run_dir, plan = _make_run(tmp_path)
+    started = time.monotonic()
+    proc = spawn_rank(run_dir, plan, SURVIVOR, "fault")
+    with _reaped([proc]):
+        code = proc.wait(60)
+    err = _err_text(run_dir, SURVIVOR)
+    assert code == 1, err
+    assert "barrier 'start' (shm" in err and "rank 1 did not arrive within 3 s" in err
+    assert time.monotonic() - started < 60
+    assert not (SHM_DIR / _namespace(run_dir, "fault")).exists()
+
+
+def test_rank_that_cannot_be_started_stops_the_launch(tmp_path: Path) -> None:
+    """The launcher cannot start rank 1 (its planned CPU does not exist): rank 0 is stopped,
+    the error names rank 1 and its CPUs, no process and no barrier state is left."""
+    cpus = _cpus()
+    plan = Plan(
+        (RankPlacement(0, 0, 0, 0, 0, (cpus[0],), (), (0,)),
+         RankPlacement(1, 0, 1, 0, 0, (4095,), (), (0,))), (), "faults",
+    )  # fmt: skip
+    run_dir, info = create_run_dir(tmp_path / "run", plan=plan, spec=_spec(), argv=["t"])
+    from hpcbench.errors import RunError
+    from hpcbench.runtime.launcher import launch_local
+
+    with pytest.raises(RunError, match=r"rank 1: cannot start \(cpus \[4095\]"):
+        launch_local(run_dir, plan, info, use_numactl=False)
+    _no_barrier_state(run_dir)
+    # Rank 0 was started first and then stopped: its file is unfinished, or was never made.
+    assert not (run_dir / "rank-00000.h5").exists()
+
+
+def test_rank_late_by_more_than_the_timeout(tmp_path: Path) -> None:
+    """Rank 1 starts after rank 0 gave up: rank 0 names rank 1; rank 1 does not wait forever
+    on a barrier its partner left, it names rank 0 after its own timeout."""
+    run_dir, plan = _make_run(tmp_path)
+    early = spawn_rank(run_dir, plan, SURVIVOR, "fault")
+    with _reaped([early]):
+        assert early.wait(60) == 1
+    late = spawn_rank(run_dir, plan, VICTIM, "fault")
+    with _reaped([late]):
+        assert late.wait(60) == 1
+    assert "rank 1 did not arrive within 3 s" in _err_text(run_dir, SURVIVOR)
+    assert "rank 0 did not arrive within 3 s" in _err_text(run_dir, VICTIM)
+    assert not (SHM_DIR / _namespace(run_dir, "fault")).exists()
+
+
+@pytest.mark.parametrize("barrier", ["shm", "file"])
+def test_stale_barrier_state_does_not_affect_the_next_run(tmp_path: Path, barrier: str) -> None:
+    """Both ranks of a launch are SIGKILLed inside the timed phase, leaving their barrier
+    state; the next launch in the same run directory and a new run both complete."""
+    run_dir, plan = _make_run(tmp_path, barrier=barrier)
+    procs = [spawn_rank(run_dir, plan, r, "fault") for r in (SURVIVOR, VICTIM)]
+    with _reaped(procs):
+        _wait_for("rank 1 timed", lambda: in_phase(run_dir, VICTIM, "timed"))
+        for proc in procs:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    namespace = _namespace(run_dir, "fault")
+    stale = SHM_DIR / namespace if barrier == "shm" else run_dir / FILE_DIR / namespace
+    assert stale.exists()
+    # The same run directory launched again (a rerun) and a fresh run directory.
+    for part in run_dir.glob("rank-*.h5.part"):
+        part.unlink()
+    from hpcbench.runtime.launcher import launch_local
+    from hpcbench.runtime.rundir import read_run_info
+
+    launch_local(run_dir, plan, read_run_info(run_dir))
+    assert all(read_rank_file(run_dir / f"rank-{r:05d}.h5").complete for r in (0, 1))
+    other, _ = _make_run(tmp_path, name="next", barrier=barrier)
+    launch_local(other, plan, read_run_info(other))
+    assert all(read_rank_file(other / f"rank-{r:05d}.h5").complete for r in (0, 1))
+    assert stale.exists()  # untouched: it belongs to the killed launch
+    remove_barrier_state(namespace, run_dir)
+
+
+def test_stale_segment_with_wrong_owner_mode_is_refused(tmp_path: Path) -> None:
+    """A segment of this launch's name that is not owner-only is not trusted."""
+    run_dir, plan = _make_run(tmp_path)
+    segment = SHM_DIR / _namespace(run_dir, "fault")
+    fd = os.open(segment, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.fchmod(fd, 0o666)
+    os.close(fd)
+    try:
+        proc = spawn_rank(run_dir, plan, SURVIVOR, "fault")
+        with _reaped([proc]):
+            assert proc.wait(60) == 1
+    finally:
+        segment.unlink(missing_ok=True)
+    assert "exists but is not owner-only or not ours" in _err_text(run_dir, SURVIVOR)
+
+
+# ------------------------------------------------------------------- corrupt rank files
+CORRUPTIONS = {
+    "truncated": lambda p: os.truncate(p, p.stat().st_size // 2),
+    "empty": lambda p: os.truncate(p, 0),
+    "garbage": lambda p: p.write_bytes(os.urandom(4096)),
+    "no timed group": lambda p: _edit_h5(p, lambda f: f.__delitem__("timed")),
+    "unequal columns": lambda p: _edit_h5(p, lambda f: f["timed"]["images"].resize((1,))),
+    "wrong rank attribute": lambda p: _edit_h5(p, lambda f: f.attrs.__setitem__("rank", 7)),
+    "future schema": lambda p: _edit_h5(p, lambda f: f.attrs.__setitem__("schema_version", 99)),
+}
+
+
+def _edit_h5(path: Path, edit: Callable[..., object]) -> None:
+    import h5py
+
+    with h5py.File(path, "r+") as f:
+        edit(f)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir, plan = _make_run(tmp_path_factory.mktemp("finished"), num_batches=4, duration_s=None)
+    from hpcbench.runtime.launcher import launch_local
+    from hpcbench.runtime.rundir import read_run_info
+
+    launch_local(run_dir, plan, read_run_info(run_dir))
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("command", "corruption"),
+    [("aggregate", name) for name in CORRUPTIONS] + [("report", "truncated"), ("report", "empty")],
+)
+def test_corrupt_rank_file_is_one_line_naming_it(
+    finished_run: Path, tmp_path: Path, corruption: str, command: str
+) -> None:
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished_run, run_dir)
+    victim = run_dir / "rank-00001.h5"
+    CORRUPTIONS[corruption](victim)
+    done = subprocess.run([*HPCBENCH, command, str(run_dir)], capture_output=True, text=True)
+    assert done.returncode == 2, done.stdout + done.stderr
+    line = _one_error_line(done.stderr)
+    assert str(victim) in line, line
+    # --allow-partial aggregates what is finished, never what is broken.
+    partial = subprocess.run(
+        [*HPCBENCH, "aggregate", str(run_dir), "--allow-partial"], capture_output=True, text=True
+    )
+    assert partial.returncode == 2 and str(victim) in _one_error_line(partial.stderr)
