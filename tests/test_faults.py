@@ -406,7 +406,9 @@ def test_killed_launcher_takes_its_ranks_along(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ unusable output folders
-def _in_private_tmpfs(mount_options: str, script: str, tmp_path: Path, timeout_s: float = 90):
+def _in_private_tmpfs(
+    mount_options: str, script: str, tmp_path: Path, timeout_s: float = 90
+) -> subprocess.CompletedProcess[str]:
     """Run ``script`` (sh) with a fresh tmpfs mounted at $MNT in a private mount namespace."""
     if shutil.which("unshare") is None:
         pytest.skip("unshare (util-linux) is not installed")
