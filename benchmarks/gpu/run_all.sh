@@ -2,7 +2,8 @@
 # Every GPU measurement of issues 7 and 10 in one call on an H200 machine (1, 2 or 4 GPUs):
 #   bash benchmarks/gpu/run_all.sh [SECONDS_PER_RUN] [SECTIONS]
 # SECTIONS (comma list, run in that order; default all): topo,bare,layouts,seed,data,precision,
-# modes,best,tests (bare also runs the 1x1 reference through hpcbench; seed is issue 10).
+# modes,best,tests; also datamulti (ranks x 1 GPU on staged shards; data runs it too). bare also
+# runs the 1x1 reference through hpcbench; seed is issue 10.
 # BUDGET_S (default 520): no run starts later than this; GPU_TEST_MARKS: pytest -m expression.
 # Writes under $OUT (default /tmp/hpcbench-gpu): all.log, tables.md, results.json, topo.json,
 # bare.jsonl, runs.tar.gz (summaries, specs, plans, logs and rank files of every run).
@@ -106,6 +107,14 @@ section_data() {
     if ((ngpu > 1)); then
         hb "r50_fp16_${ngpu}x1_staged" --gpus "$one_per_rank" --data /tmp/hb-data --stage-data
     fi
+}
+section_datamulti() {
+    # Every rank stages its own shard (rank r reads shard r) into /dev/shm under its binding.
+    ((ngpu > 1)) || return 0
+    ((SECONDS < budget_s)) || return 0
+    [[ -f /tmp/hb-data/manifest.json ]] ||
+        python3 -m hpcbench data make --images $((1024 * ngpu)) --shards "$ngpu" --out /tmp/hb-data
+    hb "r50_fp16_${ngpu}x1_staged" --gpus "$one_per_rank" --data /tmp/hb-data --stage-data
 }
 section_precision() {
     hb r50_bf16_1x1 --gpus 0 --precision bf16
