@@ -451,3 +451,25 @@ def test_gpus_on_cpu_less_numa_nodes_still_go_to_their_socket() -> None:
     topology = Topology.build(source="t", cores=cores, numa_nodes=numa, gpus=gpus)
     plan = make_plan(topology, PlanRequest())
     assert layout(plan) == [("0-3", (0,)), ("4-7", (1,))]
+
+
+def test_numa_domains_follow_sockets_when_numa_ids_interleave() -> None:
+    # Socket 0 holds NUMA nodes 0 and 2, socket 1 holds 1 and 3.
+    cores = [Core(node % 2, node, (node * 2 + k,)) for node in range(4) for k in range(2)]
+    numa = [NumaNode(n, n % 2, (n * 2, n * 2 + 1)) for n in range(4)]
+    topology = Topology.build(source="t", cores=cores, numa_nodes=numa)
+    plan = make_plan(topology, PlanRequest(granularity="numa", ranks=2))
+    assert [(r.socket, r.mem_nodes) for r in plan.ranks] == [(0, (0, 2)), (1, (1, 3))]
+    assert plan.warnings == ()
+
+
+def test_gpus_per_rank_must_match_an_explicit_gpu_layout() -> None:
+    with pytest.raises(PlanError, match="--gpus-per-rank 1 disagrees with --gpus '0,2;4,6'"):
+        make_plan(APOLLO, PlanRequest(gpus="0,2;4,6", gpus_per_rank=1))
+    assert make_plan(APOLLO, PlanRequest(gpus="0,2;4,6", gpus_per_rank=2)).warnings == ()
+
+
+def test_reserved_cores_are_kept_as_a_tuple() -> None:
+    request = PlanRequest(reserved_cores=[0, 36])  # type: ignore[arg-type]
+    assert request.reserved_cores == (0, 36)
+    assert hash(request) == hash(PlanRequest(reserved_cores=(0, 36)))

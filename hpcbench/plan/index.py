@@ -172,24 +172,33 @@ def _build(topology: Topology) -> TopologyIndex:
     domains: dict[Granularity, tuple[Domain, ...]] = {}
     core_domain: dict[Granularity, tuple[int, ...]] = {}
     gpu_domain: dict[Granularity, dict[int, int | None]] = {}
+    numa_socket = {core_numa[i]: core_package[i] for i in range(len(cores))}
     for kind in GRANULARITIES:
         keys = core_package if kind == "socket" else core_numa
-        ids = sorted(set(keys))
+        members: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            members.setdefault(key, []).append(i)
+        # NUMA domains in socket order, so a run of consecutive domains stays in one socket.
+        ids = (
+            sorted(members)
+            if kind == "socket"
+            else sorted(members, key=lambda d: (numa_socket[d], d))
+        )
         position = {d: i for i, d in enumerate(ids)}
         gpu_key = gpu_package if kind == "socket" else gpu_numa
         located: dict[int, int | None] = {}
         for g in gpu_ids:
-            key = gpu_key[g]
-            located[g] = None if key is None else position.get(key)
+            home = gpu_key[g]
+            located[g] = None if home is None else position.get(home)
         gpu_domain[kind] = located
         domains[kind] = tuple(
             Domain(
                 kind=kind,
                 id=d,
-                packages=frozenset(core_package[i] for i in range(len(cores)) if keys[i] == d),
-                numa_nodes=frozenset(core_numa[i] for i in range(len(cores)) if keys[i] == d),
-                cores=tuple(i for i in range(len(cores)) if keys[i] == d),
-                gpus=tuple(g for g in gpu_ids if gpu_domain[kind][g] == position[d]),
+                packages=frozenset(core_package[i] for i in members[d]),
+                numa_nodes=frozenset(core_numa[i] for i in members[d]),
+                cores=tuple(members[d]),
+                gpus=tuple(g for g in gpu_ids if located[g] == position[d]),
             )
             for d in ids
         )

@@ -76,6 +76,8 @@ class PlanRequest:
     data_root: str | None = None
 
     def __post_init__(self) -> None:
+        # A list from YAML or a caller would make the request unhashable and mutable.
+        object.__setattr__(self, "reserved_cores", tuple(int(c) for c in self.reserved_cores))
         if self.ranks != "auto" and (
             isinstance(self.ranks, bool) or not isinstance(self.ranks, int) or self.ranks < 1
         ):
@@ -111,6 +113,13 @@ def make_plan(topology: Topology, request: PlanRequest) -> Plan:
     gpu_layout = None if request.gpus is None else parse_gpu_layout(request.gpus)
     validate_layout(index, cpu_layout, gpu_layout)
     nranks = _rank_count(index, request, cpu_layout, gpu_layout)
+    if gpu_layout is not None and request.gpus_per_rank is not None:
+        for rank, rank_gpus in enumerate(gpu_layout):
+            if len(rank_gpus) != request.gpus_per_rank:
+                raise PlanError(
+                    f"--gpus-per-rank {request.gpus_per_rank} disagrees with --gpus "
+                    f"{request.gpus!r}: rank {rank} has {len(rank_gpus)} GPUs (give one of them)"
+                )
 
     rank_cores: Sequence[tuple[int, ...]]
     if cpu_layout is None:
