@@ -73,6 +73,17 @@ def shquote(value: object) -> str:
     return shlex.quote(text)
 
 
+def single_line(text: str, what: str) -> str:
+    """``text`` unchanged; UsageError when it holds a line break (it would end a line).
+
+    >>> single_line("apollo", "site name")
+    'apollo'
+    """
+    if "\n" in text or "\r" in text:
+        raise UsageError(f"{what} {text!r} contains a line break, which a job script cannot hold")
+    return text
+
+
 def environment(site_templates_dir: Path | None = None) -> jinja2.Environment:
     """The Jinja environment: site templates first, then the packaged ones."""
     loaders: list[jinja2.BaseLoader] = []
@@ -171,9 +182,10 @@ def job_context(request: JobRequest) -> dict[str, Any]:
     return {
         "hpcbench_version": __version__,
         "job_name": request.job_name,
-        "site_name": request.site_name,
-        "node_type": node_type.name,
-        "run_dir": request.run_dir,
+        # Shown in comment lines too, where a line break would start a command.
+        "site_name": single_line(request.site_name, "site name"),
+        "node_type": single_line(node_type.name, "node type"),
+        "run_dir": single_line(request.run_dir, "run directory"),
         "python": request.python,
         "nodes": plan.nodes,
         "world_size": plan.world_size,
