@@ -10,7 +10,7 @@ from hpcbench.cpulist import format_cpulist
 from hpcbench.errors import PlanError
 from hpcbench.plan.index import topology_index
 from hpcbench.plan.launch import cuda_visible_devices, numactl_args, slurm_gpu_bind
-from hpcbench.plan.layout import check_rules
+from hpcbench.plan.layout import check_rules, format_cpu_layout, format_gpu_layout
 from hpcbench.plan.model import Plan
 from hpcbench.plan.planner import PlanRequest, make_plan, plan_request_from_options
 from hpcbench.topology.model import Core, Gpu, NumaNode, Topology
@@ -386,23 +386,39 @@ def test_request_from_options_takes_site_values() -> None:
 # ----------------------------------------------------------------------------- invariants
 @st.composite
 def topologies(draw: st.DrawFn) -> Topology:
+    """Random nodes: 1-3 sockets, 1-2 NUMA nodes each (ids in order or interleaved across
+    sockets), 1-6 cores with 1-2 threads, 0-3 GPUs per NUMA node (by NUMA node, by local CPUs
+    only, or with no locality), behind 0-2 switches."""
     sockets = draw(st.integers(1, 3))
     numa_per_socket = draw(st.integers(1, 2))
     cores_per_numa = draw(st.integers(1, 6))
     threads = draw(st.integers(1, 2))
+    interleave = draw(st.booleans())
     total = sockets * numa_per_socket * cores_per_numa
     cores, numa, gpus = [], [], []
-    for node in range(sockets * numa_per_socket):
+    for slot in range(sockets * numa_per_socket):
+        socket = slot // numa_per_socket
+        node = (slot % numa_per_socket) * sockets + socket if interleave else slot
         cpus = []
         for k in range(cores_per_numa):
-            first = node * cores_per_numa + k
+            first = slot * cores_per_numa + k
             core_cpus = tuple(first + t * total for t in range(threads))
-            cores.append(Core(node // numa_per_socket, node, core_cpus))
+            cores.append(Core(socket, node, core_cpus))
             cpus.extend(core_cpus)
-        numa.append(NumaNode(node, node // numa_per_socket, tuple(sorted(cpus))))
+        numa.append(NumaNode(node, socket, tuple(sorted(cpus))))
         for _ in range(draw(st.integers(0, 3))):
             switch = draw(st.sampled_from([None, f"n{node}a", f"n{node}b"]))
-            gpus.append(Gpu(len(gpus), "", "gpu", node, tuple(sorted(cpus)), (), switch))
+            locality = draw(st.sampled_from(["numa", "cpus", "none"]))
+            gpus.append(
+                Gpu(
+                    index=len(gpus),
+                    pci_bus_id="",
+                    model="gpu",
+                    numa_node=node if locality == "numa" else None,
+                    cpus=tuple(sorted(cpus)) if locality != "none" else (),
+                    pcie_switch=switch,
+                )
+            )
     return Topology.build(source="hypothesis", cores=cores, numa_nodes=numa, gpus=gpus)
 
 
@@ -413,15 +429,22 @@ def topologies(draw: st.DrawFn) -> Topology:
     gpus_per_rank=st.one_of(st.none(), st.integers(0, 3)),
     numa=st.booleans(),
     hwthreads=st.booleans(),
+    reserve_first=st.booleans(),
 )
 def test_automatic_plans_never_break_a_rule(
-    topology: Topology, ranks: int | str, gpus_per_rank: int | None, numa: bool, hwthreads: bool
+    topology: Topology,
+    ranks: int | str,
+    gpus_per_rank: int | None,
+    numa: bool,
+    hwthreads: bool,
+    reserve_first: bool,
 ) -> None:
     request = PlanRequest(
         ranks=ranks,  # type: ignore[arg-type]
         gpus_per_rank=gpus_per_rank,
         granularity="numa" if numa else "socket",
         use_hwthreads=hwthreads,
+        reserved_cores=topology.cores[0].cpus[:1] if reserve_first else (),
     )
     try:
         plan = make_plan(topology, request)
@@ -432,15 +455,29 @@ def test_automatic_plans_never_break_a_rule(
     index = topology_index(topology)
     cpus = [r.cpus for r in plan.ranks]
     gpus = [r.gpus for r in plan.ranks]
-    assert check_rules(index, cpus, gpus, request.granularity) == []
+    assert check_rules(index, cpus, gpus, request.granularity, request.reserved_cores) == []
     seen: set[int] = set()
     for rank in plan.ranks:
         assert rank.cpus, "every rank is pinned"
+        assert list(rank.cpus) == sorted(rank.cpus)
         cores = physical_cores(topology, rank.cpus)
         assert not cores & seen
         seen |= cores
         if gpus_per_rank is not None:
             assert len(rank.gpus) == gpus_per_rank
+    # The plan written out in the seed's syntax is accepted unchanged as an explicit layout.
+    explicit = PlanRequest(
+        cpus=format_cpu_layout(cpus),
+        gpus=format_gpu_layout(gpus) if all(gpus) else None,
+        gpus_per_rank=None if all(gpus) else gpus_per_rank,
+        granularity=request.granularity,
+        reserved_cores=request.reserved_cores,
+    )
+    again = make_plan(topology, explicit)
+    assert again.warnings == ()
+    assert [r.cpus for r in again.ranks] == cpus
+    if all(gpus):
+        assert [r.gpus for r in again.ranks] == gpus
 
 
 def test_gpus_on_cpu_less_numa_nodes_still_go_to_their_socket() -> None:
