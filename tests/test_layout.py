@@ -235,3 +235,28 @@ def test_gpu_on_a_cpu_less_numa_node_is_placed_by_its_local_cpus() -> None:
     index = topology_index(Topology.build(source="t", cores=cores, numa_nodes=numa, gpus=gpus))
     assert index.gpu_numa == {0: 0, 1: 1}
     assert rules("0-1;2-3", "1;0", index) == [(0, R2_SOCKET), (1, R2_SOCKET)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sets(st.integers(0, 71), min_size=1, max_size=6), min_size=1, max_size=5))
+def test_rule_1_matches_a_brute_force_oracle(layout: list[set[int]]) -> None:
+    cpus = [tuple(sorted(r)) for r in layout]
+    core = {cpu: cpu % 36 for cpu in range(72)}  # Apollo: CPU n and n + 36 share a core
+    expected = set()
+    for b in range(len(cpus)):
+        for a in range(b):
+            shared_cpus = set(cpus[a]) & set(cpus[b])
+            if shared_cpus:
+                expected.add((b, RULE_DISJOINT))
+            mine = {core[c] for c in cpus[b]}
+            theirs = {core[c] for c in cpus[a]}
+            siblings = [
+                k
+                for k in mine & theirs
+                if not {c for c in cpus[b] if core[c] == k} & {c for c in cpus[a] if core[c] == k}
+            ]
+            if siblings:
+                expected.add((b, RULE_NO_OVERSUBSCRIPTION))
+    found = check_rules(APOLLO, cpus, [() for _ in cpus])
+    rule1 = {(v.rank, v.rule) for v in found if v.rule.startswith("rule 1")}
+    assert rule1 == expected
