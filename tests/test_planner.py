@@ -13,6 +13,8 @@ from hpcbench.plan.launch import cuda_visible_devices, numactl_args, slurm_gpu_b
 from hpcbench.plan.layout import check_rules, format_cpu_layout, format_gpu_layout
 from hpcbench.plan.model import Plan
 from hpcbench.plan.planner import PlanRequest, make_plan, plan_request_from_options
+from hpcbench.resources import site_configs_dir
+from hpcbench.site import load_site
 from hpcbench.topology.model import Core, Gpu, NumaNode, Topology
 from tests.topologies import apollo, apollo_site, cpu_only, flat_vm, nps4
 
@@ -510,3 +512,46 @@ def test_reserved_cores_are_kept_as_a_tuple() -> None:
     request = PlanRequest(reserved_cores=[0, 36])  # type: ignore[arg-type]
     assert request.reserved_cores == (0, 36)
     assert hash(request) == hash(PlanRequest(reserved_cores=(0, 36)))
+
+
+def shipped(name: str) -> Topology:
+    return load_site(site_configs_dir() / f"{name}.yaml").node_type(None).topology
+
+
+def test_dgx_a100_ranks_on_gpu_numa_nodes_keep_their_own_gpus() -> None:
+    # NPS4, GPUs only on NUMA nodes 1, 3, 5 and 7: rank 0 (NUMA 0) must not take NUMA 3's GPU.
+    topology = shipped("nvidia-dgx-a100")
+    plan = make_plan(topology, PlanRequest(ranks=8, gpus_per_rank=1))
+    for rank in plan.ranks:
+        (gpu,) = rank.gpus
+        home = topology.gpu(gpu).numa_node
+        has_own = any(g.numa_node == rank.numa_node for g in topology.gpus)
+        assert (
+            home == rank.numa_node if has_own else topology.numa_node(home).package == rank.socket
+        )
+    assert plan.warnings == ()
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in site_configs_dir().glob("*.yaml")))
+@pytest.mark.parametrize(
+    "request_",
+    [
+        PlanRequest(),
+        PlanRequest(granularity="numa"),
+        PlanRequest(ranks=1),
+        PlanRequest(ranks=2, gpus_per_rank=1),
+        PlanRequest(ranks=4, gpus_per_rank=1),
+        PlanRequest(ranks=8, use_hwthreads=True),
+    ],
+)
+def test_every_shipped_site_config_plans_cleanly(name: str, request_: PlanRequest) -> None:
+    topology = shipped(name)
+    try:
+        plan = make_plan(topology, request_)
+    except PlanError as exc:
+        assert "\n" not in str(exc) and "rank" in str(exc)
+        return
+    assert plan.warnings == ()
+    index = topology_index(topology)
+    cpus, gpus = [r.cpus for r in plan.ranks], [r.gpus for r in plan.ranks]
+    assert check_rules(index, cpus, gpus, request_.granularity) == []

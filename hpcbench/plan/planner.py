@@ -15,8 +15,9 @@ How an automatic plan is made (docs/placement.md explains it for users):
   core is listed unless ``use_hwthreads``: a rank still owns its whole physical core (no other
   rank is put on the sibling), but OpenMP/MKL pools sized from the affinity mask get one thread
   per core, which is what compute-bound inference wants.
-* GPUs: each rank takes GPUs local to its NUMA node first, then to its domain, then GPUs that
-  report no locality; within that, the PCIe switch where the rank has fewest GPUs, then the
+* GPUs: every rank takes GPUs local to its NUMA node first, then (in a second round, so that
+  no rank takes another rank's NUMA-local GPU) local to its domain, then GPUs that report no
+  locality; within that, the PCIe switch where the rank has fewest GPUs, then the
   switch fewest ranks use, then the GPU sharing fewest PCIe bridges (root port, upper switch)
   with the rank's other GPUs, then the lowest index (Apollo 2 x 2 -> 0,2 and 4,6). ``None`` GPUs
   per rank means an equal share of the local ones.
@@ -329,20 +330,19 @@ def _choose_gpus(
     neighbours = index.gpu_path_neighbours
     taken: set[int] = set()
     load: dict[str, int] = {}
-    chosen: list[tuple[int, ...]] = []
+    max_tier = 3 if request.accept_warnings else 2
+    counts: list[int] = []
+    candidates: list[list[tuple[int, int]]] = []
     for rank in range(nranks):
         mine = rank_domains[rank]
         if wanted is not None:
-            count = wanted
+            counts.append(wanted)
         elif index.gpus_unattached:
-            count = len(gpu_ids) // nranks
+            counts.append(len(gpu_ids) // nranks)
         else:
             local = sum(len(domains[d].gpus) for d in mine)
             peers = sum(1 for other in rank_domains if other & mine)
-            count = local // peers
-        own: dict[str, int] = {}
-        picks: list[int] = []
-        max_tier = 3 if request.accept_warnings else 2
+            counts.append(local // peers)
         cache_key = (granularity, rank_numa[rank], mine, max_tier)
         tiers = index.tier_cache.get(cache_key)
         if tiers is None:
@@ -352,34 +352,46 @@ def _choose_gpus(
                 if (tier := gpu_tier(index, gpu, rank_numa[rank], mine, granularity)) <= max_tier
             ]
             index.tier_cache[cache_key] = tiers
-        for _ in range(count):
-            best: tuple[int, int, int, int, int] | None = None
-            for gpu, tier in tiers:
-                if gpu in taken:
-                    continue
+        candidates.append(tiers)
+    picks: list[list[int]] = [[] for _ in range(nranks)]
+    owns: list[dict[str, int]] = [{} for _ in range(nranks)]
+    # Tier by tier, so that a rank without a GPU on its own NUMA node never takes the GPU of a
+    # later rank's NUMA node (DGX A100: GPUs on NUMA nodes 1, 3, 5, 7 only).
+    for level in range(max_tier + 1):
+        for rank in range(nranks):
+            mine_picks, own, tiers = picks[rank], owns[rank], candidates[rank]
+            while len(mine_picks) < counts[rank]:
+                best: tuple[int, int, int, int] | None = None
+                for gpu, tier in tiers:
+                    if tier != level or gpu in taken:
+                        continue
+                    sw = switch[gpu]
+                    near = len(neighbours[gpu].intersection(mine_picks)) if mine_picks else 0
+                    key = (own.get(sw, 0), load.get(sw, 0), near, gpu)
+                    if best is None or key < best:
+                        best = key
+                if best is None:
+                    break
+                gpu = best[3]
                 sw = switch[gpu]
-                near = len(neighbours[gpu].intersection(picks)) if picks else 0
-                key = (tier, own.get(sw, 0), load.get(sw, 0), near, gpu)
-                if best is None or key < best:
-                    best = key
-            if best is None:
-                where = " and ".join(domains[d].label for d in sorted(mine))
-                local_count = sum(len(domains[d].gpus) for d in mine)
-                peers = sum(1 for other in rank_domains if other & mine)
-                kind = "socket" if granularity == "socket" else "NUMA node"
-                raise PlanError(
-                    f"rank {rank} gets only {len(picks)} of {count} GPUs: {where} has "
-                    f"{local_count} local GPUs for {peers} rank{'s' if peers > 1 else ''} (rule 2: "
-                    f"GPUs local to the rank's {kind}); ask for fewer with --gpus-per-rank, or "
-                    f"pass --accept-warnings to use remote GPUs"
-                )
-            gpu = best[4]
-            taken.add(gpu)
-            picks.append(gpu)
-            own[switch[gpu]] = own.get(switch[gpu], 0) + 1
-            load[switch[gpu]] = load.get(switch[gpu], 0) + 1
-        chosen.append(tuple(sorted(picks)))
-    return chosen
+                taken.add(gpu)
+                mine_picks.append(gpu)
+                own[sw] = own.get(sw, 0) + 1
+                load[sw] = load.get(sw, 0) + 1
+    for rank in range(nranks):
+        if len(picks[rank]) < counts[rank]:
+            mine = rank_domains[rank]
+            where = " and ".join(domains[d].label for d in sorted(mine))
+            local_count = sum(len(domains[d].gpus) for d in mine)
+            peers = sum(1 for other in rank_domains if other & mine)
+            kind = "socket" if granularity == "socket" else "NUMA node"
+            raise PlanError(
+                f"rank {rank} gets only {len(picks[rank])} of {counts[rank]} GPUs: {where} has "
+                f"{local_count} local GPUs for {peers} rank{'s' if peers > 1 else ''} (rule 2: "
+                f"GPUs local to the rank's {kind}); ask for fewer with --gpus-per-rank, or "
+                f"pass --accept-warnings to use remote GPUs"
+            )
+    return [tuple(sorted(p)) for p in picks]
 
 
 # ----------------------------------------------------------------------------- CLI options
