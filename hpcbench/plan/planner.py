@@ -1,7 +1,8 @@
 """The placement planner: a request and a node's topology in, a :class:`Plan` out.
 
 Pure and fast (a sweep plans thousands of times): every topology-only table comes from
-:func:`hpcbench.plan.index.topology_index`, cached per topology.
+:func:`hpcbench.plan.index.topology_index`, cached per topology, and so do the pure
+sub-results a sweep repeats (core slots, facts of a set of cores, GPU candidates by tier).
 
 How an automatic plan is made (docs/placement.md explains it for users):
 
@@ -23,8 +24,10 @@ How an automatic plan is made (docs/placement.md explains it for users):
   per rank means an equal share of the local ones.
 * Memory: the NUMA nodes of the rank's cores. Data dir: ``{data_root}/rankNNNNN``.
 
-The result, explicit or planned, goes through :func:`hpcbench.plan.layout.check_rules`; a
-broken rule is a :class:`PlanError` unless ``accept_warnings``, when it becomes a plan warning.
+The result is checked against the rules (:mod:`hpcbench.plan.layout`): explicit CPUs against
+all of them, planned core slots (disjoint and off reserved cores by construction, which the
+property tests verify with the full checker) against the GPU rules. A broken rule is a
+:class:`PlanError` unless ``accept_warnings``, when it becomes a plan warning.
 """
 
 from __future__ import annotations
