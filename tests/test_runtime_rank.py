@@ -289,3 +289,22 @@ def test_hpcbench_run_rejects_a_bad_backend_option_before_starting(tmp_path: Pat
         main(["run", "--backend", "cpu", "--option", "hiden=3", "--out", str(tmp_path / "r")])
     assert exited.value.code == 2
     assert not (tmp_path / "r").exists()
+
+
+def test_cpu_devices_split_the_rank_cores_and_count_batches_per_device(tmp_path: Path) -> None:
+    cpus = tuple(_cpus()[:2])
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    plan = Plan((RankPlacement(0, 0, 0, 0, 0, cpus, (), (0,)),), (), "test")
+    spec = RunSpec(
+        batch_size=8, num_batches=4, duration_s=None, warmup_batches=1,
+        options={**SMALL, "devices": 2},
+    )  # fmt: skip
+    run_dir, info = create_run_dir(tmp_path / "run", plan=plan, spec=spec, argv=["test"])
+    launch_local(run_dir, plan, info)
+    data = read_rank_file(run_dir / "rank-00000.h5")
+    assert data.attrs["num_devices"] == 2
+    devices = data.json_attr("devices_json")
+    assert [tuple(d["cpus"]) for d in devices] == [(cpus[0],), (cpus[1],)]
+    assert sorted(data.timed.device.tolist()) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert sorted(data.warmup.device.tolist()) == [0, 1]
