@@ -100,8 +100,14 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("hpcbench: aborted", err=True)
         sys.exit(130)
     except click.ClickException as error:
-        # click's own usage errors (unknown option, bad choice) keep click's one-line message.
-        error.show()
+        if type(error).__name__ == "NoArgsIsHelpError":  # click >= 8.2: a bare group
+            error.show()
+            sys.exit(2)
+        # click's own usage errors (unknown option, bad choice): one line like every other
+        # error (click would print usage and hint lines around it), naming the command.
+        ctx = getattr(error, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        click.echo(f"hpcbench: error: {error.format_message()}{hint}", err=True)
         sys.exit(2)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)

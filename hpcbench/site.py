@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -132,6 +133,10 @@ def load_site(path: str | os.PathLike[str]) -> SiteConfig:
         text = file.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read site config {file}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{file}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from None
     data = parse_yaml(text, str(file))
     return site_from_dict(data, file)
 
@@ -171,7 +176,8 @@ def parse_yaml(text: str, where: str) -> Any:
         at = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{where}: malformed YAML{at}: {exc.problem}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: malformed YAML: {exc}") from None
+        # e.g. ReaderError (a control character) spans two lines: keep one.
+        raise ConfigError(f"{where}: malformed YAML: {' '.join(str(exc).split())}") from None
 
 
 def key_path(parts: Sequence[str | int]) -> str:
@@ -181,13 +187,19 @@ def key_path(parts: Sequence[str | int]) -> str:
     'node_types.gpu.topology.gpus[3].numa_node'
     >>> key_path([])
     '(top level)'
+    >>> key_path(["node_types", "a b", None])
+    "node_types['a b'][None]"
     """
     out = ""
     for part in parts:
-        if isinstance(part, int):
+        if isinstance(part, int) and not isinstance(part, bool):
             out += f"[{part}]"
+        elif isinstance(part, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", part):
+            out += f".{part}" if out else part
         else:
-            out += f".{part}" if out else str(part)
+            # A key one cannot type plainly (a line break, a space, a None key): quoted, so
+            # the message stays one line and shows the key exactly.
+            out += f"[{part!r}]"
     return out or "(top level)"
 
 
@@ -196,7 +208,8 @@ def _schema_error_message(error: Any, schema: Mapping[str, Any]) -> str:
     path = list(error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
+        # YAML keys need not be strings ("? " makes a None key, "1:" an int): compare as text.
+        extra = sorted(str(k) for k in error.instance if str(k) not in allowed)
         if extra and allowed:
             key = extra[0]
             return (

@@ -193,7 +193,17 @@ def plan_points(spec: SweepSpec) -> list[PointRun]:
 
 
 def _label(params: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in params.items())
+    """``key=value`` pairs; a value with a line break or a space is quoted (one line).
+
+    >>> _label({"model": "resnet50", "layout": "0,2;4,6", "data": "a b"})
+    "model=resnet50 layout=0,2;4,6 data='a b'"
+    """
+    return " ".join(
+        f"{k}={v!r}"
+        if isinstance(v, str) and (not v or any(c.isspace() for c in v))
+        else f"{k}={v}"
+        for k, v in params.items()
+    )
 
 
 def _is_complete(run_dir: Path) -> bool:

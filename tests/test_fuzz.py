@@ -1,0 +1,302 @@
+"""Bad input, generated: site configs, plan syntax, sweep specs and command lines.
+
+Property of every test: the input is accepted, or refused with one :class:`HpcbenchError`
+(on the command line: exit 2 and exactly one ``hpcbench: error:`` line naming what and where),
+never another exception and never a traceback.
+
+Examples per property: ``HPCBENCH_FUZZ_EXAMPLES`` (default 200, what CI runs); the larger run
+recorded in docs/reliability.md used ``HPCBENCH_FUZZ_EXAMPLES=3000``. Run with
+``--hypothesis-show-statistics`` to see how many inputs each property tried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from hpcbench.cli import main
+from hpcbench.errors import HpcbenchError
+from hpcbench.site import load_site
+
+REPO = Path(__file__).resolve().parent.parent
+SITE = REPO / "site_configs" / "hpe-apollo6500-gen10.yaml"
+EXAMPLES = int(os.environ.get("HPCBENCH_FUZZ_EXAMPLES", "200"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error)
+    assert text and "\n" not in text, f"not one line: {text!r}"
+    assert "Traceback" not in text
+    return text
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """Run the console entry point in this process; (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_refused_in_one_line(code: int, stderr: str) -> str:
+    lines = stderr.rstrip("\n").split("\n")  # not splitlines(): \x1e is no line break here
+    assert code == 2, (code, stderr)
+    assert len(lines) == 1 and lines[0].startswith("hpcbench: error: "), stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    yield tmp_path_factory.mktemp("fuzz")
+
+
+# ------------------------------------------------------------------------------ site configs
+_SCALARS = (
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=True) | st.text(max_size=12)
+)  # fmt: skip
+_TREES = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+_BASE_SITE = yaml.safe_load(SITE.read_text())
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield prefix
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _paths(value, (*prefix, index))
+
+
+_SITE_PATHS = [p for p in _paths(_BASE_SITE) if p]
+
+
+@st.composite
+def mutated_sites(draw: st.DrawFn) -> Any:
+    """The shipped Apollo config with one to three values replaced, deleted or added."""
+    data = copy.deepcopy(_BASE_SITE)
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(_SITE_PATHS))
+        parent = data
+        try:
+            for key in path[:-1]:
+                parent = parent[key]
+            action = draw(st.sampled_from(["replace", "delete", "add"]))
+            if action == "delete":
+                del parent[path[-1]]
+            elif action == "add" and isinstance(parent, dict):
+                parent[draw(st.text(max_size=8))] = draw(_TREES)
+            else:
+                parent[path[-1]] = draw(_TREES)
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier mutation removed or replaced this path
+    return data
+
+
+def _check_site_text(scratch: Path, text: str) -> None:
+    path = scratch / "site.yaml"
+    path.write_text(text)
+    try:
+        load_site(path)
+    except HpcbenchError as exc:
+        message = one_line(exc)
+        assert "site.yaml" in message, message  # where
+        event("refused")
+        return
+    event("accepted")
+
+
+@FUZZ
+@given(mutated_sites())
+def test_mutated_site_configs(scratch: Path, data: Any) -> None:
+    _check_site_text(scratch, yaml.safe_dump(data, allow_unicode=True))
+
+
+@FUZZ
+@given(_TREES)
+def test_arbitrary_yaml_as_a_site_config(scratch: Path, data: Any) -> None:
+    _check_site_text(scratch, yaml.safe_dump(data, allow_unicode=True))
+
+
+@FUZZ
+@given(
+    st.text(alphabet=st.sampled_from(list("ab:- \n\t{}[],&*!|>'\"%@`#?0123456789.")), max_size=80)
+)
+def test_yaml_syntax_soup_as_a_site_config(scratch: Path, text: str) -> None:
+    _check_site_text(scratch, text)
+
+
+@FUZZ
+@given(st.binary(max_size=64))
+def test_binary_site_config(scratch: Path, data: bytes) -> None:
+    path = scratch / "site.yaml"
+    path.write_bytes(data)
+    try:
+        load_site(path)
+    except HpcbenchError as exc:
+        one_line(exc)
+
+
+# ------------------------------------------------------------------------------- plan syntax
+_LAYOUT_TEXT = st.text(alphabet=st.sampled_from(list("0123456789,;-: x")), max_size=16) | st.text(
+    max_size=10
+)
+
+
+@FUZZ
+@given(gpus=_LAYOUT_TEXT | st.none(), cpus=_LAYOUT_TEXT | st.none())
+def test_plan_layout_syntax(gpus: str | None, cpus: str | None) -> None:
+    """``--gpus "0,2;4,6"`` / ``--cpus "0-17;18-35"`` on the Apollo node (8 GPUs, 2 x 20 cores)."""
+    argv = ["plan", "--site", str(SITE), "--json"]
+    if gpus is not None:
+        argv += ["--gpus", gpus]
+    if cpus is not None:
+        argv += ["--cpus", cpus]
+    if gpus is not None or cpus is not None:
+        argv.append("--accept-warnings")
+    code, _, err = run_cli(argv)
+    if code == 0:
+        event("accepted")
+        return
+    line = assert_refused_in_one_line(code, err)
+    assert "Traceback" not in err
+    assert any(word in line for word in ("gpus", "cpus", "GPU", "CPU", "rank")), line
+    event("refused")
+
+
+_FLAG_VALUES = st.sampled_from(
+    ["0", "1", "-1", "2", "3", "8", "64", "auto", "", " ", "x", "1.5", "1e9", "nan", "0,2;4,6",
+     "0-17;18-35", "999999999999", "-", ";", "ü", "a\tb", "$(x)"]
+)  # fmt: skip
+# A command-line argument cannot hold a NUL byte (argv entries are C strings), and a path with
+# a line break is echoed as given: arguments are drawn without both.
+_ARG_TEXT = st.text(
+    alphabet=st.characters(blacklist_characters="\x00\n\r", codec="utf-8"),
+    max_size=8,
+)
+_PLAN_FLAGS = ["--ranks", "--gpus-per-rank", "--cores-per-rank", "--gpus", "--cpus", "--nodes"]
+_SPEC_FLAGS = ["--batch-size", "--duration-s", "--num-batches", "--warmup-batches",
+               "--prefetchers", "--queue-depth", "--barrier", "--barrier-timeout-s",
+               "--precision", "--backend", "--model", "--option", "--telemetry-hz"]  # fmt: skip
+_SWITCHES = ["--hwthreads", "--numa", "--accept-warnings", "--strict-binding", "--json"]
+
+
+@st.composite
+def command_lines(draw: st.DrawFn, command: str, flags: list[str]) -> list[str]:
+    argv = [command, "--site", str(SITE)]
+    for _ in range(draw(st.integers(0, 5))):
+        flag = draw(st.sampled_from(flags + _SWITCHES))
+        argv.append(flag)
+        if flag not in _SWITCHES:
+            argv.append(draw(_FLAG_VALUES | _ARG_TEXT))
+    if draw(st.booleans()):
+        argv.append(draw(st.sampled_from(["--bogus", "-Z", "--ranks=", "extra-arg", "--"])))
+    return argv
+
+
+@FUZZ
+@given(command_lines("plan", _PLAN_FLAGS))
+def test_plan_command_lines(argv: list[str]) -> None:
+    code, _, err = run_cli(argv)
+    if code != 0:
+        assert_refused_in_one_line(code, err)
+    event("accepted" if code == 0 else "refused")
+
+
+@FUZZ
+@given(command_lines("render", _PLAN_FLAGS + _SPEC_FLAGS))
+def test_render_command_lines(argv: list[str]) -> None:
+    code, _, err = run_cli(argv)
+    if code != 0:
+        assert_refused_in_one_line(code, err)
+    event("accepted" if code == 0 else "refused")
+
+
+@FUZZ
+@given(
+    st.sampled_from(["aggregate", "report", "topo", "archive", "check", "data", "sweep", "nope"]),
+    st.lists(_FLAG_VALUES | _ARG_TEXT, max_size=3),
+)
+def test_other_command_lines(scratch: Path, command: str, args: list[str]) -> None:
+    """Commands given paths and values that do not exist or do not parse."""
+    here = os.getcwd()
+    os.chdir(scratch)  # anything a command creates lands in the scratch folder
+    try:
+        code, _, err = run_cli([command, *args])
+    finally:
+        os.chdir(here)
+    if command in ("archive", "data") and not args:
+        assert code == 2 and err.startswith("Usage: hpcbench")  # a bare group shows its help
+    elif code not in (0, 1):
+        assert_refused_in_one_line(code, err)
+    assert "Traceback" not in err
+    event(f"exit {code}")
+
+
+# ------------------------------------------------------------------------------ sweep specs
+_SETTING_NAMES = ["backend", "model", "batch_size", "precision", "duration_s", "num_batches",
+                  "warmup_batches", "barrier", "ranks", "gpus_per_rank", "gpus", "cpus",
+                  "layout", "nodes", "options", "numa", "accept_warnings", "bogus"]  # fmt: skip
+_GRID_VALUES = (
+    _SCALARS | _FLAG_VALUES
+    | st.dictionaries(st.text(max_size=6), _SCALARS, max_size=2)
+    | st.lists(_SCALARS, max_size=2)
+)  # fmt: skip
+
+
+@st.composite
+def sweep_specs(draw: st.DrawFn) -> Any:
+    spec: dict[str, Any] = {"site": str(SITE), "grid": {}}
+    for name in draw(st.lists(st.sampled_from(_SETTING_NAMES), min_size=0, max_size=3)):
+        spec["grid"][name] = draw(st.lists(_GRID_VALUES, max_size=3) | _GRID_VALUES)
+    for name in draw(st.lists(st.sampled_from(_SETTING_NAMES), max_size=2)):
+        spec.setdefault("base", {})[name] = draw(_GRID_VALUES)
+    if draw(st.booleans()):
+        key = draw(st.sampled_from(["name", "max_parallel", "time_limit_min", "out", "extra"]))
+        spec[key] = draw(_SCALARS)
+    return spec
+
+
+@FUZZ
+@given(sweep_specs())
+def test_sweep_specs(scratch: Path, data: Any) -> None:
+    from hpcbench.slurm.sweep import load_sweep, plan_points
+
+    path = scratch / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    try:
+        spec = load_sweep(path, out=scratch / "sweep-out")
+        points = plan_points(spec)
+    except HpcbenchError as exc:
+        message = one_line(exc)
+        assert "sweep.yaml" in message or "sweep point" in message, message
+        event("refused")
+        return
+    assert points
+    event("accepted")
