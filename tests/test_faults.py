@@ -272,6 +272,7 @@ def test_survivor_names_the_rank_killed_in_each_phase(
         # From the survivor's arrival at that barrier to its exit: timeout + grace at most.
         arrived = [line for line in err.splitlines() if f"phase: barrier {barrier_name}" in line]
         waited_s = exited - _log_time(arrived[-1])
+        print(f"FIGURE alone {barrier} {phase}: rank 0 exit {code} {waited_s:.2f} s after arriving")
         assert waited_s <= TIMEOUT_S + GRACE_S, waited_s
         assert not read_rank_file(run_dir / "rank-00000.h5.part").complete
     # What rank 1 wrote before it died stays readable.
@@ -347,6 +348,7 @@ def test_hpcbench_run_names_the_rank_killed_in_each_phase(tmp_path: Path, phase:
     assert "hpcbench: error: rank 1 was killed by signal 9; the other ranks were stopped" in err
     assert "Traceback" not in err
     # The launcher polls every 0.1 s and gives the others 5 s after SIGTERM.
+    print(f"FIGURE run {phase}: hpcbench run exit {cli.returncode} {stopped_s:.2f} s after kill")
     assert stopped_s <= GRACE_S + 1.0, stopped_s
     assert not any(_alive(pid) for pid in children.values())
     if phase == "build":

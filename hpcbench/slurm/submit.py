@@ -222,12 +222,26 @@ def explain_failure(
     if state.exit_code and state.exit_code not in ("0:0", ""):
         text += f" (exit code {state.exit_code})"
     srun_lines = []
+    first_lines = []
     for path in job_err:
-        srun_lines += [m for m in map(_SRUN_TASK_ERROR.search, path.read_text().splitlines()) if m]
+        stopping = False
+        for line in path.read_text().splitlines():
+            # srun logs the tasks that failed first, then "Terminating StepId" when
+            # --kill-on-bad-exit stops the others: what it logs after that are consequences
+            # (a rank that handled the SIGTERM "Exited with exit code 143").
+            stopping = stopping or "Terminating StepId" in line
+            match = _SRUN_TASK_ERROR.search(line)
+            if match:
+                srun_lines.append(match)
+                if not stopping:
+                    first_lines.append(match)
     # With --kill-on-bad-exit, the first rank that exited on its own is the cause; the others
     # were killed by Slurm afterwards.
-    culprit = next((m for m in srun_lines if "Exited with exit code" in m.group(3)), None)
-    culprit = culprit or (srun_lines[0] if srun_lines else None)
+    for candidates in (first_lines, srun_lines):
+        culprit = next((m for m in candidates if "Exited with exit code" in m.group(3)), None)
+        culprit = culprit or (candidates[0] if candidates else None)
+        if culprit is not None:
+            break
     if culprit is not None:
         rank = culprit.group(2).split(",")[0].split("-")[0]
         text += f"; rank {rank} on {culprit.group(1)}: {culprit.group(3)}"
