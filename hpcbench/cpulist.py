@@ -56,7 +56,8 @@ def parse_cpulist(text: str) -> tuple[int, ...]:
 
 def _int(word: str, whole: str) -> int:
     word = word.strip()
-    if not word.isdigit():
+    # isdigit() alone accepts "²" and other digits int() refuses: ASCII digits only.
+    if not (word.isascii() and word.isdigit()):
         raise CpuListError(f"{word!r} is not a non-negative integer in CPU list {whole!r}")
     return int(word)
 

@@ -107,7 +107,8 @@ def parse_gpu_layout(text: str, flag: str = "--gpus") -> tuple[tuple[int, ...], 
         for word in item.split(","):
             word = word.strip()
             lo, dash, hi = word.partition("-")
-            if not lo.isdigit() or (dash and not hi.isdigit()):
+            # isdigit() alone accepts "²", which int() refuses: ASCII digits only.
+            if not _ascii_digits(lo) or (dash and not _ascii_digits(hi)):
                 raise PlanError(
                     f"{flag}: rank {rank}: {word!r} is not a GPU index in {text!r} (a GPU layout "
                     f"looks like '0,2;4,6')"
@@ -445,3 +446,12 @@ def _switch_violation(
                     f"is unused",
                 )
     return None
+
+
+def _ascii_digits(text: str) -> bool:
+    """Whether ``text`` is a non-negative integer in ASCII digits.
+
+    >>> _ascii_digits("12"), _ascii_digits("²"), _ascii_digits("")
+    (True, False, False)
+    """
+    return text.isascii() and text.isdigit()

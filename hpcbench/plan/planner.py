@@ -417,7 +417,7 @@ class _RanksType(click.ParamType):
         text = str(value).strip().lower()
         if text == "auto":
             return "auto"
-        if text.isdigit() and int(text) >= 1:
+        if text.isascii() and text.isdigit() and int(text) >= 1:  # "²".isdigit() is True
             return int(text)
         self.fail(f"{value!r} is not a positive number or 'auto'", param, ctx)
 
@@ -431,7 +431,7 @@ class _GpusPerRankType(click.ParamType):
         text = str(value).strip().lower()
         if text == "all":
             return None
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
             return int(text)
         self.fail(f"{value!r} is not a number of GPUs or 'all'", param, ctx)
 
@@ -520,7 +520,7 @@ def plan_request_from_options(
     ... # doctest: +ELLIPSIS
     PlanRequest(ranks=4, gpus_per_rank=1, cores_per_rank=None, ..., granularity='numa', ...)
     """
-    if isinstance(ranks, str) and ranks.strip().isdigit():
+    if isinstance(ranks, str) and ranks.strip().isascii() and ranks.strip().isdigit():
         ranks = int(ranks)
     if reserved_cores is None:
         reserved_cores = tuple(node_type.reserved_cores) if node_type is not None else ()
