@@ -39,6 +39,7 @@ def _worker(
     rounds: int,
     results: Any,
     abort_instead: bool = False,
+    last_spin_s: float | None = None,
 ) -> None:
     barrier = open_barrier(
         kind,
@@ -47,6 +48,7 @@ def _worker(
         world_size=world_size,
         timeout_s=timeout_s,
         run_dir=Path(run_dir),
+        last_spin_s=last_spin_s,
     )
     try:
         if abort_instead:
@@ -75,13 +77,14 @@ def _run(
     timeout_s: float = 20.0,
     rounds: int = 3,
     abort_rank: int | None = None,
+    last_spin_s: float | None = None,
 ) -> dict[int, tuple[str, Any]]:
     results = _ctx.Queue()
     procs = [
         _ctx.Process(
             target=_worker,
             args=(kind, namespace, str(run_dir), r, world_size, timeout_s, rounds, results),
-            kwargs={"abort_instead": r == abort_rank},
+            kwargs={"abort_instead": r == abort_rank, "last_spin_s": last_spin_s},
         )
         for r in ranks
     ]
@@ -109,10 +112,13 @@ def _leftovers(namespace: str, run_dir: Path) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_barrier_releases_every_rank_after_the_last_arrival(kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("kind", "last_spin_s"), [("shm", 0.0), ("shm", 0.002), ("file", None)])
+def test_barrier_releases_every_rank_after_the_last_arrival(
+    kind: str, last_spin_s: float | None, tmp_path: Path
+) -> None:
     namespace = _namespace()
-    results = _run(kind, namespace, tmp_path, 3, [0, 1, 2], rounds=4)
+    # 3 ranks: with a last spin, the second arrival wakes the first to spin (n > 2 path).
+    results = _run(kind, namespace, tmp_path, 3, [0, 1, 2], rounds=4, last_spin_s=last_spin_s)
     assert {r: s for r, (s, _) in results.items()} == {0: "ok", 1: "ok", 2: "ok"}
     for round_index in range(4):
         times = [results[r][1][round_index] for r in range(3)]
