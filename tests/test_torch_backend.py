@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -191,3 +192,21 @@ def test_cuda_ordinals_follow_cuda_visible_devices(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(RunError, match="only 1 are visible"):
         tb.cuda_ordinals(placement)
+
+
+def test_batchnorm_calibration_keeps_random_deep_nets_in_fp16_range() -> None:
+    # A deep conv/BN stack with random weights blows up with BatchNorm's default statistics
+    # (as ResNet-152 and Inception-v3 overflowed fp16 on the H200); calibrated, it stays small.
+    torch.manual_seed(0)
+    layers: list[Any] = [torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16)]
+    for _ in range(12):
+        conv = torch.nn.Conv2d(16, 16, 3, padding=1)
+        torch.nn.init.normal_(conv.weight, std=0.4)
+        layers += [conv, torch.nn.BatchNorm2d(16), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert model(x).abs().max() > 65504  # beyond fp16's largest value
+        tb.calibrate_batchnorm(model, 8, torch.device("cpu"))
+        assert not model.training and not model[1].training
+        assert model(x).abs().max() < 100

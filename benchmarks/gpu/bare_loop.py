@@ -21,6 +21,8 @@ import time
 import torch
 import torchvision.models as tvm
 
+from hpcbench.backends.torch_backend import calibrate_batchnorm
+
 DTYPES = {
     "fp32": torch.float32,
     "tf32": torch.float32,
@@ -61,7 +63,11 @@ def main() -> None:
         model = tvm.inception_v3(weights=None, aux_logits=False, init_weights=True)
     else:
         model = getattr(tvm, args.model)(weights=None)
-    model = model.eval().to(device=dev, dtype=dtype).to(memory_format=fmt)
+    model = model.eval().to(dev)
+    # The backend's BatchNorm calibration (one float32 batch), so the weights and activations
+    # match what hpcbench runs; without it deep random nets overflow fp16.
+    calibrate_batchnorm(model, args.size, dev)
+    model = model.to(dtype=dtype).to(memory_format=fmt)
     if args.compile:
         model = torch.compile(model)
     shape = (args.batch, 3, args.size, args.size)

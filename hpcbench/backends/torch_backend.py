@@ -332,19 +332,43 @@ class _EventTicket(Ticket):
         return time.time_ns()
 
 
-def _prepare_model(entry: ModelEntry, spec: RunSpec, device: torch.device) -> nn.Module:
+def _prepare_model(
+    entry: ModelEntry, spec: RunSpec, settings: TorchSettings, device: torch.device
+) -> nn.Module:
     torch.manual_seed(0)
-    model = entry.build().eval()
-    if entry.kind == "tokens":
-        model = model.to(device=device, dtype=_DTYPES[spec.precision])
-    else:
-        model = model.to(device=device, dtype=_DTYPES[spec.precision])
-        if spec.channels_last:
-            # Module.to accepts memory_format at run time; its type stubs do not say so.
-            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model = entry.build().to(device).eval()
+    if entry.kind == "image":
+        calibrate_batchnorm(model, settings.input_size, device)
+    model = model.to(dtype=_DTYPES[spec.precision])
+    if entry.kind == "image" and spec.channels_last:
+        # Module.to accepts memory_format at run time; its type stubs do not say so.
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def calibrate_batchnorm(model: nn.Module, size: int, device: torch.device) -> None:
+    """Give BatchNorm layers the statistics of one random batch, in float32.
+
+    With random weights and BatchNorm's default statistics (mean 0, variance 1) activations
+    grow layer after layer: in fp16, ResNet-152 and Inception-v3 overflow to inf/NaN (seen on
+    H200). One forward pass in training mode with cumulative averaging sets every layer's
+    statistics from its actual input, so each normalises to unit variance, as in a trained
+    network. The kernels that run afterwards are the same; only the numbers stay finite.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average: after one batch, exactly its statistics
+        norm.train()
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(4, 3, size, size, device=device, generator=generator)
+    with torch.no_grad():
+        model(x)
+    model.eval()
 
 
 class CpuEngine(Engine):
@@ -357,7 +381,7 @@ class CpuEngine(Engine):
         self._channels_last = spec.channels_last and self._entry.kind == "image"
         if device.cpus:
             torch.set_num_threads(len(device.cpus))
-        model = _prepare_model(self._entry, spec, torch.device("cpu"))
+        model = _prepare_model(self._entry, spec, settings, torch.device("cpu"))
         if spec.compile:
             model = torch.compile(model, mode=settings.compile_mode)  # type: ignore[assignment]
         self._model = model
@@ -392,7 +416,7 @@ class CudaEngine(Engine):
         shape = input_shape(self._entry, spec.batch_size, settings.input_size)
         self._lock = threading.Lock()  # submit/wait come from one device thread; be safe anyway
         with torch.cuda.device(self._dev), torch.inference_mode():
-            model = _prepare_model(self._entry, spec, self._dev)
+            model = _prepare_model(self._entry, spec, settings, self._dev)
             if spec.compile:
                 model = torch.compile(model, mode=settings.compile_mode)  # type: ignore[assignment]
             self._model = model
