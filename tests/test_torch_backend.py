@@ -7,6 +7,7 @@ without building a model, so they need no torchvision.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -210,3 +211,44 @@ def test_batchnorm_calibration_keeps_random_deep_nets_in_fp16_range() -> None:
         tb.calibrate_batchnorm(model, 8, torch.device("cpu"))
         assert not model.training and not model[1].training
         assert model(x).abs().max() < 100
+
+
+@pytest.mark.slow
+def test_hpcbench_run_with_the_torch_backend_on_cpus(tmp_path: Path) -> None:
+    """The whole path: plan, launch a rank, torch engine on the CPU, metrics, aggregation."""
+    import h5py
+    from click.testing import CliRunner
+
+    from hpcbench.cli import cli
+
+    data.make_dataset(tmp_path / "ds", images=3, size=16)
+    out = tmp_path / "run"
+    args = ["run", "--backend", "torch", "--model", "mobilenet_v2", "--ranks", "1"]
+    args += ["--batch-size", "2", "--num-batches", "3", "--warmup-batches", "1"]
+    args += ["--data", str(tmp_path / "ds"), "--stage-data", "--option", "image_size=16"]
+    args += ["--out", str(out), "--quiet"]
+    pytest.importorskip("torchvision")  # image models; CI has only the CPU build of torch
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 6 and summary["run"]["model"] == "mobilenet_v2"
+    with h5py.File(out / "rank-00000.h5", "r") as f:
+        assert f["telemetry"].attrs["disabled"] == "the rank has no GPUs"
+        assert f.attrs["flops_per_image"] == int(0.60e9 * (16 / 224) ** 2)
+
+
+@pytest.mark.slow
+def test_hpcbench_run_bert_on_cpus(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hpcbench.cli import cli
+
+    out = tmp_path / "run"
+    args = ["run", "--backend", "torch", "--model", "bert_base", "--ranks", "1"]
+    args += ["--batch-size", "2", "--num-batches", "2", "--warmup-batches", "1"]
+    args += ["--option", "seq_len=8", "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and summary["images"] == 4
+    assert summary["throughput"]["common_window_img_s"] > 0
