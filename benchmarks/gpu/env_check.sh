@@ -1,3 +1,4 @@
+# Environment check for the device machine (first call): versions, GPUs, topology, quick loops.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit
 export PYTHONUNBUFFERED=1
 nvidia-smi; nvidia-smi topo -m; nproc; numactl -H; which numactl
