@@ -553,7 +553,9 @@ class TorchBackend(Backend):
         if device.label.startswith("cpu"):
             return CpuEngine(device, spec, settings)
         set_precision_flags(spec.precision)
-        ordinal = int(device.label.split()[0].split(":")[1])
+        # devices() labels a GPU "cuda:<ordinal> (GPU <physical>, <name>)"; the ordinal is the
+        # CUDA device number in this process (after any CUDA_VISIBLE_DEVICES renumbering).
+        ordinal = int(device.label.split()[0].removeprefix("cuda:"))
         return CudaEngine(device, ordinal, spec, settings)
 
     def describe(self, spec: RunSpec) -> dict[str, Any]:
