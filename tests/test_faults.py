@@ -347,9 +347,10 @@ def test_hpcbench_run_names_the_rank_killed_in_each_phase(tmp_path: Path, phase:
     assert cli.returncode == 1, err
     assert "hpcbench: error: rank 1 was killed by signal 9; the other ranks were stopped" in err
     assert "Traceback" not in err
-    # The launcher polls every 0.1 s and gives the others 5 s after SIGTERM.
+    # The launcher polls every 0.1 s and gives the others 5 s after SIGTERM before SIGKILL
+    # (measured: 0.2-0.3 s; the bound leaves room for a loaded machine).
     print(f"FIGURE run {phase}: hpcbench run exit {cli.returncode} {stopped_s:.2f} s after kill")
-    assert stopped_s <= GRACE_S + 1.0, stopped_s
+    assert stopped_s <= 2 * GRACE_S, stopped_s
     assert not any(_alive(pid) for pid in children.values())
     if phase == "build":
         assert "phase: warmup" not in _err_text(out, VICTIM)
