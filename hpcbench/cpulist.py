@@ -13,6 +13,11 @@ class CpuListError(ValueError):
     """A CPU-list string is malformed."""
 
 
+# Linux caps CONFIG_NR_CPUS at 8192; a far larger id is a typo, and expanding a range such as
+# "0-99999999999" would exhaust memory before any check could refuse it.
+MAX_CPU_ID = 65535
+
+
 def parse_cpulist(text: str) -> tuple[int, ...]:
     """Parse a Linux CPU list (``"0-3,8,10-11"``) into sorted, unique ids.
 
@@ -28,6 +33,10 @@ def parse_cpulist(text: str) -> tuple[int, ...]:
     Traceback (most recent call last):
     ...
     hpcbench.cpulist.CpuListError: range '3-1' ends before it starts
+    >>> parse_cpulist("0-99999999")
+    Traceback (most recent call last):
+    ...
+    hpcbench.cpulist.CpuListError: CPU 99999999 in '0-99999999' is above the largest CPU id 65535
     """
     cpus: set[int] = set()
     text = text.strip()
@@ -48,6 +57,8 @@ def parse_cpulist(text: str) -> tuple[int, ...]:
             lo, hi = _int(lo_text, text), _int(hi_text, text)
             if hi < lo:
                 raise CpuListError(f"range '{part}' ends before it starts")
+            if hi > MAX_CPU_ID:
+                raise CpuListError(f"CPU {hi} in {text!r} is above the largest CPU id {MAX_CPU_ID}")
             cpus.update(range(lo, hi + 1, stride))
         else:
             cpus.add(_int(part, text))

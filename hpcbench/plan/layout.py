@@ -19,6 +19,9 @@ from hpcbench.cpulist import CpuListError, format_cpulist, parse_cpulist
 from hpcbench.errors import PlanError
 from hpcbench.plan.index import Granularity, TopologyIndex
 
+# No node has anywhere near this many GPUs; the bound keeps a typo from expanding forever.
+MAX_GPU_INDEX = 4095
+
 RULE_DISJOINT = "rule 1: disjoint cores"
 RULE_NO_OVERSUBSCRIPTION = "rule 1: no two ranks on one physical core"
 RULE_GPU_SHARED = "rule 1: no oversubscription, a GPU belongs to one rank"
@@ -104,6 +107,7 @@ def parse_gpu_layout(text: str, flag: str = "--gpus") -> tuple[tuple[int, ...], 
                 f"CPU-only ranks)"
             )
         gpus: list[int] = []
+        seen: set[int] = set()
         for word in item.split(","):
             word = word.strip()
             lo, dash, hi = word.partition("-")
@@ -116,9 +120,16 @@ def parse_gpu_layout(text: str, flag: str = "--gpus") -> tuple[tuple[int, ...], 
             first, last = int(lo), int(hi) if dash else int(lo)
             if last < first:
                 raise PlanError(f"{flag}: rank {rank}: range {word!r} ends before it starts")
+            if last > MAX_GPU_INDEX:
+                # Refuse before expanding: "0-99999999999" would otherwise never finish.
+                raise PlanError(
+                    f"{flag}: rank {rank}: GPU {last} in {text!r} is above the largest GPU "
+                    f"index {MAX_GPU_INDEX}"
+                )
             for gpu in range(first, last + 1):
-                if gpu in gpus:
+                if gpu in seen:
                     raise PlanError(f"{flag}: rank {rank} lists GPU {gpu} twice in {text!r}")
+                seen.add(gpu)
                 gpus.append(gpu)
         layout.append(tuple(gpus))
     return tuple(layout)
