@@ -34,13 +34,22 @@ LAYOUTS = {
     # Swapped order: local task 0 on the last CPU. Accepting warnings keeps it valid on nodes
     # with more than 2 CPUs, where CPU 1 is not on the socket of GPU 2.
     "explicit-cpus-swapped": {"ranks": 2, "cpus": "1;0", "gpus": "2;0", "accept_warnings": True},
-    "two-nodes": {"ranks": 2, "gpus_per_rank": 1, "nodes": 2},
+    # The fake nodes share the host's 2 real CPUs, so ranks of two nodes are co-pinned. A batch
+    # count would leave finished ranks loading the CPU a late rank needs (by design: load until
+    # the end barrier); a shared deadline keeps every rank idle until the last one arrives.
+    "two-nodes": {
+        "ranks": 2,
+        "gpus_per_rank": 1,
+        "nodes": 2,
+        "num_batches": None,
+        "duration_s": 2.0,
+    },
 }
 SPEC = {"backend": "cpu", "num_batches": 3, "warmup_batches": 1, "batch_size": 8}
 
 
 def _inputs(site: Path, **flags: object):  # type: ignore[no-untyped-def]
-    return inputs_from_options(site_path=str(site), **SPEC, **flags)
+    return inputs_from_options(site_path=str(site), **{**SPEC, **flags})
 
 
 def _wait(job_id: str, run_dir: Path, world_size: int):  # type: ignore[no-untyped-def]
@@ -92,14 +101,22 @@ def _hpcbench(*args: str, check: bool = True) -> subprocess.CompletedProcess[str
     return done
 
 
-def _submit_flags(site: Path) -> list[str]:
-    return ["--site", str(site), "--backend", "cpu", "--num-batches", "3", "--batch-size", "8"]
+def _submit_flags(site: Path, *timed: str) -> list[str]:
+    """Flags of a small CPU job; ``timed`` replaces the default ``--num-batches 3``."""
+    timed = timed or ("--num-batches", "3")
+    return ["--site", str(site), "--backend", "cpu", *timed, "--batch-size", "8"]
 
 
 def test_submit_two_ranks_summary_agrees(slurm_site: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    done = _hpcbench("submit", *_submit_flags(slurm_site), "--ranks", "2", "--out", str(out))
+    archive = tmp_path / "archive"
+    done = _hpcbench(
+        "submit", *_submit_flags(slurm_site), "--ranks", "2", "--out", str(out),
+        "--archive", str(archive),
+    )  # fmt: skip
     assert "COMPLETED" in done.stderr
+    listed = json.loads(_hpcbench("archive", "list", "-a", str(archive), "--json").stdout)
+    assert len(listed) == 1 and listed[0]["complete"] is True, listed
     summary = json.loads((out / "summary.json").read_text())
     ranks = summary["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1]
@@ -120,7 +137,8 @@ def test_two_node_job(slurm_site: Path, slurm_nodes: int, tmp_path: Path) -> Non
     assert slurm_nodes >= 2, "scripts/test.sh starts the cluster with --nodes 2"
     out = tmp_path / "run"
     flags = ["--ranks", "2", "--gpus-per-rank", "1", "--nodes", "2", "--out", str(out)]
-    _hpcbench("submit", *_submit_flags(slurm_site), *flags)
+    # A shared deadline, not a batch count: see LAYOUTS["two-nodes"].
+    _hpcbench("submit", *_submit_flags(slurm_site, "--duration-s", "2"), *flags)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["run"]["world_size"] == 4
     assert summary["run"]["slurm_job"]["nodes"] == ["node1", "node2"]

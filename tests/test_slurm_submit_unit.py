@@ -8,7 +8,7 @@ import pytest
 
 from hpcbench.errors import SlurmError
 from hpcbench.slurm.nodelist import expand_nodelist
-from hpcbench.slurm.submit import JobState, explain_failure, job_record
+from hpcbench.slurm.submit import JobState, explain_failure, job_record, wait_for_job
 
 
 def _run_dir(tmp_path: Path, job_err: str, rank_errs: dict[int, str]) -> Path:
@@ -77,3 +77,40 @@ def test_expand_nodelist(text: str, names: list[str]) -> None:
 def test_bad_nodelist_is_an_error(text: str) -> None:
     with pytest.raises(SlurmError, match="node list"):
         expand_nodelist(text)
+
+
+class _Tracker:
+    """Answers with the given states in turn; a SlurmError in the list is raised instead."""
+
+    def __init__(self, answers: list[JobState | SlurmError]) -> None:
+        self.job_id = "7"
+        self.answers = answers
+
+    def state(self) -> JobState:
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, SlurmError):
+            raise answer
+        return answer
+
+
+def test_wait_survives_a_controller_that_misses_polls(tmp_path: Path) -> None:
+    silent = SlurmError("scontrol show job -o 7: no answer after 20 s")
+    tracker = _Tracker([JobState("7", "RUNNING"), silent, silent, JobState("7", "COMPLETED")])
+    lines: list[str] = []
+    state = wait_for_job(tracker, tmp_path, 1, poll_s=0.01, echo=lines.append)  # type: ignore[arg-type]
+    assert state.state == "COMPLETED"
+    assert sum("did not answer" in line for line in lines) == 1, lines
+
+
+def test_wait_gives_up_on_a_controller_silent_too_long(tmp_path: Path) -> None:
+    silent = SlurmError("scontrol show job -o 7: no answer after 20 s")
+    tracker = _Tracker([JobState("7", "RUNNING"), silent])
+    with pytest.raises(SlurmError, match=r"job 7: Slurm has not answered for .* squeue -j 7"):
+        wait_for_job(
+            tracker,  # type: ignore[arg-type]
+            tmp_path,
+            1,
+            poll_s=0.01,
+            controller_timeout_s=0.05,
+            echo=lambda _: None,
+        )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,30 @@ def test_local_sweep_runs_points_in_turn_and_resumes(tmp_path: Path) -> None:
     assert [p.status for p in again] == ["done (earlier)"] * 2
     table = format_table(spec, again)
     assert table.splitlines()[0].split()[:4] == ["point", "batch_size", "status", "img/s"]
+
+
+def test_local_sweep_archives_its_points(tmp_path: Path) -> None:
+    site = _this_machine_site(tmp_path)
+    spec_path = _write(
+        tmp_path / "local.yaml",
+        f"site: {site}\nbase: {{backend: cpu, num_batches: 2, warmup_batches: 0, ranks: 1}}\n"
+        "grid:\n  batch_size: [4, 8]\n",
+    )
+    archive = tmp_path / "archive"
+    argv = ["sweep", str(spec_path), "--local", "--out", str(tmp_path / "out")]
+    for _ in range(2):  # the second, resumed sweep archives the same runs again: harmless
+        done = subprocess.run(
+            [sys.executable, "-m", "hpcbench", *argv, "--archive", str(archive)],
+            capture_output=True, text=True, timeout=200,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "archived 2 run(s)" in done.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "hpcbench", "archive", "list", "-a", str(archive), "--json"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    runs = json.loads(listed.stdout)
+    assert sorted(r["spec"]["batch_size"] for r in runs) == [4, 8], runs
 
 
 def test_resume_refuses_a_different_grid(tmp_path: Path) -> None:

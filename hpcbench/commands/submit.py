@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from hpcbench.errors import UsageError
 from hpcbench.slurm.options import all_job_options
 
 
@@ -35,6 +36,13 @@ from hpcbench.slurm.options import all_job_options
     help="Stop waiting after this long [default: the time limit + 10 min, else 24 h].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of text.")
+@click.option(
+    "--archive",
+    "archive_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Add the finished run to this archive (see 'hpcbench archive').",
+)
 def submit(
     out: Path | None,
     dry_run: bool,
@@ -42,6 +50,7 @@ def submit(
     poll_s: float,
     wait_timeout_s: float | None,
     as_json: bool,
+    archive_dir: Path | None,
     **kwargs: Any,
 ) -> None:
     """Submit one run as a Slurm job and wait for its result.
@@ -53,6 +62,8 @@ def submit(
     from hpcbench.slurm.render import render_job
 
     inputs = inputs_from_options(**kwargs)
+    if archive_dir is not None and no_wait:
+        raise UsageError("--archive needs the result: it cannot be combined with --no-wait")
     if dry_run:
         directory = out if out is not None else Path("hpcbench-runs") / "RUN_ID"
         click.echo(render_job(inputs.request(directory), inputs.site.templates_dir), nl=False)
@@ -79,3 +90,8 @@ def submit(
     else:
         click.echo(format_summary(outcome.summary))
         click.echo(f"run directory: {outcome.run_dir}")
+    if archive_dir is not None:
+        from hpcbench.archive import add_run
+
+        run_id = add_run(archive_dir, outcome.run_dir)
+        click.echo(f"archived as {run_id} in {archive_dir}", err=True)

@@ -37,6 +37,13 @@ import click
     default=None,
     help="Stop waiting after this long [default: 24 h]; running again resumes.",
 )
+@click.option(
+    "--archive",
+    "archive_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Add every point that produced a result to this archive (see 'hpcbench archive').",
+)
 def sweep(
     spec_file: Path,
     site: str | None,
@@ -45,6 +52,7 @@ def sweep(
     local: bool,
     poll_s: float,
     wait_timeout_s: float | None,
+    archive_dir: Path | None,
 ) -> int:
     """Run every point of a sweep spec; points already complete are skipped.
 
@@ -62,4 +70,12 @@ def sweep(
         echo=lambda line: click.echo(line, err=True),
     )
     click.echo(format_table(spec, points))
+    if archive_dir is not None:
+        from hpcbench.archive import add_runs
+
+        # Failed points that still wrote a summary are archived too: the archive keeps them
+        # marked incomplete, so they can never pass for a complete result.
+        results = [p.run_dir for p in points if (p.run_dir / "summary.json").is_file()]
+        ids = add_runs(archive_dir, results)
+        click.echo(f"archived {len(ids)} run(s) in {archive_dir}", err=True)
     return 1 if any(p.status == "failed" for p in points) else 0

@@ -147,19 +147,44 @@ def wait_for_job(
     poll_s: float = 1.0,
     timeout_s: float = 86400.0,
     progress_every_s: float = 10.0,
+    controller_timeout_s: float = 300.0,
     echo: Callable[[str], None] = print,
 ) -> JobState:
     """Poll until the job reaches a final state, printing each change of state.
 
     While the job runs, the ranks' phases (from their status files, with ``plan``) are printed
-    when a phase changes, and at most every ``progress_every_s`` otherwise.
+    when a phase changes, and at most every ``progress_every_s`` otherwise. A poll that Slurm
+    does not answer is retried; only a controller silent for ``controller_timeout_s`` ends the
+    wait (the job itself may still be running).
     """
     from hpcbench.runtime.launcher import progress_line
 
     start = time.monotonic()
     deadline = start + timeout_s
     last, last_phases, last_progress = "", "", 0.0
-    state = tracker.state()
+    silent_since: float | None = None
+
+    def poll(previous: JobState) -> JobState:
+        nonlocal silent_since
+        try:
+            state = tracker.state()
+        except SlurmError as exc:
+            # A busy slurmctld misses polls ("Socket timed out on send/recv") and answers again
+            # a moment later: keep the last known state until it has been silent too long.
+            now = time.monotonic()
+            if silent_since is None:
+                silent_since = now
+                echo(f"job {tracker.job_id}: Slurm did not answer ({exc}); retrying")
+            elif now - silent_since > controller_timeout_s:
+                raise SlurmError(
+                    f"job {tracker.job_id}: Slurm has not answered for {now - silent_since:.0f} s "
+                    f"({exc}); the job may still run: follow it with squeue -j {tracker.job_id}"
+                ) from exc
+            return previous
+        silent_since = None
+        return state
+
+    state = poll(JobState(tracker.job_id, "UNKNOWN"))
     while True:
         done = count_rank_files(run_dir)
         line = f"job {tracker.job_id}: {state.state}"
@@ -187,7 +212,7 @@ def wait_for_job(
                 f"squeue -j {tracker.job_id}, then run 'hpcbench aggregate {run_dir}'"
             )
         time.sleep(poll_s)
-        state = tracker.state()
+        state = poll(state)
 
 
 # srun's verbose binding reports, written to each task's stderr before the rank starts.
