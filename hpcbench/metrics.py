@@ -283,36 +283,41 @@ def read_rank_file(path: Path) -> RankFile:
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
-            version = attrs.get("schema_version")
-            if version != SCHEMA_VERSION:
-                raise MetricsError(
-                    f"{path}: schema_version {version!r} is not supported (expected "
-                    f"{SCHEMA_VERSION})"
-                )
-            phases = {p: _read_phase(f, p, path) for p in PHASES}
-            timed_attrs = f["timed"].attrs
-            t_begin = timed_attrs.get("t_begin_ns")
-            t_finish = timed_attrs.get("t_finish_ns")
-            barriers: list[tuple[str, int, int]] = []
-            if "barriers" in f:
-                g = f["barriers"]
-                names = [n.decode() if isinstance(n, bytes) else str(n) for n in g["name"][()]]
-                barriers = list(
-                    zip(
-                        names,
-                        (int(x) for x in g["arrive_ns"][()]),
-                        (int(x) for x in g["release_ns"][()]),
-                    )
-                )
+            return read_rank_group(f, path)
     except MetricsError:
         raise
     except FileNotFoundError as exc:
         raise MetricsError(f"{path}: rank file not found") from exc
     except (OSError, KeyError, ValueError) as exc:
         raise MetricsError(f"{path}: unreadable or truncated rank file ({exc})") from exc
+
+
+def read_rank_group(group: h5py.Group, where: Path) -> RankFile:
+    """Read one rank from an open group laid out as a rank file's root.
+
+    That is a rank file itself, or a rank copied into a merged ``result.h5`` (``/ranks/...``);
+    ``where`` names it in errors. h5py's KeyError/OSError/ValueError are left to the caller,
+    which knows which file it opened.
+    """
+    attrs = {k: _plain(v) for k, v in group.attrs.items()}
+    version = attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise MetricsError(
+            f"{where}: schema_version {version!r} is not supported (expected {SCHEMA_VERSION})"
+        )
+    phases = {p: _read_phase(group, p, where) for p in PHASES}
+    timed_attrs = group["timed"].attrs
+    t_begin = timed_attrs.get("t_begin_ns")
+    t_finish = timed_attrs.get("t_finish_ns")
+    barriers: list[tuple[str, int, int]] = []
+    if "barriers" in group:
+        g = group["barriers"]
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in g["name"][()]]
+        barriers = [
+            (n, int(a), int(r)) for n, a, r in zip(names, g["arrive_ns"][()], g["release_ns"][()])
+        ]
     return RankFile(
-        path=path,
+        path=where,
         attrs=attrs,
         timed=phases["timed"],
         warmup=phases["warmup"],
@@ -323,8 +328,8 @@ def read_rank_file(path: Path) -> RankFile:
     )
 
 
-def _read_phase(f: h5py.File, phase: str, path: Path) -> PhaseData:
-    group = f[phase]
+def _read_phase(root: h5py.Group, phase: str, path: Path) -> PhaseData:
+    group = root[phase]
     arrays = {
         name: np.asarray(group[name][()], dtype=dtype) for name, dtype in BATCH_FIELDS.items()
     }

@@ -19,13 +19,10 @@ import numpy as np
 
 from hpcbench.errors import MetricsError
 from hpcbench.metrics import (
-    BATCH_FIELDS,
-    PHASES,
-    SCHEMA_VERSION,
-    PhaseData,
     RankFile,
     rank_file_name,
     read_rank_file,
+    read_rank_group,
 )
 
 _RANK_FILE = re.compile(r"^rank-(\d+)\.h5(\.part)?$")
@@ -174,7 +171,7 @@ def read_result_ranks(path: Path) -> tuple[RankFile, ...]:
             if "ranks" not in f:
                 raise MetricsError(f"{path}: no /ranks group (not an hpcbench result file)")
             return tuple(
-                _read_rank_group(f["ranks"][name], Path(f"{path}:/ranks/{name}"))
+                read_rank_group(f["ranks"][name], Path(f"{path}:/ranks/{name}"))
                 for name in sorted(f["ranks"])
             )
     except MetricsError:
@@ -183,44 +180,3 @@ def read_result_ranks(path: Path) -> tuple[RankFile, ...]:
         raise MetricsError(f"{path}: result file not found") from exc
     except (OSError, KeyError, ValueError) as exc:
         raise MetricsError(f"{path}: unreadable or truncated result file ({exc})") from exc
-
-
-def _read_rank_group(group: h5py.Group, where: Path) -> RankFile:
-    attrs = {k: _plain(v) for k, v in group.attrs.items()}
-    if attrs.get("schema_version") != SCHEMA_VERSION:
-        raise MetricsError(f"{where}: schema_version {attrs.get('schema_version')!r} unsupported")
-    phases = {}
-    for phase in PHASES:
-        arrays = {
-            name: np.asarray(group[phase][name][()], dtype=dtype)
-            for name, dtype in BATCH_FIELDS.items()
-        }
-        phases[phase] = PhaseData(**arrays)
-    timed_attrs = group["timed"].attrs
-    barriers: list[tuple[str, int, int]] = []
-    if "barriers" in group:
-        g = group["barriers"]
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in g["name"][()]]
-        barriers = [
-            (n, int(a), int(r)) for n, a, r in zip(names, g["arrive_ns"][()], g["release_ns"][()])
-        ]
-    t_begin = timed_attrs.get("t_begin_ns")
-    t_finish = timed_attrs.get("t_finish_ns")
-    return RankFile(
-        path=where,
-        attrs=attrs,
-        timed=phases["timed"],
-        warmup=phases["warmup"],
-        t_begin_ns=None if t_begin is None else int(t_begin),
-        t_finish_ns=None if t_finish is None else int(t_finish),
-        barriers=barriers,
-        complete=bool(attrs.get("complete", False)),
-    )
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
