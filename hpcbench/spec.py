@@ -7,13 +7,13 @@ so a rank's behaviour depends on nothing but that file, the plan and its identit
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hpcbench.errors import ConfigError, closest
+from hpcbench.jsonfile import read_json, write_json_atomic
 
 BACKENDS = ("cpu", "torch")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
@@ -90,19 +90,12 @@ class RunSpec:
         return dataclasses.replace(self, **changes)
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        tmp.replace(path)
+        """Write ``spec.json`` atomically."""
+        write_json_atomic(path, self.to_json())
 
     @classmethod
     def read(cls, path: Path) -> RunSpec:
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{path}: spec file not found") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from exc
-        return cls.from_json(data, where=str(path))
+        return cls.from_json(read_json(path, "spec file"), where=str(path))
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

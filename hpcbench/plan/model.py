@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hpcbench.errors import ConfigError
+from hpcbench.jsonfile import read_json, write_json_atomic
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,16 +112,8 @@ class Plan:
 
     def write(self, path: Path) -> None:
         """Write ``plan.json`` atomically."""
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        tmp.replace(path)
+        write_json_atomic(path, self.to_json())
 
     @classmethod
     def read(cls, path: Path) -> Plan:
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{path}: plan file not found") from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from exc
-        return cls.from_json(data, where=str(path))
+        return cls.from_json(read_json(path, "plan file"), where=str(path))

@@ -25,6 +25,7 @@ from typing import Any
 from hpcbench import __version__
 from hpcbench.backends.base import load_backend
 from hpcbench.errors import ConfigError, HpcbenchError, RunError
+from hpcbench.jsonfile import write_json_atomic
 from hpcbench.metrics import RankMetricsWriter
 from hpcbench.plan.model import Plan, RankPlacement
 from hpcbench.runtime.barrier import barrier_namespace, open_barrier
@@ -37,7 +38,7 @@ from hpcbench.runtime.identity import (
     slurm_info,
 )
 from hpcbench.runtime.pipeline import Pipeline, PipelineResult
-from hpcbench.runtime.rundir import LOGS_DIR, PLAN_FILE, SPEC_FILE, read_run_info, write_json_atomic
+from hpcbench.runtime.rundir import LOGS_DIR, PLAN_FILE, SPEC_FILE, read_run_info
 from hpcbench.spec import RunSpec
 from hpcbench.telemetry import TelemetrySampler, start_sampler, write_disabled
 

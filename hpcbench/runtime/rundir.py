@@ -7,7 +7,6 @@ Layout: ``run.json`` (run id, creation time, host, argv, hpcbench version), ``pl
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 from hpcbench import __version__
 from hpcbench.errors import ConfigError, UsageError
+from hpcbench.jsonfile import read_json, write_json_atomic
 from hpcbench.plan.model import Plan
 from hpcbench.runtime.identity import hostname
 from hpcbench.spec import RunSpec
@@ -86,15 +86,6 @@ def default_out_dir(run_id: str, parent: Path = DEFAULT_PARENT) -> Path:
     return parent / run_id
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename (mode 0600)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-
-
 def check_writable(parent: Path, needed_bytes: int) -> None:
     """Fail early (UsageError) when ``parent`` cannot take a run directory."""
     probe = parent
@@ -157,10 +148,5 @@ def create_run_dir(
 def read_run_info(run_dir: Path) -> RunInfo:
     """Read ``run.json`` (ConfigError naming the file when missing or broken)."""
     path = Path(run_dir) / RUN_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: run file not found (is {run_dir} a run directory?)") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from exc
+    data = read_json(path, "run file", hint=f" (is {run_dir} a run directory?)")
     return RunInfo.from_json(data, where=str(path))

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from hpcbench.errors import SlurmError, UsageError
+from hpcbench.jsonfile import write_json_atomic
 from hpcbench.plan.model import Plan
-from hpcbench.runtime.rundir import LOGS_DIR, create_run_dir, write_json_atomic
+from hpcbench.runtime.rundir import LOGS_DIR, create_run_dir
 from hpcbench.slurm.nodelist import expand_nodelist
 from hpcbench.slurm.options import JobInputs
 from hpcbench.slurm.render import JOB_SCRIPT, render_job
