@@ -309,3 +309,18 @@ def test_cpu_devices_split_the_rank_cores_and_count_batches_per_device(tmp_path:
     assert [tuple(d["cpus"]) for d in devices] == [(cpus[0],), (cpus[1],)]
     assert sorted(data.timed.device.tolist()) == [0, 0, 0, 0, 1, 1, 1, 1]
     assert sorted(data.warmup.device.tolist()) == [0, 1]
+
+
+def test_hpcbench_run_refuses_a_plan_for_another_node(tmp_path: Path) -> None:
+    """The Apollo's 72 CPUs and 2 NUMA nodes are not this machine's: one line, nothing made."""
+    out = tmp_path / "r"
+    done = subprocess.run(
+        [sys.executable, "-m", "hpcbench", "run", "--site", "hpe-apollo6500-gen10",
+         "--backend", "cpu", "--duration-s", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpcbench: error: rank 0: the plan"), lines
+    assert "hpe-apollo6500-gen10" in lines[0]
+    assert not out.exists()

@@ -86,7 +86,7 @@ class _Tracker:
         self.job_id = "7"
         self.answers = answers
 
-    def state(self) -> JobState:
+    def state(self, refresh: bool = True) -> JobState:
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         if isinstance(answer, SlurmError):
             raise answer

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 import click
 
 from hpcbench.backends.base import load_backend
-from hpcbench.errors import ConfigError, MetricsError
+from hpcbench.cpulist import CpuListError, format_cpulist, parse_cpulist
+from hpcbench.errors import ConfigError, MetricsError, UsageError
 from hpcbench.metrics import rank_file_name, read_rank_file
 from hpcbench.plan.model import Plan
 from hpcbench.plan.planner import PlanRequest, make_plan, plan_request_from_options
@@ -84,6 +86,7 @@ def run_local(
     plan = make_plan(topology, request)
     spec = spec_from_options(default_backend=choose_backend(len(topology.gpus)), **kwargs)
     preflight(spec, plan)
+    check_plan_fits_host(plan, os.sched_getaffinity(0), host_numa_nodes())
     run_dir, info = create_run_dir(out, plan=plan, spec=spec, argv=argv, topology=topology)
     for warning in plan.warnings:
         click.echo(f"hpcbench: warning: {warning}", err=True)
@@ -118,6 +121,53 @@ def preflight(spec: RunSpec, plan: Plan) -> None:
         backend = load_backend("cpu")
         for placement in plan.ranks:
             backend.devices(placement, spec)
+
+
+def host_numa_nodes(sysfs_root: Path = Path("/")) -> set[int]:
+    """The NUMA nodes this host has online (node 0 alone on a kernel without NUMA)."""
+    try:
+        text = (sysfs_root / "sys/devices/system/node/online").read_text()
+        return set(parse_cpulist(text))
+    except (OSError, CpuListError):
+        return {0}
+
+
+def check_plan_fits_host(
+    plan: Plan, allowed_cpus: Iterable[int], numa_nodes: Iterable[int]
+) -> None:
+    """Refuse, before any rank starts, a plan made for another node than this one.
+
+    A plan read from a site config describes that site's nodes; run here, numactl would fail
+    with its usage text and sched_setaffinity with EINVAL, hiding the cause.
+
+    >>> from hpcbench.plan.model import RankPlacement
+    >>> p = Plan((RankPlacement(0, 0, 0, 0, 0, (0,), (), (0,)),
+    ...           RankPlacement(1, 0, 1, 1, 1, (1,), (), (1,))), (), "site.yaml")
+    >>> check_plan_fits_host(p, {0, 1}, {0})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    hpcbench.errors.UsageError: rank 1: the plan binds its memory to NUMA node 1, which this ...
+    """
+    allowed = set(allowed_cpus)
+    nodes = set(numa_nodes)
+    advice = (
+        f"the plan comes from {plan.source}: plan for this host (no --site) or run it on such "
+        f"a node"
+    )
+    for placement in plan.ranks:
+        missing = sorted(set(placement.cpus) - allowed)
+        if missing:
+            raise UsageError(
+                f"rank {placement.rank}: the plan pins it to CPUs {format_cpulist(missing)}, which "
+                f"this process may not use (allowed here: {format_cpulist(allowed)}); {advice}"
+            )
+        absent = sorted(set(placement.mem_nodes) - nodes)
+        if absent:
+            raise UsageError(
+                f"rank {placement.rank}: the plan binds its memory to NUMA node "
+                f"{format_cpulist(absent)}, which this host does not have (NUMA nodes here: "
+                f"{format_cpulist(nodes)}); {advice}"
+            )
 
 
 def rank_throughput(run_dir: Path, rank: int) -> RankThroughput:

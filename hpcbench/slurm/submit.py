@@ -135,6 +135,38 @@ class JobTracker:
         return JobState(self.job_id, state or "UNKNOWN", nodelist=info.get("NodeList", ""))
 
 
+class PatientPoller:
+    """Asks trackers for states, riding out a controller that misses polls.
+
+    A busy slurmctld misses polls ("Socket timed out on send/recv") and answers again a moment
+    later: the last known state is kept until Slurm has been silent for ``controller_timeout_s``,
+    then SlurmError names the job (which may still be running).
+    """
+
+    def __init__(self, echo: Callable[[str], None], controller_timeout_s: float = 300.0) -> None:
+        self.echo = echo
+        self.controller_timeout_s = controller_timeout_s
+        self._silent_since: float | None = None
+
+    def state(self, tracker: JobTracker, previous: JobState, refresh: bool = True) -> JobState:
+        try:
+            state = tracker.state(refresh=refresh)
+        except SlurmError as exc:
+            now = time.monotonic()
+            if self._silent_since is None:
+                self._silent_since = now
+                self.echo(f"job {tracker.job_id}: Slurm did not answer ({exc}); retrying")
+            elif now - self._silent_since > self.controller_timeout_s:
+                raise SlurmError(
+                    f"job {tracker.job_id}: Slurm has not answered for "
+                    f"{now - self._silent_since:.0f} s ({exc}); the job may still run: follow "
+                    f"it with squeue -j {tracker.job_id}"
+                ) from exc
+            return previous
+        self._silent_since = None
+        return state
+
+
 def count_rank_files(run_dir: Path) -> int:
     return sum(1 for _ in run_dir.glob("rank-*.h5"))
 
@@ -163,27 +195,10 @@ def wait_for_job(
     start = time.monotonic()
     deadline = start + timeout_s
     last, last_phases, last_progress = "", "", 0.0
-    silent_since: float | None = None
+    patient = PatientPoller(echo, controller_timeout_s)
 
     def poll(previous: JobState) -> JobState:
-        nonlocal silent_since
-        try:
-            state = tracker.state()
-        except SlurmError as exc:
-            # A busy slurmctld misses polls ("Socket timed out on send/recv") and answers again
-            # a moment later: keep the last known state until it has been silent too long.
-            now = time.monotonic()
-            if silent_since is None:
-                silent_since = now
-                echo(f"job {tracker.job_id}: Slurm did not answer ({exc}); retrying")
-            elif now - silent_since > controller_timeout_s:
-                raise SlurmError(
-                    f"job {tracker.job_id}: Slurm has not answered for {now - silent_since:.0f} s "
-                    f"({exc}); the job may still run: follow it with squeue -j {tracker.job_id}"
-                ) from exc
-            return previous
-        silent_since = None
-        return state
+        return patient.state(tracker, previous)
 
     state = poll(JobState(tracker.job_id, "UNKNOWN"))
     while True:

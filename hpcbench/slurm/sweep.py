@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from hpcbench.errors import ConfigError, HpcbenchError, RunError, UsageError, closest
+from hpcbench.jsonfile import write_json_atomic
 from hpcbench.slurm.options import JobInputs, inputs_from_options
 from hpcbench.slurm.render import ArrayPoint, render_array
 from hpcbench.slurm.submit import (
     JobState,
     JobTracker,
+    PatientPoller,
     add_job_to_summary,
     explain_failure,
     job_record,
@@ -334,12 +336,15 @@ def _run_array(
     }
     deadline = time.monotonic() + (timeout_s or 86400.0)
     states: dict[int, JobState] = {}
+    patient = PatientPoller(echo)
     last = ""
     while True:
         refresh = True
         for point in pending:
             if point.index not in states or not states[point.index].final:
-                states[point.index] = trackers[point.index].state(refresh=refresh)
+                tracker = trackers[point.index]
+                previous = states.get(point.index, JobState(tracker.job_id, "UNKNOWN"))
+                states[point.index] = patient.state(tracker, previous, refresh)
                 refresh = False
         counts: dict[str, int] = {}
         for state in states.values():
@@ -360,9 +365,7 @@ def _run_array(
         state = states[point.index]
         point.job_id = state.job_id
         record = job_record(state, submitted_at=submitted_at, script=script, version=version)
-        tmp_record = point.run_dir / "slurm.json.part"
-        tmp_record.write_text(json.dumps(record, indent=2) + "\n")
-        tmp_record.replace(point.run_dir / "slurm.json")
+        write_json_atomic(point.run_dir / "slurm.json", record)
         if state.state != "COMPLETED":
             point.status = "failed"
             array_err = sweep_dir / "logs" / f"slurm-{array_id}_{point.index}.err"
