@@ -65,10 +65,20 @@ def parse_cpulist(text: str) -> tuple[int, ...]:
     return tuple(sorted(cpus))
 
 
+def is_decimal(text: str) -> bool:
+    """Whether ``text`` is a non-negative integer written in ASCII digits.
+
+    ``str.isdigit()`` alone accepts "²" and other digits that ``int()`` refuses.
+
+    >>> is_decimal("12"), is_decimal("²"), is_decimal(""), is_decimal("-1")
+    (True, False, False, False)
+    """
+    return text.isascii() and text.isdigit()
+
+
 def _int(word: str, whole: str) -> int:
     word = word.strip()
-    # isdigit() alone accepts "²" and other digits int() refuses: ASCII digits only.
-    if not (word.isascii() and word.isdigit()):
+    if not is_decimal(word):
         raise CpuListError(f"{word!r} is not a non-negative integer in CPU list {whole!r}")
     return int(word)
 

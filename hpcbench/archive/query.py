@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hpcbench.cpulist import is_decimal
 from hpcbench.errors import UsageError, closest
 
 # The figures compared, exported and checked, with the direction that is better.
@@ -66,7 +67,7 @@ def get_path(data: Any, key: str) -> Any:
     for part in key.split("."):
         if isinstance(node, Mapping) and part in node:
             node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+        elif isinstance(node, list) and is_decimal(part) and int(part) < len(node):
             node = node[int(part)]
         else:
             return _MISSING

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hpcbench.cpulist import CpuListError, format_cpulist, parse_cpulist
+from hpcbench.cpulist import CpuListError, format_cpulist, is_decimal, parse_cpulist
 from hpcbench.errors import PlanError
 from hpcbench.plan.index import Granularity, TopologyIndex
 
@@ -111,8 +111,7 @@ def parse_gpu_layout(text: str, flag: str = "--gpus") -> tuple[tuple[int, ...], 
         for word in item.split(","):
             word = word.strip()
             lo, dash, hi = word.partition("-")
-            # isdigit() alone accepts "²", which int() refuses: ASCII digits only.
-            if not _ascii_digits(lo) or (dash and not _ascii_digits(hi)):
+            if not is_decimal(lo) or (dash and not is_decimal(hi)):
                 raise PlanError(
                     f"{flag}: rank {rank}: {word!r} is not a GPU index in {text!r} (a GPU layout "
                     f"looks like '0,2;4,6')"
@@ -457,12 +456,3 @@ def _switch_violation(
                     f"is unused",
                 )
     return None
-
-
-def _ascii_digits(text: str) -> bool:
-    """Whether ``text`` is a non-negative integer in ASCII digits.
-
-    >>> _ascii_digits("12"), _ascii_digits("²"), _ascii_digits("")
-    (True, False, False)
-    """
-    return text.isascii() and text.isdigit()

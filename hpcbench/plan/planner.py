@@ -38,6 +38,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import click
 
+from hpcbench.cpulist import is_decimal
 from hpcbench.errors import PlanError
 from hpcbench.plan.index import GRANULARITIES, Granularity, TopologyIndex, topology_index
 from hpcbench.plan.layout import (
@@ -417,7 +418,7 @@ class _RanksType(click.ParamType):
         text = str(value).strip().lower()
         if text == "auto":
             return "auto"
-        if text.isascii() and text.isdigit() and int(text) >= 1:  # "²".isdigit() is True
+        if is_decimal(text) and int(text) >= 1:
             return int(text)
         self.fail(f"{value!r} is not a positive number or 'auto'", param, ctx)
 
@@ -431,7 +432,7 @@ class _GpusPerRankType(click.ParamType):
         text = str(value).strip().lower()
         if text == "all":
             return None
-        if text.isascii() and text.isdigit():
+        if is_decimal(text):
             return int(text)
         self.fail(f"{value!r} is not a number of GPUs or 'all'", param, ctx)
 
@@ -520,7 +521,7 @@ def plan_request_from_options(
     ... # doctest: +ELLIPSIS
     PlanRequest(ranks=4, gpus_per_rank=1, cores_per_rank=None, ..., granularity='numa', ...)
     """
-    if isinstance(ranks, str) and ranks.strip().isascii() and ranks.strip().isdigit():
+    if isinstance(ranks, str) and is_decimal(ranks.strip()):
         ranks = int(ranks)
     if reserved_cores is None:
         reserved_cores = tuple(node_type.reserved_cores) if node_type is not None else ()

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hpcbench.cpulist import is_decimal
 from hpcbench.errors import TopologyError
 from hpcbench.topology.model import Core, Gpu, Nic, NumaNode, Topology
 from hpcbench.topology.sysfs import VENDOR_NVIDIA, is_gpu, nearest_switch
@@ -91,7 +92,7 @@ def _pci_ids(pci_type: str | None) -> tuple[int, int, int]:
 
 def _is_netdev(osdev: ET.Element, version: int) -> bool:
     text = osdev.get("osdev_type", "")
-    if not text.isdigit():
+    if not is_decimal(text):
         return False
     value = int(text)
     if version >= 3:
@@ -145,12 +146,12 @@ def _topology_from_tree(root: ET.Element, where: str, version: int) -> Topology:
         if item.element.get("type") == "NUMANode":
             index = _os_index(item.element, where)
             memory = item.element.get("local_memory")
-            numa_memory[index] = int(memory) // 2**20 if memory and memory.isdigit() else None
+            numa_memory[index] = int(memory) // 2**20 if memory and is_decimal(memory) else None
 
     # hwloc omits os_index when the OS does not say (some VMs): number those packages in order.
     package_elements = [i.element for i in objects if i.element.get("type") == "Package"]
     package_ids = {
-        id(el): int(el.get("os_index", "")) if el.get("os_index", "").isdigit() else n
+        id(el): int(el.get("os_index", "")) if is_decimal(el.get("os_index", "")) else n
         for n, el in enumerate(package_elements)
     }
     core_groups: dict[int, list[int]] = {}
@@ -218,7 +219,7 @@ def _topology_from_tree(root: ET.Element, where: str, version: int) -> Topology:
 
 def _os_index(element: ET.Element, where: str) -> int:
     text = element.get("os_index")
-    if text is None or not text.lstrip("-").isdigit():
+    if text is None or not is_decimal(text.removeprefix("-")):
         raise TopologyError(
             f"{where}: {element.get('type')} object {element.get('gp_index', '?')} has no os_index"
         )
