@@ -130,6 +130,9 @@ section_seed() {
     layouts=("1x$ngpu:$all_gpus" "${ngpu}x1:$one_per_rank")
     if ((ngpu == 4)); then
         layouts+=("2x2:0,1;2,3" "2x1:0;2")
+    elif ((ngpu == 8)); then
+        # The seed's own layouts (2 sockets x 4 GPUs on its machine).
+        layouts+=("2x4:0,1,2,3;4,5,6,7" "2x2:0,2;4,6" "4x2:0,1;2,3;4,5;6,7")
     fi
     section_alexnet1
     for model in resnet50 alexnet; do
