@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from hpcbench.errors import UsageError
-from hpcbench.slurm.options import all_job_options
+from hpcbench.slurm.options import all_job_options, wait_options
 
 
 @click.command("submit")
@@ -22,19 +22,7 @@ from hpcbench.slurm.options import all_job_options
 )
 @click.option("--dry-run", is_flag=True, help="Print the script that would be submitted; no files.")
 @click.option("--no-wait", is_flag=True, help="Submit and return; aggregate later.")
-@click.option(
-    "--poll-s",
-    type=click.FloatRange(min=0.1),
-    default=1.0,
-    show_default=True,
-    help="Seconds between state checks while waiting.",
-)
-@click.option(
-    "--wait-timeout-s",
-    type=click.FloatRange(min=1),
-    default=None,
-    help="Stop waiting after this long [default: the time limit + 10 min, else 24 h].",
-)
+@wait_options
 @click.option("--json", "as_json", is_flag=True, help="Print summary.json instead of text.")
 @click.option(
     "--archive",

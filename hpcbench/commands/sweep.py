@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from hpcbench.slurm.options import wait_options
+
 
 @click.command("sweep")
 @click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
@@ -24,19 +26,7 @@ import click
     help="Array tasks running at once (sbatch --array=...%N).",
 )
 @click.option("--local", is_flag=True, help="Run the points here, one after another, no Slurm.")
-@click.option(
-    "--poll-s",
-    type=click.FloatRange(min=0.1),
-    default=1.0,
-    show_default=True,
-    help="Seconds between state checks while waiting.",
-)
-@click.option(
-    "--wait-timeout-s",
-    type=click.FloatRange(min=1),
-    default=None,
-    help="Stop waiting after this long [default: 24 h]; running again resumes.",
-)
+@wait_options
 @click.option(
     "--archive",
     "archive_dir",

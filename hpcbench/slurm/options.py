@@ -102,6 +102,24 @@ class JobInputs:
         )
 
 
+def wait_options(func: F) -> F:
+    """``--poll-s`` and ``--wait-timeout-s``: how ``submit`` and ``sweep`` follow their jobs."""
+    func = click.option(
+        "--wait-timeout-s",
+        type=click.FloatRange(min=1),
+        default=None,
+        help="Stop waiting after this long (the job keeps running; run again or aggregate "
+        "later) [default: submit: the time limit + 10 min, else 24 h; sweep: 24 h].",
+    )(func)
+    return click.option(
+        "--poll-s",
+        type=click.FloatRange(min=0.1),
+        default=1.0,
+        show_default=True,
+        help="Seconds between state checks while waiting.",
+    )(func)
+
+
 def inputs_from_options(**kwargs: Any) -> JobInputs:
     """Resolve every flag of :func:`all_job_options` into :class:`JobInputs`."""
     site = load_site(kwargs["site_path"])
