@@ -21,9 +21,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcbench.cpulist import is_decimal
+from hpcbench.cpulist import is_decimal, mask_to_cpus
 from hpcbench.errors import TopologyError
-from hpcbench.topology.model import Core, Gpu, Nic, NumaNode, Topology
+from hpcbench.topology.model import Core, Gpu, Nic, Topology, numa_nodes_from_cores
 from hpcbench.topology.sysfs import VENDOR_NVIDIA, is_gpu, nearest_switch
 
 _IO_TYPES = {"Bridge", "PCIDev", "OSDev", "Misc"}
@@ -50,14 +50,7 @@ def parse_hwloc_bitmap(text: str | None) -> tuple[int, ...]:
     value = 0
     for word in words:
         value = (value << 32) | int(word, 16)
-    out = []
-    bit = 0
-    while value:
-        if value & 1:
-            out.append(bit)
-        value >>= 1
-        bit += 1
-    return tuple(out)
+    return mask_to_cpus(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,22 +179,7 @@ def _topology_from_tree(root: ET.Element, where: str, version: int) -> Topology:
                 raise TopologyError(f"{where}: PU {cpus[0]} has no single NUMA node in its nodeset")
             numa = next(iter(numa_memory))
         cores.append(Core(package=package, numa_node=numa, cpus=tuple(sorted(cpus))))
-    numa_nodes = []
-    for node_id, memory_mb in sorted(numa_memory.items()):
-        node_cpus = tuple(
-            sorted(c for core in cores if core.numa_node == node_id for c in core.cpus)
-        )
-        packages = sorted({core.package for core in cores if core.numa_node == node_id})
-        if len(packages) > 1:
-            notes.append(f"NUMA node {node_id} spans packages {packages}")
-        numa_nodes.append(
-            NumaNode(
-                id=node_id,
-                package=packages[0] if packages else None,
-                cpus=node_cpus,
-                memory_mb=memory_mb,
-            )
-        )
+    numa_nodes = numa_nodes_from_cores(cores, numa_memory, notes)
     online = {c for core in cores for c in core.cpus}
     gpus, nics = _io_devices(objects, online, set(numa_memory), version, notes)
     infos = {**_infos(root), **(_infos(objects[0].element) if objects else {})}

@@ -78,6 +78,39 @@ class Nic:
     pcie_switch: str | None = None
 
 
+def numa_nodes_from_cores(
+    cores: Iterable[Core], memory_mb: Mapping[int, int | None], notes: list[str]
+) -> list[NumaNode]:
+    """One NumaNode per id of ``memory_mb``, its CPUs and package taken from the cores on it.
+
+    A node without cores has no package (HBM, CXL or GPU memory); a node that spans packages
+    (one NUMA node over several sockets) takes the lowest package id, and a note says so.
+
+    >>> cores = [Core(0, 0, (0,)), Core(1, 0, (1,))]
+    >>> notes: list[str] = []
+    >>> [(n.id, n.package, n.cpus) for n in numa_nodes_from_cores(cores, {0: None, 1: 64}, notes)]
+    [(0, 0, (0, 1)), (1, None, ())]
+    >>> notes
+    ['NUMA node 0 spans packages [0, 1]']
+    """
+    core_list = list(cores)
+    nodes = []
+    for node_id, memory in sorted(memory_mb.items()):
+        on_node = [core for core in core_list if core.numa_node == node_id]
+        packages = sorted({core.package for core in on_node})
+        if len(packages) > 1:
+            notes.append(f"NUMA node {node_id} spans packages {packages}")
+        nodes.append(
+            NumaNode(
+                id=node_id,
+                package=packages[0] if packages else None,
+                cpus=tuple(sorted(cpu for core in on_node for cpu in core.cpus)),
+                memory_mb=memory,
+            )
+        )
+    return nodes
+
+
 @dataclass(frozen=True, slots=True)
 class Topology:
     """One node. Build it with :meth:`build`, which validates; never mutate it."""

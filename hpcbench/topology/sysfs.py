@@ -25,7 +25,7 @@ from pathlib import Path
 
 from hpcbench.cpulist import CpuListError, parse_cpulist, parse_sysfs_mask
 from hpcbench.errors import TopologyError
-from hpcbench.topology.model import Core, Gpu, Nic, NumaNode, Topology
+from hpcbench.topology.model import Core, Gpu, Nic, NumaNode, Topology, numa_nodes_from_cores
 
 PCI_ADDRESS = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
@@ -490,20 +490,9 @@ def read_sysfs(root: str | os.PathLike[str] = "/") -> Topology:
             )
         cores.append(Core(package=package, numa_node=nodes_of_core.pop(), cpus=cpus))
 
-    numa_nodes = []
-    for node_id, _, memory_mb in raw_nodes:
-        cpus = tuple(sorted(c for c in online if numa_of[c] == node_id))
-        packages = sorted({package_of[c] for c in cpus})
-        if len(packages) > 1:
-            notes.append(f"NUMA node {node_id} spans packages {packages}")
-        numa_nodes.append(
-            NumaNode(
-                id=node_id,
-                package=packages[0] if packages else None,
-                cpus=cpus,
-                memory_mb=memory_mb,
-            )
-        )
+    numa_nodes = numa_nodes_from_cores(
+        cores, {node_id: memory_mb for node_id, _, memory_mb in raw_nodes}, notes
+    )
 
     devices = read_pci_devices(root_path)
     gpus = []
