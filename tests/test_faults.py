@@ -148,6 +148,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _environ(pid: int) -> dict[str, str]:
+    """The environment of a process as /proc shows it ({} when it is gone).
+
+    Empty for an instant while the process is in ``execve`` (numactl replacing itself with
+    the rank's python): callers that need a variable wait for it instead of reading once.
+    """
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {key.decode(errors="replace"): value.decode(errors="replace") for key, value in pairs}
+
+
 def rank_children(launcher_pid: int) -> dict[int, int]:
     """rank -> pid of the rank processes started by an ``hpcbench run`` process."""
     found: dict[int, int] = {}
@@ -156,13 +170,9 @@ def rank_children(launcher_pid: int) -> dict[int, int]:
     except OSError:
         return found
     for pid in map(int, children):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for item in environ:
-            if item.startswith(LOCAL_VARS["rank"].encode() + b"="):
-                found[int(item.split(b"=", 1)[1])] = pid
+        rank = _environ(pid).get(LOCAL_VARS["rank"])
+        if rank is not None:
+            found[int(rank)] = pid
     return found
 
 
@@ -312,10 +322,16 @@ def _run_command(out: Path, *extra: str) -> list[str]:
 
 
 def _launch_id(pid: int) -> str:
-    for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-        if item.startswith(LAUNCH_ID_VAR.encode() + b"="):
-            return item.split(b"=", 1)[1].decode()
-    raise AssertionError(f"process {pid} has no {LAUNCH_ID_VAR}")
+    found: list[str] = []
+
+    def seen() -> bool:
+        value = _environ(pid).get(LAUNCH_ID_VAR)
+        if value:
+            found.append(value)
+        return bool(found)
+
+    _wait_for(f"{LAUNCH_ID_VAR} in the environment of process {pid}", seen, timeout_s=10.0)
+    return found[0]
 
 
 @pytest.mark.parametrize("phase", PHASES)
