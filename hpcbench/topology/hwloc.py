@@ -18,7 +18,7 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hpcbench.cpulist import is_decimal, mask_to_cpus
@@ -308,26 +308,12 @@ def _number_gpus(found: list[tuple[int | None, int, str, Gpu]], notes: list[str]
     numbered: list[Gpu] = []
     for explicit, _, _, gpu in found:
         if explicit is not None:
-            numbered.append(_with_index(gpu, explicit))
+            numbered.append(replace(gpu, index=explicit))
     for _, _, _, gpu in rest:
-        numbered.append(_with_index(gpu, next(free)))
+        numbered.append(replace(gpu, index=next(free)))
     if rest and found:
         notes.append(
             "GPUs without an NVML/CUDA OS device in the XML are numbered NVIDIA first in PCI "
             "bus order"
         )
     return sorted(numbered, key=lambda g: g.index)
-
-
-def _with_index(gpu: Gpu, index: int) -> Gpu:
-    return Gpu(
-        index=index,
-        pci_bus_id=gpu.pci_bus_id,
-        model=gpu.model,
-        numa_node=gpu.numa_node,
-        cpus=gpu.cpus,
-        pcie_path=gpu.pcie_path,
-        pcie_switch=gpu.pcie_switch,
-        uuid=gpu.uuid,
-        memory_mb=gpu.memory_mb,
-    )
