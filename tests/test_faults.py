@@ -31,9 +31,10 @@ from hpcbench.metrics import read_rank_file
 from hpcbench.plan.model import Plan, RankPlacement
 from hpcbench.runtime.barrier import FILE_DIR, SHM_DIR, barrier_namespace, remove_barrier_state
 from hpcbench.runtime.identity import LAUNCH_ID_VAR, LOCAL_VARS
-from hpcbench.runtime.rank import status_path
+from hpcbench.runtime.rank import read_status
 from hpcbench.runtime.rundir import create_run_dir
 from hpcbench.spec import RunSpec
+from tests.rankwatch import environ, reached_timed
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -86,26 +87,18 @@ def _err_text(run_dir: Path, rank: int) -> str:
         return ""
 
 
-def _status(run_dir: Path, rank: int) -> dict[str, object]:
-    try:
-        data = json.loads(status_path(run_dir, rank).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def in_phase(run_dir: Path, rank: int, phase: str, launch_id: str = "fault") -> bool:
     """Whether ``rank`` is in ``phase`` now, from its log and status file."""
     if phase == "build":
         err = _err_text(run_dir, rank)
         return "devices:" in err and "phase: warmup" not in err
-    status = _status(run_dir, rank)
+    if phase == "timed":
+        return reached_timed(run_dir, rank, 3)
+    status = read_status(run_dir, rank)
     if phase.startswith("barrier "):
         # The status is published just before arriving: wait for the arrival itself.
         generation = 1 if phase == "barrier start" else 2
         return status.get("phase") == phase and arrived(run_dir, rank, generation, launch_id)
-    if phase == "timed":
-        return status.get("phase") == "timed" and int(status.get("timed_batches", 0)) >= 3  # type: ignore[call-overload]
     return status.get("phase") == phase
 
 
@@ -148,20 +141,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _environ(pid: int) -> dict[str, str]:
-    """The environment of a process as /proc shows it ({} when it is gone).
-
-    Empty for an instant while the process is in ``execve`` (numactl replacing itself with
-    the rank's python): callers that need a variable wait for it instead of reading once.
-    """
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
-    return {key.decode(errors="replace"): value.decode(errors="replace") for key, value in pairs}
-
-
 def rank_children(launcher_pid: int) -> dict[int, int]:
     """rank -> pid of the rank processes started by an ``hpcbench run`` process."""
     found: dict[int, int] = {}
@@ -170,7 +149,7 @@ def rank_children(launcher_pid: int) -> dict[int, int]:
     except OSError:
         return found
     for pid in map(int, children):
-        rank = _environ(pid).get(LOCAL_VARS["rank"])
+        rank = environ(pid).get(LOCAL_VARS["rank"])
         if rank is not None:
             found[int(rank)] = pid
     return found
@@ -325,7 +304,7 @@ def _launch_id(pid: int) -> str:
     found: list[str] = []
 
     def seen() -> bool:
-        value = _environ(pid).get(LAUNCH_ID_VAR)
+        value = environ(pid).get(LAUNCH_ID_VAR)
         if value:
             found.append(value)
         return bool(found)

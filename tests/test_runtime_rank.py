@@ -20,9 +20,9 @@ from hpcbench.plan.model import Plan, RankPlacement
 from hpcbench.runtime.barrier import FILE_DIR, SHM_DIR
 from hpcbench.runtime.identity import LOCAL_VARS
 from hpcbench.runtime.launcher import launch_local
-from hpcbench.runtime.rank import status_path
 from hpcbench.runtime.rundir import create_run_dir
 from hpcbench.spec import RunSpec
+from tests.rankwatch import wait_timed
 
 # A small MLP so that a batch takes a few milliseconds on one core.
 SMALL = {"input": 256, "hidden": 128, "layers": 2, "classes": 10}
@@ -154,25 +154,12 @@ def _spawn_rank(run_dir: Path, rank: int, env_extra: dict[str, str]) -> subproce
     )
 
 
-def _wait_timed_batches(run_dir: Path, rank: int, batches: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            status = json.loads(status_path(run_dir, rank).read_text())
-        except (OSError, ValueError):
-            status = {}
-        if status.get("phase") == "timed" and status.get("timed_batches", 0) >= batches:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"rank {rank} did not reach {batches} timed batches")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_rank_leaves_a_readable_part_file(tmp_path: Path, sig: int) -> None:
     run_dir, _, _ = make_run(tmp_path, duration_s=60.0)
     procs = [_spawn_rank(run_dir, r, {"HPCBENCH_LAUNCH_ID": f"k{sig}"}) for r in (0, 1)]
     try:
-        _wait_timed_batches(run_dir, 0, 20, timeout_s=30)
+        wait_timed(run_dir, 0, 20, timeout_s=30)
         time.sleep(1.2)  # more than the 0.5 s flush interval
         procs[0].send_signal(sig)
         code = procs[0].wait(10)
@@ -268,7 +255,7 @@ def test_ctrl_c_stops_every_rank_and_removes_shared_state(tmp_path: Path) -> Non
         # Each rank writes its own status file: wait for both, not for one and then read the
         # other (on a loaded machine it may not have written "timed" yet).
         for rank in (0, 1):
-            _wait_timed_batches(out, rank, 5, timeout_s=60)
+            wait_timed(out, rank, 5, timeout_s=60)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     finally:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from hpcbench.metrics import read_rank_file
-from hpcbench.runtime.rank import status_path
+from tests.rankwatch import environ, wait_timed
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(300)]
 HPCBENCH = [sys.executable, "-m", "hpcbench"]
@@ -39,28 +39,14 @@ def _rank_processes(run_dir: Path) -> dict[int, int]:
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            if b"hpcbench.runtime.rank" not in cmdline or str(run_dir).encode() not in cmdline:
-                continue
-            environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        for item in environ:
-            if item.startswith(b"SLURM_PROCID="):
-                found[int(item.split(b"=", 1)[1])] = int(entry.name)
+        if b"hpcbench.runtime.rank" not in cmdline or str(run_dir).encode() not in cmdline:
+            continue
+        rank = environ(int(entry.name)).get("SLURM_PROCID")
+        if rank is not None:
+            found[int(rank)] = int(entry.name)
     return found
-
-
-def _wait_timed(run_dir: Path, rank: int, timeout_s: float = 150.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            status = json.loads(status_path(run_dir, rank).read_text())
-        except (OSError, ValueError):
-            status = {}
-        if status.get("phase") == "timed" and status.get("timed_batches", 0) >= 3:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"rank {rank} of {run_dir} did not reach its timed phase")
 
 
 def _no_rank_left(run_dir: Path, timeout_s: float = 45.0) -> None:
@@ -126,7 +112,7 @@ def _refused_everywhere(run_dir: Path, state: str, tmp_path: Path) -> None:
 def test_rank_killed_inside_a_job(slurm_site: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _submit(slurm_site, out, "--duration-s", "60")
-    _wait_timed(out, 1)
+    wait_timed(out, 1, 3, timeout_s=150, poll_s=0.2)
     pids = _rank_processes(out)
     assert sorted(pids) == [0, 1], pids
     os.kill(pids[1], signal.SIGKILL)
@@ -141,7 +127,7 @@ def test_rank_killed_inside_a_job(slurm_site: Path, tmp_path: Path) -> None:
 def test_cancelled_job(slurm_site: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _submit(slurm_site, out, "--duration-s", "60")
-    _wait_timed(out, 1)
+    wait_timed(out, 1, 3, timeout_s=150, poll_s=0.2)
     job_id = json.loads((out / "slurm.json").read_text())["job_id"]
     subprocess.run(["scancel", job_id], check=True)
     code, err = _finish(proc)

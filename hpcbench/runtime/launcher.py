@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import secrets
 import shutil
@@ -25,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO
 
 from hpcbench.errors import RunError, UsageError
 from hpcbench.plan.launch import cuda_visible_devices, numactl_args
@@ -37,7 +36,7 @@ from hpcbench.runtime.barrier import (
 )
 from hpcbench.runtime.binding import apply_binding
 from hpcbench.runtime.identity import RankIdentity, local_env
-from hpcbench.runtime.rank import status_path
+from hpcbench.runtime.rank import read_status
 from hpcbench.runtime.rundir import LOGS_DIR, RunInfo
 
 _POLL_S = 0.1
@@ -109,19 +108,11 @@ def _tail(path: Path, lines: int = _TAIL_LINES) -> str:
     return "\n".join(kept) if kept else "(stderr is empty)"
 
 
-def _read_status(run_dir: Path, rank: int) -> dict[str, Any]:
-    try:
-        data = json.loads(status_path(run_dir, rank).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def progress_line(run_dir: Path, plan: Plan, elapsed_s: float) -> str:
     """One line of progress from the ranks' status files."""
     parts = []
     for placement in plan.ranks:
-        status = _read_status(run_dir, placement.rank)
+        status = read_status(run_dir, placement.rank)
         phase = status.get("phase", "starting")
         if phase in ("timed", "barrier end", "done"):
             phase = f"{phase} {int(status.get('timed_batches', 0))} batches"

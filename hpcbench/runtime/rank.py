@@ -25,7 +25,7 @@ from typing import Any
 from hpcbench import __version__
 from hpcbench.backends.base import load_backend
 from hpcbench.errors import ConfigError, HpcbenchError, RunError
-from hpcbench.jsonfile import write_json_atomic
+from hpcbench.jsonfile import read_json, write_json_atomic
 from hpcbench.metrics import RankMetricsWriter
 from hpcbench.plan.model import Plan, RankPlacement
 from hpcbench.runtime.barrier import barrier_namespace, open_barrier
@@ -54,6 +54,18 @@ class RankTerminated(RunError):
 def status_path(run_dir: Path, rank: int) -> Path:
     """Where a rank publishes its progress for the launcher."""
     return Path(run_dir) / LOGS_DIR / f"rank-{rank:05d}.status.json"
+
+
+def read_status(run_dir: Path, rank: int) -> dict[str, Any]:
+    """A rank's last published status; {} before its first one or when it cannot be read.
+
+    Progress only (the metrics file is the record), so an unreadable status is not an error.
+    """
+    try:
+        data = read_json(status_path(run_dir, rank), "rank status file")
+    except HpcbenchError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def software_versions(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
