@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from hpcbench.metrics import BATCH_FIELDS, RankMetricsWriter
+from hpcbench.metrics import BATCH_FIELDS, PhaseData, RankMetricsWriter
 
 NS_PER_MS = 1_000_000
 # 2026-01-01T00:00:00Z: realistic epoch nanoseconds, so int64 overflow or float rounding shows.
@@ -30,17 +30,8 @@ T0_NS = 1_767_225_600 * 1_000_000_000
 
 
 @dataclass(frozen=True)
-class Batches:
-    """A phase's batches as equal-length arrays (the columns of a rank file's phase group)."""
-
-    t_start_ns: np.ndarray
-    t_end_ns: np.ndarray
-    images: np.ndarray
-    device: np.ndarray
-    data_wait_ns: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.t_end_ns.shape[0])
+class Batches(PhaseData):
+    """A phase's batches to write: the columns a rank file's phase group reads back as."""
 
     @classmethod
     def of(
