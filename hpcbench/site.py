@@ -380,6 +380,20 @@ def _claim(
         owner[cpu] = node_index
 
 
+def _claim_id(
+    value: int, index: int, seen: dict[int, int], what: str, where: str, path: list[str | int]
+) -> None:
+    """Record that entry ``index`` of a list holds id ``value``; an id held twice is an error.
+
+    ``path`` is the id's key path, ``[..., list name, index, key]``.
+    """
+    if value in seen:
+        raise ConfigError(
+            f"{where}: {key_path(path)}: {what} {value} is also {path[-3]}[{seen[value]}]"
+        )
+    seen[value] = index
+
+
 def topology_from_dict(
     raw: Mapping[str, Any],
     *,
@@ -431,12 +445,7 @@ def topology_from_dict(
     for i, node in enumerate(raw["numa_nodes"]):
         npath = [*path, "numa_nodes", i]
         node_id = node["id"]
-        if node_id in ids_seen:
-            raise ConfigError(
-                f"{where}: {key_path([*npath, 'id'])}: NUMA node {node_id} is also "
-                f"numa_nodes[{ids_seen[node_id]}]"
-            )
-        ids_seen[node_id] = i
+        _claim_id(node_id, i, ids_seen, "NUMA node", where, [*npath, "id"])
         if "cores" in node:
             groups = [_cpus(c, where, [*npath, "cores", j]) for j, c in enumerate(node["cores"])]
             for j, group in enumerate(groups):
@@ -483,12 +492,7 @@ def topology_from_dict(
     for i, gpu in enumerate(raw.get("gpus", ())):
         gpath = [*path, "gpus", i]
         index = gpu["index"]
-        if index in index_seen:
-            raise ConfigError(
-                f"{where}: {key_path([*gpath, 'index'])}: GPU index {index} is also "
-                f"gpus[{index_seen[index]}]"
-            )
-        index_seen[index] = i
+        _claim_id(index, i, index_seen, "GPU index", where, [*gpath, "index"])
         numa = gpu.get("numa_node")
         if numa is not None and numa not in node_cpus:
             raise ConfigError(
