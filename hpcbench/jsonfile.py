@@ -35,10 +35,10 @@ def read_json(
     hpcbench.errors.ConfigError: /nonexistent/plan.json: plan file not found
     """
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise error(f"{path}: {what} not found{hint}") from exc
     except json.JSONDecodeError as exc:
-        raise error(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from exc
+        raise error(f"{path}: {what} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"{path}: cannot read the {what} ({exc})") from exc

@@ -8,7 +8,6 @@ The figures themselves are pure functions in :mod:`hpcbench.aggregate.figures`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from hpcbench.aggregate.load import RESULT_FILE, SUMMARY_FILE, LoadedRun, load_r
 from hpcbench.aggregate.result import write_result, write_summary
 from hpcbench.aggregate.summary import dumps, format_summary, summarize
 from hpcbench.errors import MetricsError, UsageError
+from hpcbench.jsonfile import read_json
 
 __all__ = [
     "RESULT_FILE",
@@ -76,10 +76,7 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
         summary_path = path / SUMMARY_FILE
         if not summary_path.exists():
             return summarize_run(path, allow_partial=True)
-    try:
-        data = json.loads(summary_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise MetricsError(f"{summary_path}: unreadable summary ({exc})") from exc
+    data = read_json(summary_path, "summary", MetricsError)
     if not isinstance(data, dict) or "throughput" not in data:
         raise MetricsError(f"{summary_path}: not an hpcbench summary (no 'throughput' key)")
     return data

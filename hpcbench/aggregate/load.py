@@ -8,7 +8,6 @@ only the merged file was kept (an archive).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import h5py
 import numpy as np
 
 from hpcbench.errors import MetricsError
+from hpcbench.jsonfile import read_json
 from hpcbench.metrics import (
     RankFile,
     rank_file_name,
@@ -155,10 +155,7 @@ def _check_rank(rank_file: RankFile, rank: int, world_size: int) -> None:
 def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise MetricsError(f"{path}: unreadable JSON ({exc})") from exc
+    data = read_json(path, path.name, MetricsError)
     return data if isinstance(data, dict) else None
 
 

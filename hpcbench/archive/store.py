@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcbench.errors import ArchiveError
+from hpcbench.jsonfile import read_json
 
 ARCHIVE_FORMAT = "hpcbench-archive"
 ARCHIVE_VERSION = 1
@@ -112,19 +113,8 @@ def check_run_id(run_id: object, where: str) -> str:
     return run_id
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ArchiveError(f"{path}: {what} not found") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArchiveError(f"{path}: {what} is not valid JSON ({exc})") from exc
-    except OSError as exc:
-        raise ArchiveError(f"{path}: cannot read {what} ({exc.strerror})") from exc
-
-
 def _read_json_object(path: Path, what: str) -> dict[str, Any]:
-    data = _read_json(path, what)
+    data = read_json(path, what, ArchiveError)
     if not isinstance(data, dict):
         raise ArchiveError(f"{path}: {what} must be a JSON object, got {type(data).__name__}")
     return data

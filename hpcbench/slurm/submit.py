@@ -10,7 +10,6 @@ job`` is asked instead, so a cancelled job is never waited for forever.
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcbench.errors import SlurmError, UsageError
-from hpcbench.jsonfile import write_json_atomic
+from hpcbench.jsonfile import read_json, write_json_atomic
 from hpcbench.plan.model import Plan
 from hpcbench.runtime.rundir import LOGS_DIR, create_run_dir
 from hpcbench.slurm.nodelist import expand_nodelist
@@ -403,8 +402,5 @@ def submit_run(
 
 def read_job_record(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / SLURM_FILE
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: no readable Slurm job record ({exc})") from exc
+    data: dict[str, Any] = read_json(path, "Slurm job record", UsageError)
     return data
