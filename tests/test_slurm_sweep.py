@@ -107,6 +107,35 @@ def test_resume_refuses_a_different_grid(tmp_path: Path) -> None:
         run_sweep(load_sweep(other, out=tmp_path / "out"), local=True, echo=lambda _: None)
 
 
+def test_resume_over_damaged_records_is_one_line_and_keeps_them(tmp_path: Path) -> None:
+    """A damaged sweep.json or an earlier point's summary.json: one line naming the file,
+    exit 2, and the damaged file left as it was (it is evidence, not ours to overwrite)."""
+    site = _this_machine_site(tmp_path)
+    spec_path = _write(
+        tmp_path / "s.yaml",
+        f"site: {site}\nbase: {{backend: cpu, num_batches: 2, warmup_batches: 0, ranks: 1}}\n"
+        "grid: {batch_size: [4]}\n",
+    )
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "hpcbench", "sweep", str(spec_path), "--local", "--out", str(out)]
+    assert subprocess.run(argv, capture_output=True, timeout=200).returncode == 0
+    sweep_json = out / "sweep.json"
+    good = sweep_json.read_text()
+    summary = next(out.glob("p*/summary.json"))
+    for damaged, text, message in [
+        (sweep_json, "{half", f"{sweep_json}: sweep record is not valid JSON"),
+        (sweep_json, "[1]", f"{sweep_json}: sweep record is not a JSON object"),
+        (summary, "{half", f"{summary}: summary is not valid JSON"),
+    ]:
+        sweep_json.write_text(good)
+        damaged.write_text(text)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=200)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"hpcbench: error: {message}"), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert damaged.read_text() == text
+
+
 @pytest.mark.slurm
 @pytest.mark.timeout(240)
 def test_four_point_sweep_is_one_job_array(slurm_site: Path, tmp_path: Path) -> None:

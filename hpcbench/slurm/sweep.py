@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcbench.errors import ConfigError, HpcbenchError, RunError, UsageError, closest
-from hpcbench.jsonfile import write_json_atomic
+from hpcbench.jsonfile import read_json, write_json_atomic
 from hpcbench.slurm.options import JobInputs, inputs_from_options
 from hpcbench.slurm.render import ArrayPoint, render_array
 from hpcbench.slurm.submit import (
@@ -234,7 +234,9 @@ def _check_same_sweep(spec: SweepSpec, sweep_dir: Path) -> None:
     }
     path = sweep_dir / SWEEP_FILE
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = read_json(path, "sweep record", UsageError)
+        if not isinstance(old, dict):
+            raise UsageError(f"{path}: sweep record is not a JSON object; choose another --out")
         if {k: old.get(k) for k in record} != json.loads(json.dumps(record)):
             raise UsageError(
                 f"{sweep_dir} holds another sweep (its {SWEEP_FILE} differs from this spec); "
@@ -242,9 +244,7 @@ def _check_same_sweep(spec: SweepSpec, sweep_dir: Path) -> None:
             )
         return
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
+    write_json_atomic(path, record)
 
 
 def run_sweep(
@@ -263,8 +263,10 @@ def run_sweep(
     pending = []
     for point in points:
         if _is_complete(point.run_dir):
+            from hpcbench.aggregate import read_summary
+
             point.status = "done (earlier)"
-            point.summary = json.loads((point.run_dir / "summary.json").read_text())
+            point.summary = read_summary(point.run_dir)
             continue
         _set_aside(point.run_dir)
         pending.append(point)
