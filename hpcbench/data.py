@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from hpcbench.errors import ConfigError, RunError
+from hpcbench.jsonfile import read_json
 
 MANIFEST = "manifest.json"
 FORMAT = "hpcbench-tensors"
@@ -88,15 +89,14 @@ class Manifest:
     @classmethod
     def read(cls, folder: Path) -> Manifest:
         path = folder / MANIFEST
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as exc:
+        if not path.exists():
             raise ConfigError(
                 f"data: {folder} is not a dataset folder (no {MANIFEST}); "
                 "make one with `hpcbench data make --images N --out DIR`"
-            ) from exc
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from exc
+            )
+        data = read_json(path, "dataset manifest")
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: dataset manifest is not a JSON object")
         if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
             raise ConfigError(
                 f"{path}: format {data.get('format')!r} version {data.get('format_version')!r} "
@@ -114,6 +114,8 @@ class Manifest:
             )
         except KeyError as exc:
             raise ConfigError(f"{path}: missing key {exc.args[0]!r}") from exc
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: a value of the wrong type ({exc})") from exc
 
 
 def make_dataset(

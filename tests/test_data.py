@@ -72,6 +72,23 @@ def test_manifest_errors_name_the_problem(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ConfigError, match="format 'other'"):
         data.Manifest.read(tmp_path)
+    # Damaged manifests: one ConfigError naming the file, never a TypeError or a decode error.
+    good = data.make_dataset(tmp_path / "d", images=1, size=2).to_json()
+    manifest = tmp_path / "d" / "manifest.json"
+    for text, message in [
+        ("[1]", "dataset manifest is not a JSON object"),
+        ("{half", "dataset manifest is not valid JSON"),
+        (b"\xff\xfe", "cannot read the dataset manifest"),
+        (json.dumps({**good, "images": "many"}), "a value of the wrong type"),
+        (json.dumps({**good, "shard_images": 3}), "a value of the wrong type"),
+    ]:
+        if isinstance(text, bytes):
+            manifest.write_bytes(text)
+        else:
+            manifest.write_text(text)
+        with pytest.raises(ConfigError, match=message) as info:
+            data.Manifest.read(tmp_path / "d")
+        assert str(info.value).startswith(f"{manifest}: ")
 
 
 def test_rank_shard_cycles_over_shards(tmp_path: Path) -> None:

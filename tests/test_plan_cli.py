@@ -176,6 +176,13 @@ def test_topology_json_source(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert code == 2 and "give one topology source" in err
     code, _, err = run(["--topology", str(tmp_path / "missing.json")], capsys)
     assert code == 2 and "file not found" in err
+    # A folder or a binary file: one line naming it, not an OSError/UnicodeDecodeError traceback.
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe")
+    for bad in (tmp_path, tmp_path / "binary.json"):
+        code, _, err = run(["--topology", str(bad)], capsys)
+        assert code == 2, err
+        assert err.startswith(f"hpcbench: error: {bad}: cannot read the --topology file"), err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("name", ["24em64t-2n6c2t-pci.xml", "32em64t-2n8c2t-pci-normalio.xml"])

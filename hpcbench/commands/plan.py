@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from hpcbench.errors import ConfigError, UsageError
+from hpcbench.errors import UsageError
+from hpcbench.jsonfile import read_json
 from hpcbench.plan.planner import make_plan, plan_request_from_options, plan_request_options
 from hpcbench.topology.model import Topology
 from hpcbench.topology.sources import topology_from_options, topology_source_options
@@ -84,10 +85,5 @@ def _topology(
     if others:
         raise UsageError(f"give one topology source, not --topology and {' and '.join(others)}")
     path = Path(topology_json)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise UsageError(f"--topology {path}: file not found") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--topology {path}: not JSON ({exc.msg} at line {exc.lineno})") from exc
+    data = read_json(path, "--topology file")
     return Topology.from_json(data, where=str(path)), None
