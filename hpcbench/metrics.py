@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -81,20 +82,29 @@ class RankMetricsWriter:
         self._barriers: list[tuple[str, int, int]] = []
         self._last_flush = time.monotonic()
         self._closed = False
+        # Built under a hidden name and renamed once its header is written, so that every
+        # .part file says whose it is, even when the rank is stopped while creating it.
+        init_path = self.part_path.with_name(f".{self.part_path.name}.{os.getpid()}.init")
         try:
-            self._file = h5py.File(self.part_path, "w")
+            self._file = h5py.File(init_path, "w")
         except OSError as exc:
             raise MetricsError(f"{self.part_path}: cannot create metrics file ({exc})") from exc
         try:
             root = {"schema_version": SCHEMA_VERSION, "rank": rank, "world_size": world_size,
                     "run_id": run_id, "host": host, "complete": False}  # fmt: skip
             self._create_layout(root, attrs or {})
-        except (OSError, ValueError, RuntimeError) as exc:
+            os.replace(init_path, self.part_path)
+        except BaseException as exc:
+            # Also on SIGTERM (RankTerminated) or Ctrl-C: the half-made file holds no data.
             with contextlib.suppress(Exception):
                 self._file.close()
-            raise MetricsError(
-                f"{self.part_path}: cannot create metrics file ({_one_line(exc)})"
-            ) from exc
+            with contextlib.suppress(OSError):
+                init_path.unlink()
+            if isinstance(exc, (OSError, ValueError, RuntimeError)):
+                raise MetricsError(
+                    f"{self.part_path}: cannot create metrics file ({_one_line(exc)})"
+                ) from exc
+            raise
 
     def _create_layout(self, root: Mapping[str, Any], attrs: Mapping[str, Any]) -> None:
         f = self._file

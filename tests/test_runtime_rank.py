@@ -9,13 +9,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 import pytest
 
 from hpcbench.errors import RunError
-from hpcbench.metrics import read_rank_file
+from hpcbench.metrics import RankMetricsWriter, read_rank_file
 from hpcbench.plan.model import Plan, RankPlacement
 from hpcbench.runtime.barrier import FILE_DIR, SHM_DIR
 from hpcbench.runtime.identity import LOCAL_VARS
@@ -122,6 +123,37 @@ def test_rank_file_reads_with_plain_h5py(tmp_path: Path) -> None:
         assert list(f["barriers"]["name"].asstr()[()]) == ["start", "end"]
         assert json.loads(f.attrs["versions_json"])["backend"]["flops_per_image"] > 0
         assert json.loads(f.attrs["slurm_json"]) is None
+
+
+def test_rank_file_appears_only_with_its_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A .part file always says whose it is: it is built under a hidden name and renamed once
+    its header is written; a rank stopped while building it (SIGTERM becomes an exception in
+    the rank) leaves nothing. CI once saw a header-less .part from a rank stopped there."""
+    real_layout = RankMetricsWriter._create_layout
+    during: list[list[str]] = []
+
+    def watched(self: RankMetricsWriter, *args: Any) -> None:
+        during.append(sorted(p.name for p in tmp_path.iterdir()))
+        real_layout(self, *args)
+
+    monkeypatch.setattr(RankMetricsWriter, "_create_layout", watched)
+    writer = RankMetricsWriter(tmp_path, 3, 4, "run-x", "node001")
+    assert during == [[f".rank-00003.h5.part.{os.getpid()}.init"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank-00003.h5.part"]
+    assert read_rank_file(tmp_path / "rank-00003.h5.part").rank == 3
+    assert writer.close(complete=True) == tmp_path / "rank-00003.h5"
+
+    def stopped(self: RankMetricsWriter, *args: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RankMetricsWriter, "_create_layout", stopped)
+    other = tmp_path / "stopped"
+    other.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        RankMetricsWriter(other, 0, 1, "run-x", "node001")
+    assert list(other.iterdir()) == []
 
 
 def test_failing_rank_stops_the_others_and_is_named(tmp_path: Path) -> None:
