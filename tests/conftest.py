@@ -1,4 +1,4 @@
-"""Shared fixtures. ``shared/`` (topology snapshots) sits beside the checkout, as in CI."""
+"""Shared fixtures. Topology snapshots live in ``tests/fixtures/`` (vendored: a clone stands alone)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def hwloc_fixtures() -> Path:
-    path = SHARED / "fixtures" / "hwloc"
-    if not path.is_dir():
-        pytest.fail(f"topology fixtures not found at {path} (shared/ must sit beside the repo)")
-    return path
+    """hwloc's own test topologies (BSD-3-Clause, see tests/fixtures/hwloc/README.md)."""
+    return FIXTURES / "hwloc"
 
 
 def _nvidia_gpu_count() -> int:
