@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -275,6 +275,10 @@ class RankFile:
     t_finish_ns: int | None
     barriers: list[tuple[str, int, int]]
     complete: bool
+    # The ``telemetry`` group's columns (None when it has none) and its attributes (``disabled``
+    # says why there is none).
+    telemetry: dict[str, np.ndarray] | None = None
+    telemetry_attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rank(self) -> int:
@@ -335,7 +339,26 @@ def read_rank_group(group: h5py.Group, where: Path) -> RankFile:
         t_finish_ns=None if t_finish is None else int(t_finish),
         barriers=barriers,
         complete=bool(attrs.get("complete", False)),
+        telemetry=_read_telemetry(group, where),
+        telemetry_attrs=(
+            {k: _plain(v) for k, v in group["telemetry"].attrs.items()}
+            if "telemetry" in group
+            else {}
+        ),
     )
+
+
+def _read_telemetry(group: h5py.Group, where: Path) -> dict[str, np.ndarray] | None:
+    """The telemetry columns, or None when the group is absent or holds no samples."""
+    if "telemetry" not in group or "t_ns" not in group["telemetry"]:
+        return None
+    columns = {name: group["telemetry"][name][()] for name in group["telemetry"]}
+    lengths = {len(values) for values in columns.values()}
+    if len(lengths) != 1:
+        raise MetricsError(
+            f"{where}: datasets of group 'telemetry' have unequal lengths {sorted(lengths)}"
+        )
+    return columns
 
 
 def _read_phase(root: h5py.Group, phase: str, path: Path) -> PhaseData:

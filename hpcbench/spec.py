@@ -18,6 +18,8 @@ from hpcbench.jsonfile import read_json, write_json_atomic
 BACKENDS = ("cpu", "torch")
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 BARRIERS = ("shm", "file")
+# Validity rule sets (hpcbench.aggregate.validity.RULES): how the run's result is judged.
+VALIDITY_RULES = ("default", "strict")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,11 @@ class RunSpec:
     # Exactly one of duration_s / num_batches drives the timed phase.
     duration_s: float | None = 5.0
     num_batches: int | None = None
+    # Keep timing, window after window of duration_s, until the throughput is steady (the
+    # steady_state check passes), at most max_duration_s (default 10 × duration_s).
+    until_stable: bool = False
+    max_duration_s: float | None = None
+    validity: str = "default"
     warmup_batches: int = 5
     prefetchers: int = 2
     queue_depth: int = 8
@@ -51,6 +58,7 @@ class RunSpec:
         _check_choice("backend", self.backend, BACKENDS)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("barrier", self.barrier, BARRIERS)
+        _check_choice("validity", self.validity, VALIDITY_RULES)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size: must be at least 1, got {self.batch_size}")
         if (self.duration_s is None) == (self.num_batches is None):
@@ -59,6 +67,15 @@ class RunSpec:
             raise ConfigError(f"duration_s: must be positive, got {self.duration_s}")
         if self.num_batches is not None and self.num_batches < 1:
             raise ConfigError(f"num_batches: must be at least 1, got {self.num_batches}")
+        if self.until_stable and self.duration_s is None:
+            raise ConfigError("until_stable: needs duration_s (the window length), not num_batches")
+        if self.max_duration_s is not None and (
+            self.duration_s is None or self.max_duration_s < self.duration_s
+        ):
+            raise ConfigError(
+                f"max_duration_s: must be at least duration_s ({self.duration_s}), "
+                f"got {self.max_duration_s}"
+            )
         if self.warmup_batches < 0:
             raise ConfigError(f"warmup_batches: must be 0 or more, got {self.warmup_batches}")
         if self.prefetchers < 1:
@@ -69,6 +86,13 @@ class RunSpec:
             raise ConfigError(f"barrier_timeout_s: must be positive, got {self.barrier_timeout_s}")
         if self.telemetry_hz < 0:
             raise ConfigError(f"telemetry_hz: must be 0 (off) or more, got {self.telemetry_hz}")
+
+    @property
+    def stable_limit_s(self) -> float | None:
+        """The longest timed phase ``until_stable`` may run (None when it is off)."""
+        if not self.until_stable or self.duration_s is None:
+            return None
+        return self.max_duration_s if self.max_duration_s is not None else 10 * self.duration_s
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -95,6 +95,8 @@ def write_rank(
     attrs: Mapping[str, Any] | None = None,
     complete: bool = True,
     warmup: Batches | None = None,
+    telemetry: Mapping[str, Any] | None = None,
+    binding: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``rank-NNNNN.h5`` (or ``.h5.part`` when not ``complete``); return its path.
 
@@ -102,6 +104,8 @@ def write_rank(
     end; the start barrier is arrived 1 ms before and released at ``t_begin_ns``; the end
     barrier is arrived at ``t_finish_ns`` and released 1 ms later (pass ``(arrive, release)``
     to place them). ``gpus``/``cpus`` default to ``num_devices`` GPUs and 4 cores per rank.
+    ``telemetry`` holds the columns of a ``telemetry`` group (``t_ns``, ``device``, ``power_w``...;
+    see :func:`telemetry_columns`); ``binding`` entries replace those of ``binding_json``.
     """
     begin = int(timed.t_start_ns.min()) if t_begin_ns is None else int(t_begin_ns)
     finish = timed.finish_ns if t_finish_ns is None else int(t_finish_ns)
@@ -137,6 +141,7 @@ def write_rank(
                 "mem_policy": "bind",
                 "mem_nodes": [0],
                 "mismatches": [],
+                **(binding or {}),
             }
         ),
         "slurm_json": "null",
@@ -152,7 +157,50 @@ def write_rank(
     writer.barrier("start", *(start_barrier or (begin - NS_PER_MS, begin)))
     writer.barrier("end", *(end_barrier or (finish, finish + NS_PER_MS)))
     writer.set_phase_bounds(begin, finish)
+    if telemetry is not None:
+        group = writer.file.create_group("telemetry")
+        for name, values in telemetry.items():
+            group.create_dataset(name, data=np.asarray(values))
+        group.attrs["source"] = "synthetic"
+    else:
+        writer.file.create_group("telemetry").attrs["disabled"] = "the rank has no GPUs"
     return writer.close(complete=complete)
+
+
+def telemetry_columns(
+    t_ns: Sequence[int] | np.ndarray,
+    *,
+    device: Sequence[int] | np.ndarray | int = 0,
+    power_w: Sequence[float] | np.ndarray | float = 300.0,
+    energy_j: Sequence[float] | np.ndarray | None = None,
+    sm_clock_mhz: Sequence[float] | np.ndarray | float = 1980.0,
+    throttle_reasons: Sequence[int] | np.ndarray | int = 0,
+) -> dict[str, np.ndarray]:
+    """Telemetry columns as the NVML sampler writes them; scalars apply to every sample.
+
+    ``energy_j`` defaults to the integral of ``power_w`` (a counter starting at 1 MJ).
+    """
+    t = np.asarray(t_ns, dtype=np.int64)
+    n = t.shape[0]
+
+    def full(value: Any, dtype: Any) -> np.ndarray:
+        return np.broadcast_to(np.asarray(value, dtype=dtype), (n,)).copy()
+
+    power = full(power_w, np.float32)
+    if energy_j is None:
+        steps = np.diff(t, prepend=t[:1]) / 1e9 * power.astype(np.float64)
+        energy = 1e6 + np.cumsum(steps)
+    else:
+        energy = full(energy_j, np.float64)
+    return {
+        "t_ns": t,
+        "device": full(device, np.int16),
+        "power_w": power,
+        "energy_j": energy,
+        "sm_clock_mhz": full(sm_clock_mhz, np.float32),
+        "throttle_reasons": full(throttle_reasons, np.uint64),
+        "throttle_known": np.ones(n, dtype=bool),
+    }
 
 
 def _append_phase(writer: RankMetricsWriter, phase: str, batches: Batches) -> None:

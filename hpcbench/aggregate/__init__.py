@@ -14,6 +14,7 @@ from typing import Any
 from hpcbench.aggregate.load import RESULT_FILE, SUMMARY_FILE, LoadedRun, load_run
 from hpcbench.aggregate.result import write_result, write_summary
 from hpcbench.aggregate.summary import dumps, format_summary, summarize
+from hpcbench.aggregate.validity import rules_named
 from hpcbench.errors import MetricsError, UsageError
 from hpcbench.jsonfile import read_json
 
@@ -35,10 +36,16 @@ def summarize_run(
     dlbs_trim: int = 50,
     allow_partial: bool = False,
     reference: Path | None = None,
+    validity: str | None = None,
 ) -> dict[str, Any]:
     """The summary of ``run_dir`` computed from its rank files, writing nothing."""
     run = load_run(Path(run_dir), allow_partial=allow_partial)
-    return summarize(run, dlbs_trim=dlbs_trim, reference=_reference_summary(reference))
+    return summarize(
+        run,
+        dlbs_trim=dlbs_trim,
+        reference=_reference_summary(reference),
+        rules=None if validity is None else rules_named(validity),
+    )
 
 
 def aggregate_run(
@@ -47,6 +54,7 @@ def aggregate_run(
     dlbs_trim: int = 50,
     allow_partial: bool = False,
     reference: Path | None = None,
+    validity: str | None = None,
 ) -> dict[str, Any]:
     """Aggregate a run: write ``result.h5`` and ``summary.json`` in ``run_dir``; return the summary.
 
@@ -54,10 +62,17 @@ def aggregate_run(
     or unfinished (unless ``allow_partial``: then the finished ranks are aggregated and the
     summary says ``complete: false``) or when a rank file is truncated or corrupt.
     ``reference`` is a single-rank run (its directory or its ``summary.json``) for efficiency.
+    ``validity`` names the rules the run is judged by (None: those of its spec, else
+    ``default``).
     """
     run_dir = Path(run_dir)
     run = load_run(run_dir, allow_partial=allow_partial)
-    summary = summarize(run, dlbs_trim=dlbs_trim, reference=_reference_summary(reference))
+    summary = summarize(
+        run,
+        dlbs_trim=dlbs_trim,
+        reference=_reference_summary(reference),
+        rules=None if validity is None else rules_named(validity),
+    )
     text = dumps(summary)
     write_result(run_dir / RESULT_FILE, run.ranks, summary, text)
     write_summary(run_dir / SUMMARY_FILE, summary, text)

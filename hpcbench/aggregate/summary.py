@@ -19,6 +19,8 @@ import numpy as np
 
 from hpcbench.aggregate import figures
 from hpcbench.aggregate.load import LoadedRun
+from hpcbench.aggregate.telemetry import telemetry_block
+from hpcbench.aggregate.validity import Rules, format_verdict, judge, rules_named
 from hpcbench.cpulist import format_cpulist
 from hpcbench.errors import MetricsError
 from hpcbench.metrics import RankFile
@@ -34,8 +36,12 @@ def summarize(
     *,
     dlbs_trim: int = 50,
     reference: Mapping[str, Any] | None = None,
+    rules: Rules | None = None,
 ) -> dict[str, Any]:
-    """The summary of a loaded run; ``reference`` is a single-rank run's summary (or None)."""
+    """The summary of a loaded run; ``reference`` is a single-rank run's summary (or None).
+
+    ``rules`` judge its validity (default: the rules in the run's spec, else ``default``).
+    """
     if dlbs_trim < 0:
         raise MetricsError(f"dlbs trim must be non-negative, got {dlbs_trim}")
     ranks = run.ranks
@@ -95,6 +101,7 @@ def summarize(
                 "cpus": [int(c) for c in plan.get("cpus", [])] if plan else None,
                 "cpus_actual": [int(c) for c in binding["cpus"]] if "cpus" in binding else None,
                 "binding_mismatches": list(binding.get("mismatches", [])),
+                "gpu_identity": binding.get("gpu_identity"),
                 "num_devices": num_devices,
                 "batch_size": batch_size,
                 "batches": len(timed),
@@ -185,7 +192,17 @@ def summarize(
         "efficiency": _efficiency(common_img_s, run.world_size, reference),
         "ranks": rank_rows,
     }
+    summary["telemetry"] = telemetry_block(
+        ranks, window_start_ns, window_end_ns, {row["rank"]: row["gpus"] for row in rank_rows}
+    )
+    summary["validity"] = judge(run, summary, rules or rules_named(_spec_rules(run)))
     return summary
+
+
+def _spec_rules(run: LoadedRun) -> str | None:
+    spec = run.spec_json or run.ranks[0].json_attr("config_json") or {}
+    value = spec.get("validity")
+    return value if isinstance(value, str) else None
 
 
 def _num_devices(rank_file: RankFile, plan_json: Mapping[str, Any] | None) -> int:
@@ -378,6 +395,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"efficiency vs {run.get('world_size')} × single-rank "
             f"{_num(eff['reference_img_s'])} img/s: {value}"
         )
+    lines.extend(format_telemetry(summary.get("telemetry")))
     any_gpus = any(row.get("gpus") for row in summary["ranks"])
     lines.append(
         f"rank  host          {'gpus' if any_gpus else 'devices':<8}  images      own img/s  "
@@ -390,7 +408,30 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"{row['images']:>10}  {_num(row['own_img_s']):>13}  "
             f"{_num(row['dlbs_effective_img_s']):>15}"
         )
+    lines.extend(format_verdict(summary.get("validity")))
     return "\n".join(lines)
+
+
+def format_telemetry(telemetry: Mapping[str, Any] | None) -> list[str]:
+    """The telemetry block in a line or two (nothing for a summary written without it)."""
+    if not telemetry:
+        return []
+    if not telemetry.get("available"):
+        return [f"{'telemetry':<26}none ({telemetry.get('reason')})"]
+    total = telemetry["total"]
+    energy = total["energy_j"]
+    per_j = total["images_per_j"]
+    clock = total["median_sm_clock_mhz"]
+    line = (
+        f"{'telemetry (window)':<26}"
+        + (f"{_num(energy)} J, {per_j:.2f} img/J, " if energy is not None and per_j else "")
+        + (f"mean {_num(total['mean_power_w'])} W, " if total["mean_power_w"] is not None else "")
+        + f"max {_num(total['max_device_power_w'])} W per device, "
+        + f"median SM clock {_num(clock)} MHz"
+    )
+    reasons = total["throttle_reasons"]
+    throttled = ", ".join(f"{name} {100 * share:.0f} %" for name, share in reasons.items())
+    return [line, f"{'throttle reasons':<26}{throttled or 'none'} (share of samples)"]
 
 
 def _num(value: float | None) -> str:

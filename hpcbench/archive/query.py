@@ -48,7 +48,7 @@ PARAM_KEYS = (
     "gpus_total",
 )
 # Spec fields that do not change what is measured, so runs differing only there are repeats.
-SPEC_IGNORED = frozenset({"barrier_timeout_s", "strict_binding"})
+SPEC_IGNORED = frozenset({"barrier_timeout_s", "strict_binding", "validity"})
 
 _MISSING = object()
 ENTRY_KEYS = ("run_id", "archived_at", "complete", "incomplete_reason")

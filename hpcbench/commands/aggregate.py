@@ -27,14 +27,29 @@ import click
     type=click.Path(exists=True, path_type=Path),
     help="A single-rank run (directory or summary.json): report efficiency against P × it.",
 )
+@click.option(
+    "--validity",
+    type=click.Choice(["default", "strict"]),
+    default=None,
+    help="Judge the run by these rules [default: the rules it was run with, else default].",
+)
 def aggregate(
-    run_dir: Path, as_json: bool, dlbs_trim: int, allow_partial: bool, reference: Path | None
+    run_dir: Path,
+    as_json: bool,
+    dlbs_trim: int,
+    allow_partial: bool,
+    reference: Path | None,
+    validity: str | None,
 ) -> None:
     """Write RUN_DIR/result.h5 and RUN_DIR/summary.json and print the run's figures."""
     from hpcbench.aggregate import aggregate_run, format_summary
     from hpcbench.aggregate.summary import dumps
 
     summary = aggregate_run(
-        run_dir, dlbs_trim=dlbs_trim, allow_partial=allow_partial, reference=reference
+        run_dir,
+        dlbs_trim=dlbs_trim,
+        allow_partial=allow_partial,
+        reference=reference,
+        validity=validity,
     )
     click.echo(dumps(summary), nl=False) if as_json else click.echo(format_summary(summary))

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from hpcbench.errors import ConfigError, UsageError
-from hpcbench.spec import BACKENDS, BARRIERS, PRECISIONS, RunSpec
+from hpcbench.spec import BACKENDS, BARRIERS, PRECISIONS, VALIDITY_RULES, RunSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,6 +40,9 @@ _FIELDS = {
     "channels_last": "channels_last",
     "cuda_graph": "cuda_graph",
     "compile_model": "compile",
+    "until_stable": "until_stable",
+    "max_duration_s": "max_duration_s",
+    "validity": "validity",
 }
 
 
@@ -57,6 +60,14 @@ def spec_options(func: F) -> F:
                      help="Timed phase length, shared by all ranks [default: 5]."),
         click.option("--num-batches", type=click.IntRange(min=1),
                      help="Timed phase as a batch count per device (instead of --duration-s)."),
+        click.option("--until-stable/--no-until-stable", default=None,
+                     help="Keep timing in windows of --duration-s until the throughput is "
+                          "steady (3 windows within 10 %), at most --max-duration-s."),
+        click.option("--max-duration-s", type=click.FloatRange(min=0, min_open=True),
+                     help="Longest timed phase with --until-stable [default: 10 × duration]."),
+        click.option("--validity", type=click.Choice(VALIDITY_RULES),
+                     help="Rules the result is judged by: default, or strict (MLPerf Offline: "
+                          "≥ 600 s, ≥ 24 576 samples) [default: default]."),
         click.option("--warmup-batches", type=click.IntRange(min=0),
                      help="Untimed batches per device before the start barrier."),
         click.option("--prefetchers", type=click.IntRange(min=1),
