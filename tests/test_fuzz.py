@@ -242,8 +242,13 @@ def test_plan_command_lines(argv: list[str]) -> None:
 
 @FUZZ
 @given(command_lines("render", _PLAN_FLAGS + _SPEC_FLAGS))
-def test_render_command_lines(argv: list[str]) -> None:
-    code, _, err = run_cli(argv)
+def test_render_command_lines(scratch: Path, argv: list[str]) -> None:
+    here = os.getcwd()
+    os.chdir(scratch)  # render creates its run directory under ./hpcbench-runs
+    try:
+        code, _, err = run_cli(argv)
+    finally:
+        os.chdir(here)
     if code != 0:
         assert_refused_in_one_line(code, err)
     event("accepted" if code == 0 else "refused")

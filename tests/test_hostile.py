@@ -70,13 +70,13 @@ exit 0
 
 @pytest.fixture
 def stubs(tmp_path: Path) -> dict[str, str]:
-    """A PATH whose srun, sbatch, numactl and python only record their arguments."""
+    """A PATH whose srun, sbatch, numactl and python3 only record their arguments."""
     bin_dir = tmp_path / "stub-bin"
     log = tmp_path / "stub-log"
     bin_dir.mkdir()
     log.mkdir()
     (bin_dir / "srun").write_text(STUB_SRUN)
-    for name in ("sbatch", "numactl"):
+    for name in ("sbatch", "numactl", "python3"):
         (bin_dir / name).write_text(STUB_RECORD.replace("{name}", name))
     for path in bin_dir.iterdir():
         path.chmod(0o700)
@@ -104,7 +104,16 @@ def _run_script(
 
 
 def _markers(root: Path) -> list[Path]:
-    return [p for p in root.rglob(f"*{MARKER_NAME}*") if not p.is_dir()]
+    # bin/ holds the python stub, whose path is the attack value itself (see _python_stub).
+    return [p for p in root.rglob(f"*{MARKER_NAME}*") if not p.is_dir() and "bin" not in p.parts]
+
+
+def _python_stub(path: str) -> None:
+    """An interpreter at ``path`` that only records its arguments (the script's aggregate step)."""
+    stub = Path(path)
+    stub.parent.mkdir(parents=True, exist_ok=True)
+    stub.write_text(STUB_RECORD.replace("{name}", "python"))
+    stub.chmod(0o700)
 
 
 def _render(tmp_path: Path, value: str, srun_binding: bool) -> tuple[str, str]:
@@ -139,9 +148,13 @@ def test_rendered_job_runs_no_injected_command(
     marker = tmp_path / MARKER_NAME
     value = attack.format(m=marker)
     script, run_dir = _render(tmp_path, value, srun_binding)
+    _python_stub(f"{tmp_path}/bin/{value}")
     done = _run_script(script, tmp_path, stubs)
     assert _markers(tmp_path) == [], script
     assert done.returncode == 0, done.stderr
+    # The aggregate step got the run directory as one argument too.
+    aggregate = (Path(stubs["STUB_LOG"]) / "python.args").read_text().split("\0")
+    assert aggregate[:4] == ["-m", "hpcbench", "aggregate", run_dir], aggregate
     # The value reached srun as one argument, unchanged: quoted, not dropped or split.
     calls = (Path(stubs["STUB_LOG"]) / "srun.args").read_text().split("\n")
     rank_step = [c.split("\0") for c in calls if "hpcbench.runtime.rank" in c]

@@ -128,9 +128,33 @@ def test_submit_two_ranks_summary_agrees(slurm_site: Path, tmp_path: Path) -> No
     assert job["state"] == "COMPLETED" and job["job_id"].isdigit()
     assert job["slurm_version"].count(".") == 2
     assert job["nodes"] and all(n.startswith("node") for n in job["nodes"])
-    # What ran is what render shows for the same flags and run directory.
-    rendered = _hpcbench("render", *_submit_flags(slurm_site), "--ranks", "2", "--out", str(out))
-    assert rendered.stdout == (out / "job.sbatch").read_text()
+    # What ran is what render shows for the same flags (in its own run directory).
+    other = tmp_path / "rendered"
+    rendered = _hpcbench("render", *_submit_flags(slurm_site), "--ranks", "2", "--out", str(other))
+    assert rendered.stdout.replace(str(other), str(out)) == (out / "job.sbatch").read_text()
+
+
+def test_rendered_script_runs_with_plain_sbatch(slurm_site: Path, tmp_path: Path) -> None:
+    """render -o job.sbatch, then sbatch --wait job.sbatch: the run ends with its summary."""
+    out, script = tmp_path / "run", tmp_path / "job.sbatch"
+    flags = [*_submit_flags(slurm_site), "--ranks", "2", "--warmup-batches", "2"]
+    _hpcbench("render", *flags, "--out", str(out), "-o", str(script))
+    done = subprocess.run(
+        ["sbatch", "--parsable", "--wait", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        cwd=tmp_path,
+    )
+    job_id = done.stdout.strip().split(";")[0]
+    logs = sorted(p.name for p in (out / "logs").iterdir())
+    assert done.returncode == 0, (done.stderr, logs)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is True
+    assert summary["run"]["world_size"] == 2 and summary["run"]["batch_size"] == 8
+    assert summary["run"]["slurm"]["job_id"] == job_id
+    # The job's own log ends with the aggregated result.
+    assert "run " in (out / "logs" / f"slurm-{job_id}.out").read_text()
 
 
 def test_two_node_job(slurm_site: Path, slurm_nodes: int, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -214,25 +215,93 @@ CLI_COMMON = [
 
 
 def _cli(*args: str) -> str:
+    """What a command prints on stdout (its notes on stderr are left out)."""
     from click.testing import CliRunner
 
     from hpcbench.cli import cli
 
     result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return result.output
+    return result.stdout
 
 
 @pytest.mark.parametrize("name", sorted(CLI_CASES))
-def test_render_command_matches_golden(name: str, golden) -> None:  # type: ignore[no-untyped-def]
-    args = [*CLI_COMMON, *CLI_CASES[name], "--job-name", name, "--out", f"/runs/{name}"]
+def test_render_command_matches_golden(name: str, golden, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run_dir = tmp_path / name
+    args = [*CLI_COMMON, *CLI_CASES[name], "--job-name", name, "--out", str(run_dir)]
     text = _cli("render", *args)
-    golden(f"cli-{name}.sbatch", text)
+    assert (run_dir / "job.sbatch").read_text() == text
+    # The run directory is the one part that differs between hosts; the golden says /runs.
+    golden(f"cli-{name}.sbatch", text.replace(str(tmp_path), "/runs"))
 
 
 def test_submit_dry_run_prints_what_render_prints(tmp_path: Path) -> None:
-    args = [*CLI_COMMON, "--ranks", "2", "--out", "/runs/same"]
-    assert _cli("submit", "--dry-run", *args) == _cli("render", *args)
+    args = [*CLI_COMMON, "--ranks", "2", "--out", str(tmp_path / "run")]
+    dry = _cli("submit", "--dry-run", *args)
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
+    assert _cli("render", *args) == dry
     out = tmp_path / "job.sbatch"
-    _cli("render", *args, "-o", str(out))
-    assert out.read_text() == _cli("render", *args)
+    _cli("render", *args[:-1], str(tmp_path / "run2"), "-o", str(out))
+    assert out.read_text() == dry.replace(str(tmp_path / "run"), str(tmp_path / "run2"))
+
+
+def test_render_creates_the_run_directory_its_script_uses(tmp_path: Path) -> None:
+    """Everything a plain sbatch needs is there: plan, spec, logs/ for --output, the script."""
+    from hpcbench.plan.model import Plan
+    from hpcbench.runtime.rundir import read_run_info
+
+    run_dir = tmp_path / "run"
+    args = [*CLI_COMMON, "--ranks", "2", "--batch-size", "32", "--precision", "bf16"]
+    text = _cli("render", *args, "--out", str(run_dir))
+    assert (run_dir / "logs").is_dir()
+    assert f"#SBATCH --output={run_dir}/logs/slurm-%j.out" in text
+    assert RunSpec.read(run_dir / "spec.json").batch_size == 32
+    assert Plan.from_json(json.loads((run_dir / "plan.json").read_text())).world_size == 2
+    assert read_run_info(run_dir).run_id
+    # The settings are in the script, and it aggregates once the ranks are done.
+    assert "batch_size=32 precision=bf16" in text
+    assert text.rstrip().endswith(f'{PY} -m hpcbench aggregate "$RUN_DIR"')
+
+
+def test_each_render_gets_its_own_run_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = [*CLI_COMMON, "--ranks", "2"]
+    first, second = _cli("render", *args), _cli("render", *args)
+    dirs = sorted((tmp_path / "hpcbench-runs").iterdir())
+    assert len(dirs) == 2
+    assert f"RUN_DIR={dirs[0]}" in first + second
+    assert f"RUN_DIR={dirs[1]}" in first + second
+
+
+def test_render_refuses_an_output_in_a_missing_folder_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    from tests.test_fuzz import assert_refused_in_one_line, run_cli
+
+    args = [*CLI_COMMON, "--out", str(tmp_path / "run"), "-o", str(tmp_path / "no" / "j.sbatch")]
+    code, _, stderr = run_cli(["render", *args])
+    assert "does not exist" in assert_refused_in_one_line(code, stderr)
+    assert not (tmp_path / "run").exists()
+
+
+def test_default_backend_comes_from_the_node_type_not_this_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GPU node type renders the torch job whether or not PyTorch is installed here."""
+    import importlib.util
+
+    args = ["--site", "hpe-apollo6500-gen10", "--ranks", "2", "--python", PY]
+    with_torch = _cli("render", *args, "--out", str(tmp_path / "run"))
+    find_spec = importlib.util.find_spec
+
+    def no_torch(name: str, *rest: object) -> object:
+        return None if name == "torch" else find_spec(name, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.util, "find_spec", no_torch)
+    (tmp_path / "run").rename(tmp_path / "with-torch")
+    without_torch = _cli("render", *args, "--out", str(tmp_path / "run"))
+    assert "#SBATCH --job-name=hpcbench-resnet50" in without_torch
+    assert "backend=torch model=resnet50" in without_torch
+    assert without_torch == with_torch

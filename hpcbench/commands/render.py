@@ -1,12 +1,14 @@
-"""``hpcbench render``: print or write the sbatch script of a run, without calling Slurm."""
+"""``hpcbench render``: write the sbatch script of a run and its run directory; no Slurm call."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
+from hpcbench.errors import UsageError
 from hpcbench.slurm.options import all_job_options
 
 
@@ -16,31 +18,44 @@ from hpcbench.slurm.options import all_job_options
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Run directory the script uses, shared by all nodes [default: ./hpcbench-runs/JOB_NAME].",
+    help="Run directory to create, on a file system all nodes share "
+    "[default: ./hpcbench-runs/RUN_ID, a new one for each render].",
 )
 @click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write the script here instead of printing it.",
+    help="Also write the script here instead of printing it.",
 )
 def render(out: Path | None, output: Path | None, **kwargs: Any) -> None:
     """Render the batch script for a site, a placement and a benchmark spec.
 
-    Pure: reads the site config, plans the ranks and fills the templates; never runs sinfo,
-    sbatch or any probe. 'hpcbench submit' with the same flags submits exactly this script.
+    Creates the run directory the script uses (run.json, plan.json, spec.json, topology.json,
+    logs/ and job.sbatch, the script itself): that is its one side effect, and what lets a
+    plain 'sbatch job.sbatch' run the benchmark end to end and leave summary.json there.
+    Never runs sinfo, sbatch or any probe: the same flags give the same script on any host.
+    'hpcbench submit' with the same flags submits exactly this script.
     """
     from hpcbench.slurm.options import inputs_from_options
-    from hpcbench.slurm.render import render_job
+    from hpcbench.slurm.submit import prepare
 
     inputs = inputs_from_options(**kwargs)
-    directory = out if out is not None else Path("hpcbench-runs") / inputs.job_name
-    text = render_job(inputs.request(directory), inputs.site.templates_dir)
+    if output is not None and not output.parent.is_dir():
+        # Checked before the run directory is made, so a typo leaves nothing behind.
+        raise UsageError(f"--output {output}: folder {output.parent} does not exist")
+    run_dir, script = prepare(inputs, out, sys.argv)
+    text = script.read_text()
     if output is None:
         click.echo(text, nl=False)
-        return
-    tmp = output.with_name(output.name + ".part")
-    tmp.write_text(text)
-    tmp.replace(output)
-    click.echo(f"wrote {output}", err=True)
+    else:
+        tmp = output.with_name(output.name + ".part")
+        tmp.write_text(text)
+        tmp.chmod(0o700)
+        tmp.replace(output)
+        click.echo(f"wrote {output}", err=True)
+    click.echo(
+        f"run directory {run_dir} (plan.json, spec.json, job.sbatch); submit with: "
+        f"sbatch {output if output is not None else script}",
+        err=True,
+    )

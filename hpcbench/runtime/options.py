@@ -52,7 +52,8 @@ def spec_options(func: F) -> F:
         click.option("--spec", "spec_file", type=click.Path(dir_okay=False, path_type=Path),
                      help="Base spec (a spec.json from an earlier run); flags override it."),
         click.option("--backend", type=click.Choice(BACKENDS),
-                     help="Inference backend [default: torch with GPUs and torch, else cpu]."),
+                     help="Inference backend [default: torch on a node with GPUs, else cpu; "
+                     "run: cpu when PyTorch is not installed]."),
         click.option("--model", help="Model name [default: mlp (cpu), resnet50 (torch)]."),
         click.option("--batch-size", type=click.IntRange(min=1), help="Batch size per device."),
         click.option("--precision", type=click.Choice(PRECISIONS), help="Numeric precision."),
@@ -153,10 +154,23 @@ def spec_from_options(*, default_backend: str | None = None, **kwargs: Any) -> R
         raise UsageError(str(exc)) from exc
 
 
+def node_backend(num_gpus: int) -> str:
+    """The backend a node type runs by default: "torch" when it has GPUs, else "cpu".
+
+    A function of the node being planned only, so ``render`` gives the same script on a login
+    node with or without PyTorch.
+
+    >>> node_backend(8), node_backend(0)
+    ('torch', 'cpu')
+    """
+    return "torch" if num_gpus > 0 else "cpu"
+
+
 def choose_backend(num_gpus: int) -> str:
-    """ "torch" when the node has GPUs and PyTorch is importable, else "cpu"."""
-    if num_gpus <= 0:
-        return "cpu"
+    """For a run on this host: :func:`node_backend`, but "cpu" when PyTorch is not importable."""
     import importlib.util
 
-    return "torch" if importlib.util.find_spec("torch") is not None else "cpu"
+    backend = node_backend(num_gpus)
+    if backend == "torch" and importlib.util.find_spec("torch") is None:
+        return "cpu"
+    return backend

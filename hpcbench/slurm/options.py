@@ -19,7 +19,7 @@ import click
 from hpcbench.errors import UsageError
 from hpcbench.plan.model import Plan
 from hpcbench.plan.planner import make_plan, plan_request_from_options, plan_request_options
-from hpcbench.runtime.options import choose_backend, spec_from_options, spec_options
+from hpcbench.runtime.options import node_backend, spec_from_options, spec_options
 from hpcbench.site import NodeType, SiteConfig, load_site
 from hpcbench.slurm.render import JobRequest
 from hpcbench.spec import RunSpec
@@ -126,7 +126,8 @@ def inputs_from_options(**kwargs: Any) -> JobInputs:
     node_type = site.node_type(kwargs.get("partition"))
     request = plan_request_from_options(**{**kwargs, "node_type": node_type})
     plan = make_plan(node_type.topology, request)
-    spec = spec_from_options(default_backend=choose_backend(len(node_type.topology.gpus)), **kwargs)
+    # The node type decides the default backend, never this host: the job runs over there.
+    spec = spec_from_options(default_backend=node_backend(len(node_type.topology.gpus)), **kwargs)
     if plan.nodes > 1 and spec.barrier == "shm":
         # A shared-memory barrier cannot span nodes; the file barrier lives in the run directory.
         if kwargs.get("barrier") == "shm":

@@ -11,6 +11,7 @@ Jinja templates in ``templates/`` (a site's ``templates_dir`` overrides any of t
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -159,6 +160,26 @@ def gres_request(plan: Plan, node_type: NodeType) -> str | None:
     return f"{node_type.slurm.gres_name}:{count}"
 
 
+def spec_lines(spec: RunSpec, width: int = 96) -> list[str]:
+    """The spec as shell-quoted ``key=value`` words, packed into lines of about ``width``.
+
+    >>> lines = spec_lines(RunSpec(model="resnet50", data="/data/a b"), width=40)
+    >>> lines[0]
+    'backend=cpu model=resnet50 batch_size=64'
+    >>> "data='/data/a b'" in " ".join(lines), max(map(len, lines)) <= 40
+    (True, True)
+    """
+    lines: list[str] = []
+    for key, value in spec.to_json().items():
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        word = f"{key}={shquote(text)}"
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
+
+
 def job_context(request: JobRequest) -> dict[str, Any]:
     """The plain values the templates see as ``job``."""
     plan, node_type, settings = request.plan, request.node_type, request.node_type.slurm
@@ -186,6 +207,7 @@ def job_context(request: JobRequest) -> dict[str, Any]:
         "site_name": single_line(request.site_name, "site name"),
         "node_type": single_line(node_type.name, "node type"),
         "run_dir": single_line(request.run_dir, "run directory"),
+        "spec_lines": spec_lines(request.spec),
         "python": request.python,
         "nodes": plan.nodes,
         "world_size": plan.world_size,
