@@ -19,6 +19,7 @@ from hpcbench.aggregate.load import RESULT_FILE, load_run, read_result_ranks
 from hpcbench.aggregate.summary import summarize
 from hpcbench.errors import MetricsError, UsageError
 from hpcbench.metrics import RankFile
+from hpcbench.units import summary_unit
 
 NS_PER_S = figures.NS_PER_S
 # Lanes are merged into busy intervals at about this many intervals per axis width, so a run
@@ -31,6 +32,8 @@ _MAX_LATENCY_LINES = 8
 # More lanes than this: one lane per rank; more labels than this: label every k-th lane.
 _MAX_LANES = 32
 _MAX_LANE_LABELS = 40
+# At most this many time bins in the throughput plot.
+_MAX_RATE_BINS = 60
 _BARRIER_MARKERS = {"start": ">", "end": "s"}
 _WINDOW_COLOUR = "#2ca02c"
 
@@ -249,18 +252,29 @@ def _gpu_of(rows: Sequence[dict[str, Any]], rank: int, device: int) -> str | Non
     return None
 
 
-def plot_throughput(data: PlotData) -> Any:
-    """Images per second over time: the whole run on top, each rank below."""
-    plt = _pyplot()
-    from matplotlib.ticker import FuncFormatter
+def rate_bin_ns(data: PlotData) -> float:
+    """Width of the throughput plot's time bins: a hundredth of the run, or one batch if longer.
 
+    A bin shorter than a batch would show the rate inside single batches (the gaps between
+    them included) rather than the rate the run sustained.
+    """
+    span_ns = max(_end_ns(data) - _origin_ns(data), 1)
+    durations = [r.timed.t_end_ns - r.timed.t_start_ns for r in data.ranks if len(r.timed)]
+    typical_ns = float(np.median(np.concatenate(durations))) if durations else 0.0
+    return max(span_ns / _MAX_RATE_BINS, typical_ns)
+
+
+def _end_ns(data: PlotData) -> int:
+    return max(int(r.t_finish_ns or 0) for r in data.ranks)
+
+
+def plot_throughput(data: PlotData) -> Any:
+    """Samples per second over time: the whole run on top, each rank below."""
+    plt = _pyplot()
+    unit = summary_unit(data.summary)
     origin = _origin_ns(data)
-    end_ns = max(int(r.t_finish_ns or 0) for r in data.ranks)
-    span_ns = max(end_ns - origin, 1)
-    batches = sum(len(r.timed) for r in data.ranks)
-    # About 20 completions of a rank per bin keeps the curve from jumping by one batch per
-    # bin; between 5 and 100 bins.
-    bins = int(np.clip(batches / max(len(data.ranks), 1) / 20, 5, 100))
+    span_ns = max(_end_ns(data) - origin, 1)
+    bins = max(1, round(span_ns / rate_bin_ns(data)))
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(11, 6.5), sharex=True, layout="constrained", height_ratios=(1, 1.4)
     )
@@ -269,16 +283,16 @@ def plot_throughput(data: PlotData) -> Any:
     for rank_file in data.ranks:
         timed = rank_file.timed
         centres, rate = figures.throughput_over_time(
-            timed.t_end_ns, timed.images, origin, origin + span_ns, bins
+            timed.t_start_ns, timed.t_end_ns, timed.images, origin, origin + span_ns, bins
         )
         total += rate
         # A rank's own curve uses bins of about the same width laid over its own timed phase,
         # so no bin is half outside it (a rank that finished is not "at zero").
         begin_ns = int(rank_file.t_begin_ns or origin)
-        finish_ns = max(int(rank_file.t_finish_ns or end_ns), begin_ns + 1)
+        finish_ns = max(int(rank_file.t_finish_ns or origin + span_ns), begin_ns + 1)
         own_bins = max(1, round((finish_ns - begin_ns) / (span_ns / bins)))
         own_centres, own_rate = figures.throughput_over_time(
-            timed.t_end_ns, timed.images, begin_ns, finish_ns, own_bins
+            timed.t_start_ns, timed.t_end_ns, timed.images, begin_ns, finish_ns, own_bins
         )
         bottom.plot(
             own_centres + (begin_ns - origin) / NS_PER_S, own_rate, lw=1.2, marker=".", ms=3,
@@ -300,27 +314,59 @@ def plot_throughput(data: PlotData) -> Any:
         # Head room above the highest point, so a flat curve is not lost in the frame.
         peaks = [np.nanmax(np.asarray(line.get_ydata(), float)) for line in ax.get_lines()]
         floor = float(headline or 0) if ax is top else 0.0
-        ax.set_ylim(0, max([floor, 1.0, *peaks]) * 1.12)
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}"))
+        ax.set_ylim(0, max([floor, *peaks]) * 1.12 or 1.0)
+        ax.yaxis.set_major_formatter(_distinct_formatter())
     if headline:
         top.axhline(
             headline,
             color=_WINDOW_COLOUR,
             ls="--",
             lw=1,
-            label=f"common-window throughput {headline:,.0f} img/s",
+            label=f"common-window throughput {headline:,.{_decimals(headline)}f} {unit.rate}",
         )
-    top.set_ylabel("all ranks, images/s")
-    bottom.set_ylabel("per rank, images/s")
+    top.set_ylabel(f"all ranks, {unit.plural}/s")
+    bottom.set_ylabel(f"per rank, {unit.plural}/s")
     top.legend(fontsize=8, loc="lower center")
     if len(data.ranks) <= 16:
         bottom.legend(fontsize=8, ncol=min(len(data.ranks), 8), loc="lower center")
     bottom.set_xlabel(
-        f"seconds since the first rank's timed phase began (bins of {span_ns / bins / 1e6:.0f} ms,"
-        " by batch completion)"
+        f"seconds since the first rank's timed phase began (bins of {span_ns / bins / 1e6:,.0f} "
+        "ms; a batch counts over its own start to end)"
     )
     top.set_title(_title(data, "Throughput over time"), fontsize=10)
     return fig
+
+
+def tick_decimals(values: Sequence[float]) -> int:
+    """The fewest decimals that show every tick value exactly (so no two read the same).
+
+    >>> tick_decimals([0, 2000, 4000]), tick_decimals([0, 0.5, 1, 1.5]), tick_decimals([0, 0.25])
+    (0, 1, 2)
+    """
+    for decimals in range(6):
+        if all(abs(round(v, decimals) - v) <= 1e-9 * max(1.0, abs(v)) for v in values):
+            return decimals
+    return 6
+
+
+def _decimals(value: float) -> int:
+    # A rate of a few samples per second needs its decimals; thousands do not.
+    return 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
+
+
+def _distinct_formatter() -> Any:
+    """A tick formatter with thousands separators and as many decimals as the ticks need."""
+    from matplotlib.ticker import Formatter
+
+    class DistinctFormatter(Formatter):
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return f"{x:,.{_decimals(x)}f}"
+
+        def format_ticks(self, values: Sequence[float]) -> list[str]:
+            decimals = tick_decimals(values)
+            return [f"{v:,.{decimals}f}" for v in values]
+
+    return DistinctFormatter()
 
 
 def plot_latency(data: PlotData) -> Any:

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpcbench.aggregate import aggregate_run
+from hpcbench.aggregate import aggregate_run, figures
 from hpcbench.cli import main
 from hpcbench.errors import UsageError
-from hpcbench.plots import busy_intervals, load_plot_data, write_plots
+from hpcbench.plots import busy_intervals, load_plot_data, plot_throughput, write_plots
 from hpcbench.report import format_report, load_summaries
+from hpcbench.units import SEQUENCE_MODELS
 from tests.rankfiles import T0_NS, Batches, iteration_batches, worked_example, write_rank
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -128,3 +129,53 @@ def test_busy_intervals_merge_overlaps_and_small_gaps() -> None:
     ends = np.array([10, 20, 30, 110])
     merged = busy_intervals(starts, ends, min_gap_ns=2)
     assert [a.tolist() for a in merged] == [[0, 100], [30, 110]]
+
+
+def _slow_batches_run(run_dir: Path, batch_s: float = 14.0, batches: int = 4) -> Path:
+    # BERT on a CPU: 4 sequences a batch, each batch far longer than a hundredth of the run.
+    run_dir.mkdir()
+    for rank in range(2):
+        write_rank(
+            run_dir,
+            rank,
+            2,
+            iteration_batches(T0_NS, [batch_s * 1000.0] * batches, 1, 4),
+            attrs={"model": "bert_base", "backend": "torch"},
+        )
+    return run_dir
+
+
+def test_throughput_over_time_is_flat_when_batches_outlast_the_bins(tmp_path: Path) -> None:
+    data = load_plot_data(_slow_batches_run(tmp_path / "bert"))
+    fig = plot_throughput(data)
+    top, bottom = fig.axes
+    # Two ranks, 4 sequences every 14 s each: every bin reads the true rate, none reads 0.
+    (total,) = [line for line in top.get_lines() if line.get_label() == "all ranks"]
+    assert np.asarray(total.get_ydata()) == pytest.approx(2 * 4 / 14.0, rel=1e-6)
+    for line in bottom.get_lines():
+        assert np.asarray(line.get_ydata()) == pytest.approx(4 / 14.0, rel=1e-6)
+    assert top.get_ylabel() == "all ranks, sequences/s"
+
+
+def test_throughput_bins_are_spread_by_batch_not_by_completion() -> None:
+    # Bins of a quarter batch: counting completions gave 0, 0, 0, 4·rate, ...
+    starts = T0_NS + np.arange(4) * 1_000_000_000
+    centres, rate = figures.throughput_over_time(
+        starts, starts + 1_000_000_000, np.full(4, 8), T0_NS, T0_NS + 4_000_000_000, 16
+    )
+    assert rate == pytest.approx(np.full(16, 8.0))
+    assert centres[0] == pytest.approx(0.125)
+
+
+def test_small_rates_have_distinct_tick_labels(tmp_path: Path) -> None:
+    fig = plot_throughput(load_plot_data(_slow_batches_run(tmp_path / "bert")))
+    fig.canvas.draw()
+    for ax in fig.axes:
+        labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+        assert len(labels) > 2 and len(set(labels)) == len(labels), labels
+
+
+def test_sequence_models_are_the_torch_backends_token_models() -> None:
+    torch_backend = pytest.importorskip("hpcbench.backends.torch_backend")
+    tokens = {m.name for m in torch_backend.MODELS.values() if m.kind == "tokens"}
+    assert tokens == SEQUENCE_MODELS

@@ -251,21 +251,45 @@ def spread_s(times_ns: Sequence[int | None]) -> float | None:
 
 
 def throughput_over_time(
-    t_end_ns: np.ndarray, images: np.ndarray, start_ns: int, end_ns: int, bins: int
+    t_start_ns: np.ndarray,
+    t_end_ns: np.ndarray,
+    images: np.ndarray,
+    start_ns: int,
+    end_ns: int,
+    bins: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Images per second in ``bins`` equal time bins of [start, end], by batch completion time.
+    """Images per second in ``bins`` equal time bins of [start, end].
 
-    Returns (bin centres in seconds after ``start_ns``, img/s per bin).
+    Each batch's images are spread evenly over its own [start, end] interval, the way the
+    common window pro-rates a batch that straddles its edges. Counting a batch only in the bin
+    of its completion would read 0 in a bin shorter than a batch and a burst in the next: a
+    saw-tooth around the true rate. Returns (bin centres in seconds after ``start_ns``, img/s).
 
-    >>> centres, rate = throughput_over_time(np.array([1, 2, 3, 4]) * NS_PER_S // 5,
-    ...                                      np.array([10, 10, 10, 10]), 0, NS_PER_S, 2)
-    >>> centres.tolist(), rate.tolist()
-    ([0.25, 0.75], [40.0, 40.0])
+    >>> starts = np.array([0, 2, 4, 6]) * NS_PER_S // 8
+    >>> ends = np.array([2, 4, 6, 8]) * NS_PER_S // 8
+    >>> centres, rate = throughput_over_time(starts, ends, np.full(4, 10), 0, NS_PER_S, 8)
+    >>> centres.tolist()[:3], rate.tolist()
+    ([0.0625, 0.1875, 0.3125], [40.0, 40.0, 40.0, 40.0, 40.0, 40.0, 40.0, 40.0])
     """
-    edges = np.linspace(start_ns, end_ns, bins + 1)
-    counts, _ = np.histogram(
-        np.asarray(t_end_ns, dtype=np.float64), bins=edges, weights=np.asarray(images, np.float64)
-    )
+    # Relative times: epoch nanoseconds exceed a float64's exact integers.
+    begin = (np.asarray(t_start_ns, dtype=np.int64) - start_ns).astype(np.float64)
+    finish = (np.asarray(t_end_ns, dtype=np.int64) - start_ns).astype(np.float64)
+    order = np.argsort(finish, kind="stable")
+    begin, finish = begin[order], finish[order]
+    count = np.asarray(images, dtype=np.float64)[order]
+    finished = np.concatenate(([0.0], np.cumsum(count)))
+    longest = float(np.max(finish - begin)) if finish.shape[0] else 0.0
+    edges = np.linspace(0.0, float(end_ns - start_ns), bins + 1)
+    # Images done by each edge: the batches finished by then, plus the elapsed part of those
+    # in flight (they finish within one longest batch after the edge).
+    first = np.searchsorted(finish, edges, side="right")
+    last = np.searchsorted(finish, edges + longest, side="right")
+    done = finished[first]
+    for i, edge in enumerate(edges):
+        if last[i] > first[i]:
+            b, f = begin[first[i] : last[i]], finish[first[i] : last[i]]
+            elapsed = np.clip((edge - b) / np.maximum(f - b, 1.0), 0.0, 1.0)
+            done[i] += float(np.dot(elapsed, count[first[i] : last[i]]))
     width_s = (end_ns - start_ns) / bins / NS_PER_S
-    centres = (edges[:-1] + edges[1:]) / 2.0
-    return (centres - start_ns) / NS_PER_S, counts / width_s
+    centres = (edges[:-1] + edges[1:]) / 2.0 / NS_PER_S
+    return centres, np.diff(done) / width_s
