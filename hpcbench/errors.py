@@ -64,3 +64,18 @@ def closest(word: str, choices: list[str] | tuple[str, ...]) -> str:
 
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def excerpt(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for echoing a bad value in one line.
+
+    >>> excerpt("x" * 100, limit=10)
+    "'xxxxxxxxx… (100 characters)"
+    >>> excerpt("ok")
+    "'ok'"
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    return text[: limit - 1] + "…" + size

@@ -104,6 +104,40 @@ def test_bad_run_directories(
         add_runs(archive_dir, [unaggregated, hostile])
 
 
+def test_run_id_with_a_trailing_line_break_is_refused(
+    tmp_path: Path, archive_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # re.match(r"...$") matches before a final newline: the check is a full match.
+    run = make_run(tmp_path, "nl-run")
+    (run / "run.json").write_text(json.dumps({"run_id": "nl-run\n"}))
+    code, _, err = cli(capsys, "archive", "add", str(run), "--to", str(archive_dir))
+    assert code == 2 and "not a safe name" in err.splitlines()[0]
+    assert not (archive_dir / "runs").exists() or list((archive_dir / "runs").iterdir()) == []
+    (run / "run.json").write_text(json.dumps({"run_id": "r" * 10_000}))
+    code, _, err = cli(capsys, "archive", "add", str(run), "--to", str(archive_dir))
+    assert code == 2 and "not a safe name" in err and len(err.splitlines()[0]) < 400
+
+
+def test_only_files_inside_the_run_directory_are_archived(
+    tmp_path: Path, archive_dir: Path
+) -> None:
+    # A private config elsewhere, named by run.json: the archive must not follow the path
+    # (it would copy the archiver's secret with the archive's mode).
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    secret = private / "secrets.yaml"
+    secret.write_text("name: s\nnode_types: {}\npassword: hunter2\n")
+    secret.chmod(0o600)
+    run = make_run(tmp_path / "runs", "run-a")
+    info = json.loads((run / "run.json").read_text())
+    info["site"] = str(secret)
+    (run / "run.json").write_text(json.dumps(info))
+    add_run(archive_dir, run)
+    folder = archive_dir / "runs" / "run-a"
+    assert not (folder / "site-config.yaml").exists()
+    assert not any("hunter2" in p.read_text(errors="replace") for p in folder.iterdir())
+
+
 def test_not_an_archive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "stuff.txt").write_text("x")
     code, _, err = cli(capsys, "archive", "list", "-a", str(tmp_path))
@@ -328,10 +362,12 @@ def test_submitted_run_site_config_and_failed_job(
     site.write_text("name: big-cluster\nnode_types:\n  a100x8: {topology: {}}\n")
     run = make_run(tmp_path / "runs", "job-ok")
     (run / "site.yaml").unlink()
-    # What 'hpcbench submit' leaves: run.json names the site config and node type; slurm.json.
+    # What 'hpcbench submit' leaves: run.json names the site config and node type, the config
+    # itself is copied into the run directory when it is created; slurm.json.
     info = json.loads((run / "run.json").read_text())
     info.update(site=str(site), node_type="a100x8")
     (run / "run.json").write_text(json.dumps(info))
+    (run / "site-config.yaml").write_bytes(site.read_bytes())
     (run / "slurm.json").write_text(json.dumps({"job_id": "77", "state": "COMPLETED"}))
     add_run(archive_dir, run)
     entry = Archive(archive_dir).entry("job-ok")

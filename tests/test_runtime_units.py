@@ -172,6 +172,23 @@ def test_create_run_dir_is_owner_only_and_complete(tmp_path: Path) -> None:
     assert json.loads((run_dir / "run.json").read_text())["argv"] == ["hpcbench", "run"]
 
 
+def test_create_run_dir_copies_the_site_config_owner_only(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("name: x\n")
+    old_umask = os.umask(0)
+    try:
+        run_dir, _ = rundir.create_run_dir(
+            tmp_path / "r", plan=PLAN, spec=RunSpec(), argv=[], site_config=site
+        )
+    finally:
+        os.umask(old_umask)
+    copy = run_dir / rundir.SITE_COPY
+    assert copy.read_text() == "name: x\n"
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    site.write_text("name: edited later\n")
+    assert copy.read_text() == "name: x\n"
+
+
 def test_create_run_dir_refuses_a_non_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "old.txt").write_text("x")
@@ -183,6 +200,36 @@ def test_create_run_dir_under_a_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(UsageError, match="is not a directory"):
         rundir.create_run_dir(tmp_path / "file" / "r", plan=PLAN, spec=RunSpec(), argv=[])
+
+
+def test_two_runs_cannot_claim_the_same_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "r"
+    real_check = rundir.check_writable
+
+    def other_run_claims_in_the_window(parent: Path, *args: int) -> None:
+        real_check(parent, *args)
+        # The other run passed its emptiness check too and creates the folder first.
+        monkeypatch.setattr(rundir, "check_writable", real_check)
+        rundir.create_run_dir(target, plan=PLAN, spec=RunSpec(), argv=["first"])
+
+    monkeypatch.setattr(rundir, "check_writable", other_run_claims_in_the_window)
+    with pytest.raises(UsageError, match="claimed by another run"):
+        rundir.create_run_dir(target, plan=PLAN, spec=RunSpec(), argv=["second"])
+    assert json.loads((target / "run.json").read_text())["argv"] == ["first"]
+
+
+def test_out_of_inodes_and_overlong_names_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(UsageError, match=r"File name too long"):
+        rundir.create_run_dir(tmp_path / ("x" * 300), plan=PLAN, spec=RunSpec(), argv=[])
+    full = SimpleNamespace(f_bavail=1 << 30, f_frsize=4096, f_files=1000, f_favail=3)
+    monkeypatch.setattr(rundir.os, "statvfs", lambda path: full)
+    with pytest.raises(UsageError, match="has 3 free inodes"):
+        rundir.create_run_dir(tmp_path / "r", plan=PLAN, spec=RunSpec(), argv=[])
+    assert not (tmp_path / "r").exists()
 
 
 def test_full_disk_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

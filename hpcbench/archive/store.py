@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcbench.errors import ArchiveError
+from hpcbench.errors import ArchiveError, excerpt
 from hpcbench.jsonfile import read_json
 
 ARCHIVE_FORMAT = "hpcbench-archive"
@@ -51,7 +51,6 @@ ENTRY_FORMAT = 1
 MARKER = "archive.json"
 RECORD = "record.json"
 SUMMARY = "summary.json"
-SITE_COPY = "site-config.yaml"
 RUNS_DIR = "runs"
 INDEX_DIR = "index"
 STAGING_DIR = "staging"
@@ -71,7 +70,7 @@ COPIED_SUFFIXES = (".json", ".yaml", ".yml", ".sh", ".sbatch", ".slurm", ".txt",
 # (submitit's), and our own record, which the archive writes itself.
 _SKIPPED = re.compile(r"^(rank-\d+\.h5.*|.*\.part|.*\.pkl|.*\.pickle|record\.json)$")
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 STAGING_STALE_S = 24 * 3600.0
 _INDEX_TMP_STALE_S = 3600.0
 
@@ -105,10 +104,10 @@ def check_run_id(run_id: object, where: str) -> str:
     ...
     hpcbench.errors.ArchiveError: run.json: run_id '../etc' is not a safe name ...
     """
-    if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or run_id.endswith(".tmp"):
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or run_id.endswith(".tmp"):
         raise ArchiveError(
-            f"{where}: run_id {run_id!r} is not a safe name (letters, digits, '.', '_', '+', '-'; "
-            "1-128 characters, not starting with '.')"
+            f"{where}: run_id {excerpt(run_id)} is not a safe name (letters, digits, '.', '_', "
+            "'+', '-'; 1-128 characters, not starting with '.')"
         )
     return run_id
 
@@ -303,10 +302,6 @@ class Archive:
             for src in _selected_files(run_dir):
                 size, sha = _copy_file(src, staging / src.name, mode & 0o666)
                 files[src.name] = {"bytes": size, "sha256": sha}
-            site_config = _site_config_path(staging)
-            if site_config is not None and SITE_COPY not in files:
-                size, sha = _copy_file(site_config, staging / SITE_COPY, mode & 0o666)
-                files[SITE_COPY] = {"bytes": size, "sha256": sha}
             # The copied summary is what the archive judges, not the (mutable) source file.
             summary = _read_json_object(staging / SUMMARY, "summary")
             complete, reason = completeness(summary, _slurm_record(staging))
@@ -584,25 +579,6 @@ FAILED_JOB_STATES = frozenset(
         "DEADLINE",
     }
 )
-
-
-def _site_config_path(folder: Path) -> Path | None:
-    """The site config file that ``run.json`` names (``hpcbench submit`` records its path)."""
-    try:
-        info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    site = info.get("site") if isinstance(info, dict) else None
-    if not isinstance(site, str) or not site.endswith((".yaml", ".yml")):
-        return None
-    path = Path(site)
-    try:
-        # Only a regular file: never a link's target, a device or a folder.
-        if stat.S_ISREG(path.lstat().st_mode):
-            return path
-    except OSError:
-        return None
-    return None
 
 
 def _slurm_record(folder: Path) -> Mapping[str, Any] | None:

@@ -20,6 +20,7 @@ from hpcbench.plan.planner import PlanRequest, make_plan, plan_request_from_opti
 from hpcbench.runtime.launcher import LaunchResult, launch_local
 from hpcbench.runtime.options import choose_backend, spec_from_options
 from hpcbench.runtime.rundir import create_run_dir
+from hpcbench.site import resolve_site_path
 from hpcbench.spec import RunSpec
 from hpcbench.topology.model import Topology
 from hpcbench.topology.sources import topology_from_options
@@ -87,7 +88,15 @@ def run_local(
     spec = spec_from_options(default_backend=choose_backend(len(topology.gpus)), **kwargs)
     preflight(spec, plan)
     check_plan_fits_host(plan, os.sched_getaffinity(0), host_numa_nodes())
-    run_dir, info = create_run_dir(out, plan=plan, spec=spec, argv=argv, topology=topology)
+    site = kwargs.get("site")
+    run_dir, info = create_run_dir(
+        out,
+        plan=plan,
+        spec=spec,
+        argv=argv,
+        topology=topology,
+        site_config=None if site is None else resolve_site_path(site),
+    )
     for warning in plan.warnings:
         click.echo(f"hpcbench: warning: {warning}", err=True)
     click.echo(

@@ -7,6 +7,7 @@ Layout: ``run.json`` (run id, creation time, host, argv, hpcbench version), ``pl
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -29,8 +30,15 @@ PLAN_FILE = "plan.json"
 SPEC_FILE = "spec.json"
 TOPOLOGY_FILE = "topology.json"
 LOGS_DIR = "logs"
+# Created with O_EXCL before anything else: the run directory belongs to exactly one run.
+CLAIM_FILE = ".hpcbench-claim"
+# The site config a run was planned from, copied when the run starts (0600).
+SITE_COPY = "site-config.yaml"
 # Space a run needs at least: rank files grow by ~30 bytes a batch, logs stay small.
 _MIN_FREE_BYTES_PER_RANK = 8 << 20
+# Files a rank creates: its rank file (and the hidden name it is built under), stdout, stderr
+# and status logs, and barrier arrival files.
+_INODES_PER_RANK = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +94,12 @@ def default_out_dir(run_id: str, parent: Path = DEFAULT_PARENT) -> Path:
     return parent / run_id
 
 
-def check_writable(parent: Path, needed_bytes: int) -> None:
-    """Fail early (UsageError) when ``parent`` cannot take a run directory."""
+def check_writable(parent: Path, needed_bytes: int, needed_inodes: int = 0) -> None:
+    """Fail early (UsageError) when ``parent`` cannot take a run directory.
+
+    Space and inodes are both checked: HPC scratch quotas often cap the number of files, and a
+    run creates a few per rank (rank file, logs, status).
+    """
     probe = parent
     while not probe.exists():
         probe = probe.parent
@@ -102,6 +114,13 @@ def check_writable(parent: Path, needed_bytes: int) -> None:
             f"--out: {probe} has {free >> 20} MiB free, a run needs at least "
             f"{needed_bytes >> 20} MiB; free space or choose another folder with --out"
         )
+    # f_files is 0 where a filesystem has no inode limit (btrfs, some network filesystems).
+    inodes_free = getattr(stats, "f_favail", 0)
+    if getattr(stats, "f_files", 0) > 0 and inodes_free < needed_inodes:
+        raise UsageError(
+            f"--out: {probe} has {inodes_free} free inodes (files), a run needs at least "
+            f"{needed_inodes}; remove files (check your quota) or choose another folder with --out"
+        )
 
 
 def create_run_dir(
@@ -113,21 +132,30 @@ def create_run_dir(
     topology: Topology | None = None,
     run_id: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    site_config: Path | None = None,
 ) -> tuple[Path, RunInfo]:
     """Create the run directory (0700) with run.json, plan.json, spec.json, topology.json, logs/.
 
     ``out`` None means a new folder under ``./hpcbench-runs/``. An existing non-empty folder,
-    an unwritable parent or a full disk is a UsageError before any rank starts.
+    an unwritable parent or a full disk is a UsageError before any rank starts. The folder is
+    claimed exclusively (:data:`CLAIM_FILE`, created with ``O_EXCL``) before anything else is
+    written, so of two runs given the same ``--out`` exactly one proceeds. ``site_config``,
+    the site config file the run was planned from, is copied in as :data:`SITE_COPY` (0600):
+    the run's record of the config it used, the only one the archive keeps.
     """
     run_id = run_id or new_run_id()
     run_dir = Path(out) if out is not None else default_out_dir(run_id)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise UsageError(f"--out: {run_dir} exists and is not an empty folder; choose a new one")
-    check_writable(run_dir.parent, _MIN_FREE_BYTES_PER_RANK * (plan.world_size + 1))
     try:
-        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _claim(run_dir, plan.world_size)
+    except OSError as exc:
+        raise UsageError(
+            f"--out: cannot create the run directory {run_dir} ({exc.strerror or exc})"
+        ) from exc
+    try:
         run_dir.chmod(0o700)  # the umask may have widened or narrowed mkdir's mode
         (run_dir / LOGS_DIR).mkdir(mode=0o700, exist_ok=True)
+        if site_config is not None:
+            _copy_private(site_config, run_dir / SITE_COPY)
         info = RunInfo(
             run_id=run_id,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -143,6 +171,52 @@ def create_run_dir(
     except OSError as exc:
         raise UsageError(f"--out: cannot write the run directory {run_dir} ({exc})") from exc
     return run_dir, info
+
+
+def _claim(run_dir: Path, world_size: int) -> None:
+    """Make ``run_dir`` ours: create it (or take an empty one) and the claim file exclusively.
+
+    Checking emptiness and then creating files leaves a window in which two runs both see an
+    empty folder; ``O_EXCL`` on one file name closes it (also on NFS v3+, where the server
+    performs the exclusive create).
+    """
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise UsageError(f"--out: {run_dir} exists and is not an empty folder; choose a new one")
+    check_writable(
+        run_dir.parent,
+        _MIN_FREE_BYTES_PER_RANK * (world_size + 1),
+        _INODES_PER_RANK * (world_size + 1),
+    )
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        run_dir.mkdir(mode=0o700)
+    try:
+        fd = os.open(run_dir / CLAIM_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(
+            f"--out: {run_dir} was just claimed by another run; choose a new folder"
+        ) from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(f"{hostname()} {os.getpid()}\n")
+    others = [p.name for p in run_dir.iterdir() if p.name != CLAIM_FILE]
+    if others:
+        # Another writer put files there between the emptiness check and the claim.
+        (run_dir / CLAIM_FILE).unlink(missing_ok=True)
+        raise UsageError(f"--out: {run_dir} exists and is not an empty folder; choose a new one")
+
+
+def _copy_private(src: Path, dst: Path) -> None:
+    """Copy ``src``'s bytes to ``dst`` (0600, whatever the umask), through a temporary name."""
+    try:
+        data = Path(src).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--site: cannot read {src} ({exc.strerror or exc})") from exc
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, dst)
 
 
 def read_run_info(run_dir: Path) -> RunInfo:

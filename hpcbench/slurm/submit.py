@@ -345,6 +345,7 @@ def prepare(inputs: JobInputs, out: Path | None, argv: Sequence[str]) -> tuple[P
         argv=argv,
         topology=inputs.node_type.topology,
         extra={"site": str(inputs.site.path), "node_type": inputs.node_type.name},
+        site_config=inputs.site.path,
     )
     run_dir = run_dir.resolve()
     text = render_job(inputs.request(run_dir), inputs.site.templates_dir)
