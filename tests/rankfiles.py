@@ -92,6 +92,7 @@ def write_rank(
     cpus: Sequence[int] | None = None,
     host: str = "node001",
     run_id: str = "synthetic-run",
+    launch_id: str = "L0",
     attrs: Mapping[str, Any] | None = None,
     complete: bool = True,
     warmup: Batches | None = None,
@@ -147,7 +148,7 @@ def write_rank(
         "slurm_json": "null",
     }
     base_attrs.update(attrs or {})
-    writer = RankMetricsWriter(Path(run_dir), rank, world_size, run_id, host)
+    writer = RankMetricsWriter(Path(run_dir), rank, world_size, run_id, host, launch_id=launch_id)
     # Attributes set directly: JSON strings stay strings, numbers stay numbers.
     for key, value in base_attrs.items():
         writer.file.attrs[key] = value

@@ -28,7 +28,8 @@ from tests.rankwatch import wait_timed
 # A small MLP so that a batch takes a few milliseconds on one core.
 SMALL = {"input": 256, "hidden": 128, "layers": 2, "classes": 10}
 ROOT_ATTRS = (
-    "schema_version", "rank", "world_size", "run_id", "host", "local_rank", "node", "backend",
+    "schema_version", "rank", "world_size", "run_id", "launch_id", "host", "local_rank", "node",
+    "backend",
     "model", "batch_size", "num_devices", "precision", "plan_json", "binding_json",
     "config_json", "versions_json", "devices_json", "slurm_json", "complete",
 )  # fmt: skip
@@ -110,8 +111,9 @@ def test_rank_file_reads_with_plain_h5py(tmp_path: Path) -> None:
     run_dir, plan, info = make_run(tmp_path, num_batches=5, duration_s=None)
     launch_local(run_dir, plan, info)  # type: ignore[arg-type]
     with h5py.File(run_dir / "rank-00001.h5", "r") as f:
-        assert f.attrs["schema_version"] == 1
+        assert f.attrs["schema_version"] == 2
         assert f.attrs["rank"] == 1 and f.attrs["world_size"] == 2
+        assert f.attrs["launch_id"].startswith("L")  # the local launcher's HPCBENCH_LAUNCH_ID
         group = f["timed"]
         lengths = {name: group[name].shape[0] for name in group}
         assert set(lengths) >= {"t_start_ns", "t_end_ns", "images", "device", "data_wait_ns"}

@@ -9,12 +9,12 @@ only the merged file was kept (an archive).
 from __future__ import annotations
 
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import h5py
-import numpy as np
 
 from hpcbench.errors import MetricsError
 from hpcbench.jsonfile import read_json
@@ -25,7 +25,9 @@ from hpcbench.metrics import (
     read_rank_group,
 )
 
-_RANK_FILE = re.compile(r"^rank-(\d+)\.h5(\.part)?$")
+# What a rank file's name looks like; only ``rank_file_name(rank)`` (+ ``.part``) is one.
+_RANK_LIKE = re.compile(r"rank-(.*)\.h5(\.part)?", re.DOTALL)
+_RANK_NUMBER = re.compile(r"[0-9]+")
 RESULT_FILE = "result.h5"
 SUMMARY_FILE = "summary.json"
 
@@ -63,12 +65,7 @@ def load_run(run_dir: Path, *, allow_partial: bool = False) -> LoadedRun:
     plan_json = _read_json(run_dir / "plan.json")
     spec_json = _read_json(run_dir / "spec.json")
 
-    finished: dict[int, Path] = {}
-    unfinished: dict[int, Path] = {}
-    for entry in run_dir.iterdir():
-        match = _RANK_FILE.match(entry.name)
-        if match:
-            (unfinished if match.group(2) else finished)[int(match.group(1))] = entry
+    finished, unfinished = find_rank_files(run_dir)
 
     # Read the finished files first: their attributes give the world size when there is no
     # plan.json, and a corrupt file is reported even when others are missing.
@@ -89,6 +86,7 @@ def load_run(run_dir: Path, *, allow_partial: bool = False) -> LoadedRun:
                 f"{rank_file.path}: rank {rank} is outside the world size {world_size}"
             )
         _check_rank(rank_file, rank, world_size)
+    _check_same_run(run_dir, loaded, run_json)
     if excluded and not allow_partial:
         shown = "; ".join(why for _, why in excluded[:4])
         more = f" (and {len(excluded) - 4} more)" if len(excluded) > 4 else ""
@@ -108,6 +106,64 @@ def load_run(run_dir: Path, *, allow_partial: bool = False) -> LoadedRun:
         plan_json=plan_json,
         spec_json=spec_json,
     )
+
+
+def find_rank_files(run_dir: Path) -> tuple[dict[int, Path], dict[int, Path]]:
+    """The finished (``.h5``) and unfinished (``.h5.part``) rank files of ``run_dir`` by rank.
+
+    Exactly one name per rank: a file named like a rank file but not exactly
+    ``rank_file_name(rank)`` (``rank-1.h5``, other digits), anything but a regular file, or a
+    rank with both a finished and an unfinished file (two launches in one folder) is a
+    MetricsError naming it.
+    """
+    finished: dict[int, Path] = {}
+    unfinished: dict[int, Path] = {}
+    for entry in sorted(run_dir.iterdir()):
+        match = _RANK_LIKE.fullmatch(entry.name)
+        if not match:
+            continue
+        digits, part = match.group(1), match.group(2)
+        rank = int(digits) if _RANK_NUMBER.fullmatch(digits) else -1
+        if rank < 0 or entry.name != rank_file_name(rank) + (part or ""):
+            raise MetricsError(
+                f"{entry}: named like a rank file but is not one (rank files are named "
+                "rank-00001.h5); move it out of the run directory"
+            )
+        if not stat.S_ISREG(entry.lstat().st_mode):
+            raise MetricsError(f"{entry}: not a regular file (a rank file is a plain HDF5 file)")
+        (unfinished if part else finished)[rank] = entry
+    both = sorted(finished.keys() & unfinished.keys())
+    if both:
+        rank = both[0]
+        raise MetricsError(
+            f"{run_dir}: rank {rank} has both {finished[rank].name} and {unfinished[rank].name}: "
+            "files of two launches of this run directory; keep one launch's files"
+        )
+    return finished, unfinished
+
+
+def _check_same_run(
+    run_dir: Path, loaded: dict[int, RankFile], run_json: dict[str, Any] | None
+) -> None:
+    """Every rank file comes from this run (run.json's run id) and from one launch."""
+    expected = (run_json or {}).get("run_id")
+    if isinstance(expected, str):
+        strangers = [r for r in loaded.values() if r.attrs.get("run_id") != expected]
+        if strangers:
+            shown = ", ".join(f"{r.path.name} ({r.attrs.get('run_id')!r})" for r in strangers[:4])
+            raise MetricsError(
+                f"{run_dir}: rank files of another run (run.json says {expected!r}): {shown}"
+            )
+    for key, label in (("run_id", "runs"), ("launch_id", "launches")):
+        values: dict[Any, list[str]] = {}
+        for r in loaded.values():
+            values.setdefault(r.attrs.get(key), []).append(r.path.name)
+        if len(values) > 1:
+            shown = "; ".join(
+                f"{key} {value!r}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                for value, names in values.items()
+            )
+            raise MetricsError(f"{run_dir}: rank files from different {label} ({shown})")
 
 
 def _world_size(
@@ -146,10 +202,6 @@ def _check_rank(rank_file: RankFile, rank: int, world_size: int) -> None:
             f"{where}: timed phase ends ({rank_file.t_finish_ns}) before it begins "
             f"({rank_file.t_begin_ns})"
         )
-    timed = rank_file.timed
-    if len(timed) and bool(np.any(timed.t_end_ns < timed.t_start_ns)):
-        bad = int(np.argmax(timed.t_end_ns < timed.t_start_ns))
-        raise MetricsError(f"{where}: timed batch {bad} ends before it starts")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -183,6 +183,7 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
                 "identity_json": asdict(identity),
             },
             flush_interval_s=0.5,
+            launch_id=launch_id(env),
         )
         if isinstance(model_info.get("flops_per_image"), int):
             writer.set_attr("flops_per_image", model_info["flops_per_image"])
