@@ -88,6 +88,11 @@ def write_plots(data: PlotData, out_dir: Path, prefix: str | None = None) -> lis
     return written
 
 
+def require_pyplot() -> None:
+    """Raise the install hint now when matplotlib is missing (before any picture is drawn)."""
+    _pyplot()
+
+
 def _pyplot() -> Any:
     try:
         import matplotlib

@@ -43,15 +43,17 @@ COLUMNS = (
 )
 
 
+def load_summary(run_dir: Path) -> dict[str, Any]:
+    """A run's summary, with ``_name`` (the directory name) added for the table."""
+    summary = dict(read_summary(Path(run_dir)))
+    path = Path(run_dir).resolve()  # "." has no name; its resolved path has
+    summary["_name"] = path.parent.name if path.is_file() else path.name
+    return summary
+
+
 def load_summaries(run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
-    """Each run's summary, with ``_name`` (the directory name) added for the table."""
-    summaries = []
-    for run_dir in run_dirs:
-        summary = dict(read_summary(Path(run_dir)))
-        path = Path(run_dir).resolve()  # "." has no name; its resolved path has
-        summary["_name"] = path.parent.name if path.is_file() else path.name
-        summaries.append(summary)
-    return summaries
+    """Each run's summary (see :func:`load_summary`); the first unreadable run raises."""
+    return [load_summary(run_dir) for run_dir in run_dirs]
 
 
 def report_rows(summaries: Sequence[Mapping[str, Any]]) -> list[list[str]]:

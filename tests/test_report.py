@@ -179,3 +179,44 @@ def test_sequence_models_are_the_torch_backends_token_models() -> None:
     torch_backend = pytest.importorskip("hpcbench.backends.torch_backend")
     tokens = {m.name for m in torch_backend.MODELS.values() if m.kind == "tokens"}
     assert tokens == SEQUENCE_MODELS
+
+
+def _truncated_run(run_dir: Path) -> Path:
+    run_dir.mkdir()
+    worked_example(run_dir)
+    victim = run_dir / "rank-00001.h5"
+    victim.write_bytes(victim.read_bytes()[:3000])
+    return run_dir
+
+
+def test_a_broken_run_is_named_and_the_others_are_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good"
+    good.mkdir()
+    worked_example(good)
+    broken = _truncated_run(tmp_path / "broken")
+    other = _partial_run(tmp_path / "other")
+    plots = tmp_path / "plots"
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", str(good), str(broken), str(other), "--plot", str(plots)])
+    assert exit_.value.code == 1
+    out, err = capsys.readouterr()
+    (line,) = err.splitlines()
+    assert line.startswith(f"hpcbench: skipped {broken}: ")
+    assert "rank-00001.h5: unreadable or truncated rank file" in line
+    rows = [row.split()[0] for row in out.splitlines()[2:4]]
+    assert rows == ["good", "other"]
+    assert sorted(p.name.split("-")[0] for p in plots.iterdir()) == ["good"] * 3 + ["other"] * 3
+
+
+def test_no_readable_run_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = [_truncated_run(tmp_path / name) for name in ("a", "b")]
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", *map(str, broken)])
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["hpcbench"] * 3
+    assert lines[-1] == "hpcbench: error: none of the 2 runs could be read (see above)"
+    assert out == ""
