@@ -90,6 +90,10 @@ def test_nothing_matched_fails(
     run = make_run(tmp_path, "other", model="alexnet")
     code, _, err = cli(capsys, "check", str(run), "-r", str(references))
     assert code == 1 and "no reference" in err
+    # Each reference's match, and beside it what the run has for those keys.
+    assert "reference 'r50 2x2 GPUs' match: site=testsite partition=gpu model=resnet50" in err
+    assert "site=testsite partition=gpu model=alexnet (not resnet50)" in err
+    assert "model=alexnet (not vit_b_16)" in err
 
 
 @pytest.mark.parametrize(
@@ -132,3 +136,45 @@ def test_target_must_be_run_or_archive(
 ) -> None:
     code, _, err = cli(capsys, "check", str(tmp_path), "-r", str(references))
     assert code == 2 and "neither a run directory" in err
+
+
+def host_site(tmp_path: Path, name: str = "mycluster") -> Path:
+    """A site config describing this host (one NUMA node, its CPUs), in a file not named NAME."""
+    import os
+
+    cpus = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    path = tmp_path / "site-v2.yaml"
+    path.write_text(
+        f"name: {name}\nnode_types:\n  cpu:\n    topology:\n      numa_nodes:\n"
+        f'        - {{id: 0, package: 0, cpus: "{cpus}"}}\n'
+    )
+    return path
+
+
+def test_local_run_with_site_is_checked_by_the_sites_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One identity for a site, its name: in the run directory and in the archive alike."""
+    import subprocess
+    import sys
+
+    run, archive = tmp_path / "run", tmp_path / "archive"
+    done = subprocess.run(
+        [sys.executable, "-m", "hpcbench", "run", "--site", str(host_site(tmp_path)),
+         "--ranks", "1", "--backend", "cpu", "--num-batches", "3", "--batch-size", "8",
+         "--out", str(run)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["run"]["site"] == "mycluster" and summary["run"]["partition"] == "cpu"
+    references = tmp_path / "refs.yaml"
+    references.write_text(
+        "version: 1\nreferences:\n  - match: {site: mycluster, partition: cpu}\n"
+        "    figures: {throughput.common_window_img_s: 0.001}\n"
+    )
+    code, out, err = cli(capsys, "check", str(run), "-r", str(references))
+    assert code == 0, out + err
+    add_run(archive, run)
+    code, out, err = cli(capsys, "check", str(archive), "-r", str(references))
+    assert code == 0 and "1 of 1 figure(s) passed" in out, out + err

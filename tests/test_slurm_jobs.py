@@ -14,6 +14,7 @@ from hpcbench.errors import SlurmError
 from hpcbench.metrics import read_rank_file
 from hpcbench.plan.launch import cuda_visible_devices
 from hpcbench.plan.model import Plan
+from hpcbench.site import load_site
 from hpcbench.slurm.options import inputs_from_options
 from hpcbench.slurm.submit import (
     JobTracker,
@@ -126,6 +127,16 @@ def test_submit_two_ranks_summary_agrees(slurm_site: Path, tmp_path: Path) -> No
     assert ranks[0]["cpus"] != ranks[1]["cpus"]
     job = summary["run"]["slurm_job"]
     assert job["state"] == "COMPLETED" and job["job_id"].isdigit()
+    # The site is its name:, in the run directory and in the archive (not the file's stem).
+    site_name = load_site(slurm_site).name
+    assert summary["run"]["site"] == site_name and site_name != slurm_site.stem
+    references = tmp_path / "refs.yaml"
+    references.write_text(
+        f"version: 1\nreferences:\n  - match: {{site: {site_name}}}\n"
+        "    figures: {throughput.common_window_img_s: 0.001}\n"
+    )
+    for target in (out, archive):
+        _hpcbench("check", str(target), "-r", str(references))
     assert job["slurm_version"].count(".") == 2
     assert job["nodes"] and all(n.startswith("node") for n in job["nodes"])
     # What ran is what render shows for the same flags (in its own run directory).

@@ -333,6 +333,9 @@ def run_block(run: LoadedRun) -> dict[str, Any]:
         "hosts": sorted({str(r.attrs.get("host")) for r in run.ranks if r.attrs.get("host")}),
         "slurm": slurm,
         "hpcbench_version": run_json.get("hpcbench_version", run_json.get("version")),
+        # The site's name: (runs recorded before it became the identity kept a path there).
+        "site": run_json.get("site") if "site_config" in run_json else None,
+        "partition": run_json.get("node_type"),
     }
 
 

@@ -299,6 +299,35 @@ def check_entries(
     return outcomes
 
 
+def explain_no_match(
+    entries: Sequence[Mapping[str, Any]], references: Sequence[Reference], most: int = 10
+) -> list[str]:
+    """Why no reference matched: each reference's ``match`` above each run's values of its keys.
+
+    >>> ref = Reference("r50", {"site": "mycluster", "model": "resnet50"}, ())
+    >>> run = {"run_id": "r1", "params": {"site": "lab", "model": "resnet50"}}
+    >>> print("\\n".join(explain_no_match([run], [ref])))
+    reference 'r50' match: site=mycluster model=resnet50
+      run r1: site=lab (not mycluster) model=resnet50
+    """
+    lines = []
+    for reference in references:
+        wanted = " ".join(f"{k}={v}" for k, v in reference.match.items())
+        lines.append(f"reference {reference.name!r} match: {wanted}")
+        for entry in entries[:most]:
+            params = entry.get("params") or {}
+            cells = []
+            for key, value in reference.match.items():
+                got = params.get(key)
+                cells.append(
+                    f"{key}={got}" if str(got) == str(value) else f"{key}={got} (not {value})"
+                )
+            lines.append(f"  run {entry.get('run_id')}: {' '.join(cells)}")
+        if len(entries) > most:
+            lines.append(f"  ... and {len(entries) - most} more run(s)")
+    return lines
+
+
 def format_outcomes(outcomes: Sequence[Outcome]) -> str:
     """The check report: one line per figure."""
     from hpcbench.archive.tables import format_number, format_table

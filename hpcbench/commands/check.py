@@ -36,7 +36,12 @@ def check(target: Path, references_file: Path, where: tuple[str, ...], as_json: 
     """Pass/fail per figure; exit 1 on a regression, a missing figure or an incomplete run."""
     from hpcbench.archive import Archive, entry_from_run_dir
     from hpcbench.archive.query import parse_where, select
-    from hpcbench.archive.references import check_entries, format_outcomes, load_references
+    from hpcbench.archive.references import (
+        check_entries,
+        explain_no_match,
+        format_outcomes,
+        load_references,
+    )
     from hpcbench.archive.store import MARKER
 
     references = load_references(references_file)
@@ -60,9 +65,11 @@ def check(target: Path, references_file: Path, where: tuple[str, ...], as_json: 
     if not outcomes:
         click.echo(
             f"check: FAILED: no reference in {references_file} matches "
-            f"any of {len(entries)} run(s)",
+            f"any of {len(entries)} run(s):",
             err=True,
         )
+        for line in explain_no_match(entries, references):
+            click.echo(line, err=True)
         return 1
     runs = len({o.run_id for o in outcomes})
     verdict = "FAILED" if failed else "passed"

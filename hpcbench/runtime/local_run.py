@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from hpcbench.plan.model import Plan
 from hpcbench.plan.planner import PlanRequest, make_plan, plan_request_from_options
 from hpcbench.runtime.launcher import LaunchResult, launch_local
 from hpcbench.runtime.options import choose_backend, spec_from_options
-from hpcbench.runtime.rundir import create_run_dir
+from hpcbench.runtime.rundir import create_run_dir, site_record
 from hpcbench.site import resolve_site_path
 from hpcbench.spec import RunSpec
 from hpcbench.topology.model import Topology
@@ -95,6 +95,7 @@ def run_local(
         spec=spec,
         argv=argv,
         topology=topology,
+        extra=_site_extra(kwargs),
         site_config=None if site is None else resolve_site_path(site),
     )
     for warning in plan.warnings:
@@ -115,6 +116,16 @@ def run_local(
     ranks = tuple(rank_throughput(run_dir, r.rank) for r in plan.ranks)
     summary, text = _aggregate(run_dir)
     return LocalRunOutcome(run_dir, plan, spec, launch, ranks, summary, text)
+
+
+def _site_extra(kwargs: Mapping[str, Any]) -> dict[str, str]:
+    """run.json's site keys when the topology came from ``--site`` (the site's name is its id)."""
+    if kwargs.get("site") is None:
+        return {}
+    from hpcbench.site import load_site
+
+    site = load_site(kwargs["site"])
+    return site_record(site.name, site.path, site.node_type(kwargs.get("partition")).name)
 
 
 def preflight(spec: RunSpec, plan: Plan) -> None:

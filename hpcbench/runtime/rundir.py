@@ -94,6 +94,18 @@ def default_out_dir(run_id: str, parent: Path = DEFAULT_PARENT) -> Path:
     return parent / run_id
 
 
+def site_record(site_name: str, site_config: Path | str, node_type: str) -> dict[str, str]:
+    """``run.json``'s site keys for a run planned from a site config.
+
+    The site's identity is its ``name:`` (what ``check`` and the archive match on); the file
+    it came from is kept beside it (a copy of the file is in the run directory).
+
+    >>> site_record("mycluster", "/etc/x/mycluster-v2.yaml", "gpu")["site"]
+    'mycluster'
+    """
+    return {"site": site_name, "site_config": str(site_config), "node_type": node_type}
+
+
 def check_writable(parent: Path, needed_bytes: int, needed_inodes: int = 0) -> None:
     """Fail early (UsageError) when ``parent`` cannot take a run directory.
 

@@ -21,7 +21,7 @@ from typing import Any
 from hpcbench.errors import SlurmError, UsageError
 from hpcbench.jsonfile import read_json, write_json_atomic
 from hpcbench.plan.model import Plan
-from hpcbench.runtime.rundir import LOGS_DIR, create_run_dir
+from hpcbench.runtime.rundir import LOGS_DIR, create_run_dir, site_record
 from hpcbench.slurm.nodelist import expand_nodelist
 from hpcbench.slurm.options import JobInputs
 from hpcbench.slurm.render import JOB_SCRIPT, render_job
@@ -344,7 +344,7 @@ def prepare(inputs: JobInputs, out: Path | None, argv: Sequence[str]) -> tuple[P
         spec=inputs.spec,
         argv=argv,
         topology=inputs.node_type.topology,
-        extra={"site": str(inputs.site.path), "node_type": inputs.node_type.name},
+        extra=site_record(inputs.site.name, inputs.site.path, inputs.node_type.name),
         site_config=inputs.site.path,
     )
     run_dir = run_dir.resolve()
