@@ -220,6 +220,7 @@ def job_context(request: JobRequest) -> dict[str, Any]:
         "account": settings.account,
         "qos": settings.qos,
         "array": None,
+        "nodelist": None,
         "output": f"{request.run_dir}/logs/slurm-%j.out",
         "error": f"{request.run_dir}/logs/slurm-%j.err",
         "extra_sbatch": list(settings.extra_sbatch),
@@ -258,11 +259,13 @@ def render_array(
     max_parallel: int | None = None,
     time_limit_min: int | None = None,
     site_templates_dir: Path | None = None,
+    nodelist: str | None = None,
 ) -> str:
     """One job array running every point's own job script, one point per array task.
 
     The array's allocation is the same for every task, so it asks for the most nodes and tasks
-    any point needs; each point's srun then names its own node and task counts.
+    any point needs; each point's srun then names its own node and task counts. ``nodelist``
+    puts every task on the same node(s).
     """
     if not points:
         raise UsageError("a sweep needs at least one point to submit")
@@ -290,6 +293,7 @@ def render_array(
         "account": settings.account,
         "qos": settings.qos,
         "array": indices,
+        "nodelist": None if nodelist is None else single_line(nodelist, "node list"),
         "output": f"{sweep_dir}/logs/slurm-%A_%a.out",
         "error": f"{sweep_dir}/logs/slurm-%A_%a.err",
         "extra_sbatch": list(settings.extra_sbatch),

@@ -56,15 +56,24 @@ class SweepSpec:
     max_parallel: int | None = None
     time_limit_min: int | None = None
     python: str | None = None
+    # A caller that orders its points itself (``explore`` interleaves its candidates) lists
+    # them here instead of taking the grid's product; ``label_keys`` name the keys of a point
+    # that only label it and are no setting.
+    listed_points: tuple[Mapping[str, Any], ...] | None = None
+    label_keys: tuple[str, ...] = ()
+    # Run every point on this node (the same hardware for all).
+    nodelist: str | None = None
 
     def points(self) -> list[dict[str, Any]]:
-        """Every combination of the grid, first key varying slowest.
+        """The listed points, else every combination of the grid, first key varying slowest.
 
         >>> grid = (("model", ("a", "b")), ("batch_size", (8, 16)))
         >>> spec = SweepSpec("s", "site", None, {}, grid, Path("out"))
         >>> [tuple(p.values()) for p in spec.points()]
         [('a', 8), ('a', 16), ('b', 8), ('b', 16)]
         """
+        if self.listed_points is not None:
+            return [dict(p) for p in self.listed_points]
         keys = [k for k, _ in self.grid]
         return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in self.grid))]
 
@@ -175,7 +184,7 @@ def plan_points(spec: SweepSpec) -> list[PointRun]:
     """Resolve every point (plan, spec, job); a bad point is named with its settings."""
     points = []
     for index, params in enumerate(spec.points()):
-        settings = {**spec.base, **params}
+        settings = {k: v for k, v in {**spec.base, **params}.items() if k not in spec.label_keys}
         try:
             inputs = inputs_from_options(
                 site_path=spec.site,
@@ -208,11 +217,12 @@ def _label(params: Mapping[str, Any]) -> str:
     )
 
 
-def _is_complete(run_dir: Path) -> bool:
+def is_complete(run_dir: Path) -> bool:
+    """A point is done once its summary.json exists."""
     return (run_dir / "summary.json").is_file()
 
 
-def _set_aside(run_dir: Path) -> None:
+def set_aside(run_dir: Path) -> None:
     """Move an unfinished point's directory away so the point starts fresh (kept for reading)."""
     if not run_dir.exists():
         return
@@ -262,13 +272,13 @@ def run_sweep(
     _check_same_sweep(spec, sweep_dir)
     pending = []
     for point in points:
-        if _is_complete(point.run_dir):
+        if is_complete(point.run_dir):
             from hpcbench.aggregate import read_summary
 
             point.status = "done (earlier)"
             point.summary = read_summary(point.run_dir)
             continue
-        _set_aside(point.run_dir)
+        set_aside(point.run_dir)
         pending.append(point)
     echo(f"sweep {spec.name}: {len(points)} point(s), {len(pending)} to run, in {sweep_dir}")
     if not pending:
@@ -323,6 +333,7 @@ def _run_array(
         max_parallel=spec.max_parallel,
         time_limit_min=spec.time_limit_min,
         site_templates_dir=site.templates_dir,
+        nodelist=spec.nodelist,
     )
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     script = sweep_dir / f"array-{stamp}.sbatch"
