@@ -37,6 +37,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "sweep",
         "Run a grid of benchmark points as one Slurm job array (or locally).",
     ),
+    "explore": (
+        "hpcbench.commands.explore",
+        "explore",
+        "Measure every sensible layout of a node, repeated, and say which is fastest.",
+    ),
     "aggregate": (
         "hpcbench.commands.aggregate",
         "aggregate",

@@ -1,0 +1,240 @@
+"""``hpcbench explore``: measure every sensible layout of this node, R times, and say which wins."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from hpcbench.runtime.options import spec_options
+from hpcbench.slurm.options import wait_options
+from hpcbench.topology.sources import topology_source_options
+
+# Flags of explore itself; every other flag is a run flag that each point shares.
+_EXPLORE_ONLY = frozenset(
+    {
+        "repeats", "layouts", "slurm", "nodelist", "python", "time_limit_min", "out",
+        "archive_dir", "use_numactl", "poll_s", "wait_timeout_s", "dry_run", "hwthreads",
+        "accept_warnings",
+    }
+)  # fmt: skip
+_TOPOLOGY = ("sysfs_root", "from_hwloc", "site", "partition")
+
+
+def _given_flags(ctx: click.Context, names: list[str]) -> list[str]:
+    """The command-line spelling of the named parameters the user gave, shell-quoted."""
+    flags: list[str] = []
+    for param in ctx.command.params:
+        name = param.name
+        if name not in names or not isinstance(param, click.Option):
+            continue
+        if ctx.get_parameter_source(name) not in (
+            ParameterSource.COMMANDLINE,
+            ParameterSource.ENVIRONMENT,
+        ):
+            continue
+        value = ctx.params[name]
+        if param.is_flag:
+            if value:
+                flags.append(param.opts[0])
+            elif param.secondary_opts:
+                flags.append(param.secondary_opts[0])
+            continue
+        values = value if param.multiple else (value,)
+        for item in values:
+            if item is not None:
+                flags += [param.opts[0], shlex.quote(str(item))]
+    return flags
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+@click.command("explore")
+@topology_source_options
+@spec_options
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=2),
+    default=3,
+    show_default=True,
+    help="Runs per candidate (at least 2: an interval needs two).",
+)
+@click.option(
+    "--layouts",
+    multiple=True,
+    metavar="ITEMS",
+    help="Add a layout in the seed's syntax ('0,1;2,3': GPUs per rank; CPUs per rank on a node "
+    "without GPUs) or remove a candidate with '-LABEL' (e.g. --layouts=-8x1). Repeatable; "
+    "items may also be separated by spaces.",
+)
+@click.option(
+    "--hwthreads", is_flag=True, help="Pin every rank to all hardware threads of its cores."
+)
+@click.option(
+    "--accept-warnings", is_flag=True, help="Allow given layouts that break a placement rule."
+)
+@click.option(
+    "--slurm",
+    is_flag=True,
+    help="Run the points as one Slurm job array on one node, one at a time (needs --site).",
+)
+@click.option(
+    "--nodelist",
+    metavar="NODE",
+    default=None,
+    help="--slurm: the node every run uses [default: an idle node of the partition].",
+)
+@click.option(
+    "--python", default=None, help="--slurm: Python on the compute node [default: this one]."
+)
+@click.option(
+    "--time-min",
+    "time_limit_min",
+    type=click.IntRange(min=1),
+    default=None,
+    help="--slurm: time limit per run in minutes [default: the site's].",
+)
+@wait_options
+@click.option(
+    "--numactl/--no-numactl",
+    "use_numactl",
+    default=None,
+    help="Local runs: pin with numactl [default: when installed; else sched_setaffinity].",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Exploration folder: one run directory per run (pNNN), explore.json, explore.png. "
+    "Run the same command again to resume.",
+)
+@click.option(
+    "--archive",
+    "archive_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Add every run that produced a result to this archive.",
+)
+@click.option("--dry-run", is_flag=True, help="List the candidates and the run order; run nothing.")
+@click.pass_context
+def explore(ctx: click.Context, **kwargs: Any) -> int:
+    """Find the fastest layout of this node: whole node, per socket, per NUMA node, per PCIe
+    switch, per GPU (on a node without GPUs: splits of the cores), each run --repeats times,
+    interleaved (A B C A B C ...).
+
+    Prints a table (mean common-window throughput, standard deviation, Student's t 95 %
+    interval, speedup against one rank on the whole node with its interval), the verdict, and
+    the 'hpcbench run' (or, with --slurm, 'hpcbench render') command of the winner; writes
+    OUT/explore.json and OUT/explore.png. Exits 1 when a run failed.
+    """
+    from hpcbench.errors import UsageError
+    from hpcbench.explore import SlurmChoice, run_exploration
+    from hpcbench.explore.picture import write_picture
+    from hpcbench.explore.verdict import Exploration, format_table
+    from hpcbench.plan.candidates import enumerate_candidates, request_flags
+    from hpcbench.plan.planner import plan_request_from_options
+    from hpcbench.topology.sources import topology_from_options
+
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731
+    if kwargs["slurm"] and not kwargs["site"]:
+        raise UsageError("--slurm needs --site (the site config describes the nodes to use)")
+    for flag in ("nodelist", "python", "time_limit_min"):
+        if kwargs[flag] is not None and not kwargs["slurm"]:
+            raise UsageError(f"--{flag.replace('_limit_min', '-min')} is for --slurm runs")
+    topology, node_type = topology_from_options(
+        kwargs["sysfs_root"], kwargs["from_hwloc"], kwargs["site"], kwargs["partition"]
+    )
+    base = plan_request_from_options(
+        node_type=node_type,
+        hwthreads=kwargs["hwthreads"],
+        accept_warnings=kwargs["accept_warnings"],
+    )
+    candidates = enumerate_candidates(topology, base, kwargs["layouts"])
+    for line in candidates.skipped:
+        echo(f"explore: not a candidate: {line}")
+    for c in candidates.candidates:
+        echo(f"explore: candidate {c.label}: {c.how}; layout {c.layout}")
+    names = [p.name for p in ctx.command.params if p.name and p.name not in _EXPLORE_ONLY]
+    spec_names = [n for n in names if n not in _TOPOLOGY]
+    settings = {n: kwargs[n] for n in names}
+    if kwargs["dry_run"]:
+        order = [c.label for c in candidates.candidates] * kwargs["repeats"]
+        click.echo(f"run order ({len(order)} runs): {' '.join(order)}")
+        return 0
+
+    def command(exploration: Exploration) -> str:
+        if exploration.best is None:
+            return ""
+        winner = next(
+            r.candidate for r in exploration.results if r.candidate.label == exploration.best
+        )
+        spec_flags = _given_flags(ctx, spec_names)
+        if kwargs["slurm"]:
+            job = _given_flags(ctx, ["site", "partition", "python", "time_limit_min"])
+            parts = ["hpcbench", "render", *job, *request_flags(winner.request), *spec_flags]
+            return " ".join([*parts, "-o", "job.sbatch"])
+        topo = _given_flags(ctx, list(_TOPOLOGY))
+        pinning = _given_flags(ctx, ["use_numactl"])
+        parts = ["hpcbench", "run", *topo, *request_flags(winner.request), *spec_flags, *pinning]
+        return " ".join(parts)
+
+    record = {
+        "topology": topology.source,
+        "settings": {n: _jsonable(v) for n, v in settings.items() if v is not None},
+        "slurm": bool(kwargs["slurm"]),
+        "candidates": [
+            {"label": c.label, "layout": c.layout, "plan": c.plan.to_json()["ranks"]}
+            for c in candidates.candidates
+        ],
+    }
+    slurm = None
+    if kwargs["slurm"]:
+        slurm = SlurmChoice(
+            site=kwargs["site"],
+            partition=kwargs["partition"],
+            nodelist=kwargs["nodelist"],
+            python=kwargs["python"],
+            time_limit_min=kwargs["time_limit_min"],
+            poll_s=kwargs["poll_s"],
+            timeout_s=kwargs["wait_timeout_s"],
+        )
+    outcome = run_exploration(
+        candidates,
+        out=kwargs["out"],
+        repeats=kwargs["repeats"],
+        settings=settings,
+        record=record,
+        command=command,
+        argv=sys.argv,
+        slurm=slurm,
+        use_numactl=kwargs["use_numactl"],
+        echo=echo,
+    )
+    exploration = outcome.exploration
+    click.echo(format_table(exploration))
+    picture = write_picture(exploration, outcome.result_file.with_name("explore.png"))
+    if picture is None:
+        echo("explore: no picture: matplotlib is not installed (pip install 'hpcbench[plot]')")
+    else:
+        click.echo(f"picture: {picture}")
+    click.echo(f"results: {outcome.result_file}")
+    best = command(exploration)
+    if best:
+        click.echo(f"run the winner: {best}")
+    if kwargs["archive_dir"] is not None:
+        from hpcbench.archive import add_runs
+
+        done = [p.run_dir for p in outcome.points if (p.run_dir / "summary.json").is_file()]
+        ids = add_runs(kwargs["archive_dir"], done)
+        echo(f"archived {len(ids)} run(s) in {kwargs['archive_dir']}")
+    return 1 if outcome.failed else 0
