@@ -168,10 +168,18 @@ class RankMetricsWriter:
             value = "null"
         self._file.attrs[key] = value
 
-    def set_phase_bounds(self, t_begin_ns: int, t_finish_ns: int) -> None:
-        """Set the timed phase's start (start-barrier release) and end."""
+    def set_phase_bounds(
+        self, t_begin_ns: int, t_finish_ns: int, *, clock_step_ns: int | None = None
+    ) -> None:
+        """Set the timed phase's start (start-barrier release) and end.
+
+        ``clock_step_ns``: how far CLOCK_REALTIME moved beyond CLOCK_MONOTONIC over the phase
+        (0 on a well-behaved node; a step makes the run's wall-clock figures meaningless).
+        """
         self._file["timed"].attrs["t_begin_ns"] = np.int64(t_begin_ns)
         self._file["timed"].attrs["t_finish_ns"] = np.int64(t_finish_ns)
+        if clock_step_ns is not None:
+            self._file["timed"].attrs["clock_step_ns"] = np.int64(clock_step_ns)
 
     def maybe_flush(self) -> None:
         if time.monotonic() - self._last_flush >= self.flush_interval_s:
@@ -286,10 +294,21 @@ class RankFile:
     # says why there is none).
     telemetry: dict[str, np.ndarray] | None = None
     telemetry_attrs: dict[str, Any] = field(default_factory=dict)
+    # How far CLOCK_REALTIME moved beyond CLOCK_MONOTONIC over the timed phase (None: files
+    # written before hpcbench recorded it).
+    clock_step_ns: int | None = None
 
     @property
     def rank(self) -> int:
         return int(self.attrs["rank"])
+
+    @property
+    def clock_stepped(self) -> bool:
+        """Whether the wall clock stepped during the timed phase (beyond reading noise)."""
+        step, begin, finish = self.clock_step_ns, self.t_begin_ns, self.t_finish_ns
+        if step is None or begin is None or finish is None:
+            return False
+        return abs(step) > clock_step_limit_ns(finish - begin - step)
 
     @property
     def launch_id(self) -> str | None:
@@ -303,6 +322,21 @@ class RankFile:
         if value is None:
             return None
         return json.loads(value)
+
+
+# A wall-clock step smaller than this plus NTP's largest slew (500 ppm, with margin) over the
+# phase is reading noise; a larger one moved every timestamp after it.
+CLOCK_STEP_LIMIT_NS = 100_000_000
+CLOCK_SLEW_SHARE = 0.001
+
+
+def clock_step_limit_ns(phase_ns: int) -> int:
+    """The largest ``clock_step_ns`` that is not a step, for a phase of ``phase_ns`` (monotonic).
+
+    >>> clock_step_limit_ns(600 * 10**9)
+    700000000
+    """
+    return CLOCK_STEP_LIMIT_NS + int(CLOCK_SLEW_SHARE * max(phase_ns, 0))
 
 
 def read_rank_file(path: Path) -> RankFile:
@@ -354,6 +388,9 @@ def read_rank_group(group: h5py.Group, where: Path) -> RankFile:
     for name, value in (("t_begin_ns", t_begin), ("t_finish_ns", t_finish)):
         if value is not None:
             check.integer(f"timed.{name}", value, MIN_TIME_NS, MAX_TIME_NS)
+    clock_step = timed_attrs.get("clock_step_ns")
+    if clock_step is not None:
+        check.integer("timed.clock_step_ns", clock_step, -MAX_TIME_NS, MAX_TIME_NS)
     barriers = _read_barriers(group, check)
     result = RankFile(
         path=where,
@@ -364,6 +401,7 @@ def read_rank_group(group: h5py.Group, where: Path) -> RankFile:
         t_finish_ns=None if t_finish is None else int(t_finish),
         barriers=barriers,
         complete=bool(attrs.get("complete", False)),
+        clock_step_ns=clock_step,
         telemetry=_read_telemetry(group, where),
         telemetry_attrs=(
             {k: _plain(v) for k, v in group["telemetry"].attrs.items()}
@@ -619,7 +657,9 @@ def _read_barriers(group: h5py.Group, check: _Checker) -> list[tuple[str, int, i
 def _check_timed_bounds(rank_file: RankFile, check: _Checker) -> None:
     """Timed batches lie in [t_begin_ns, t_finish_ns], and t_finish_ns is the last batch end."""
     begin, finish, timed = rank_file.t_begin_ns, rank_file.t_finish_ns, rank_file.timed
-    if begin is None or finish is None or len(timed) == 0:
+    if begin is None or finish is None or len(timed) == 0 or rank_file.clock_stepped:
+        # A recorded step of the wall clock explains batches outside the bounds; the run is
+        # then refused or judged invalid on that ground, which says more.
         return
     first_start = int(timed.t_start_ns.min())
     last_end = int(timed.t_end_ns.max())

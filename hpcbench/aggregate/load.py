@@ -197,6 +197,12 @@ def _check_rank(rank_file: RankFile, rank: int, world_size: int) -> None:
         raise MetricsError(f"{where}: attribute complete is false (the rank did not finish)")
     if rank_file.t_begin_ns is None or rank_file.t_finish_ns is None:
         raise MetricsError(f"{where}: timed phase has no t_begin_ns/t_finish_ns attributes")
+    if rank_file.t_finish_ns < rank_file.t_begin_ns and rank_file.clock_stepped:
+        raise MetricsError(
+            f"{where}: timed.clock_step_ns: the wall clock stepped "
+            f"{(rank_file.clock_step_ns or 0) / 1e9:+.3f} s during the timed phase; "
+            "its times cannot be used (run again)"
+        )
     if rank_file.t_finish_ns < rank_file.t_begin_ns:
         raise MetricsError(
             f"{where}: timed phase ends ({rank_file.t_finish_ns}) before it begins "

@@ -19,6 +19,7 @@ import numpy as np
 from hpcbench.aggregate import figures
 from hpcbench.aggregate.load import LoadedRun
 from hpcbench.errors import UsageError
+from hpcbench.metrics import clock_step_limit_ns
 
 CHECKS = (
     "enough_work",
@@ -28,6 +29,7 @@ CHECKS = (
     "binding",
     "device_health",
     "complete",
+    "clock",
 )
 # Throttle reasons that mean the GPU slowed itself down (heat, power brake, hardware): the
 # measured throughput is not the GPU's.
@@ -87,6 +89,7 @@ def judge(run: LoadedRun, summary: Mapping[str, Any], rules: Rules) -> dict[str,
         binding(summary),
         device_health(summary.get("telemetry"), rules),
         complete(run),
+        clock(run),
     ]
     return {
         "valid": all(c["passed"] for c in checks),
@@ -335,6 +338,37 @@ def complete(run: LoadedRun) -> dict[str, Any]:
     else:
         why = f"all {finished} rank files complete"
     return _check("complete", not run.excluded, finished, run.world_size, why)
+
+
+def clock(run: LoadedRun) -> dict[str, Any]:
+    """CLOCK_REALTIME did not step during any rank's timed phase.
+
+    Batch times are wall-clock (they align ranks); each rank also measured its phase on
+    CLOCK_MONOTONIC and recorded the difference (``clock_step_ns``). A step (NTP, an
+    administrator's ``date``) makes durations and throughput meaningless.
+    """
+    worst: tuple[float, int, float] | None = None
+    for rank_file in run.ranks:
+        step_ns = rank_file.clock_step_ns
+        if step_ns is None or rank_file.t_begin_ns is None or rank_file.t_finish_ns is None:
+            continue
+        phase_ns = rank_file.t_finish_ns - rank_file.t_begin_ns - step_ns
+        limit_s = clock_step_limit_ns(phase_ns) / figures.NS_PER_S
+        step_s = step_ns / figures.NS_PER_S
+        if worst is None or abs(step_s) - limit_s > abs(worst[0]) - worst[2]:
+            worst = (step_s, rank_file.rank, limit_s)
+    if worst is None:
+        return _check("clock", True, None, None, "not recorded by these rank files")
+    step_s, rank, limit_s = worst
+    passed = abs(step_s) <= limit_s
+    why = (
+        f"wall clock within {limit_s:.3f} s of CLOCK_MONOTONIC on every rank (largest: rank "
+        f"{rank}, {step_s:+.3f} s)"
+        if passed
+        else f"the wall clock stepped {step_s:+.3f} s during rank {rank}'s timed phase: "
+        "durations and throughput are wrong"
+    )
+    return _check("clock", passed, round(step_s, 6), round(limit_s, 6), why)
 
 
 # ------------------------------------------------------------------------------ printing

@@ -102,7 +102,9 @@ class Pipeline:
         self._stop = threading.Event()
         self._timed_go = threading.Event()
         self._end_released = threading.Event()
-        self._deadline_ns: int | None = None
+        # The shared deadline on this node's CLOCK_MONOTONIC: a step of the wall clock (NTP, an
+        # administrator) during the timed phase neither ends it early nor stretches it.
+        self._deadline_mono_ns: int | None = None
         self._error: BaseException | None = None
         self._error_lock = threading.Lock()
         self._states: list[_DeviceState] = []
@@ -128,13 +130,18 @@ class Pipeline:
             self._phase("barrier start")
             start = self.barrier.wait("start")
             self.writer.barrier(start.name, start.arrive_ns, start.release_ns)
+            real0_ns, mono0_ns = time.time_ns(), time.monotonic_ns()
             if spec.duration_s is not None:
-                self._deadline_ns = start.common_release_ns + int(spec.duration_s * 1e9)
+                deadline_ns = start.common_release_ns + int(spec.duration_s * 1e9)
+                self._deadline_mono_ns = mono0_ns + (deadline_ns - real0_ns)
             self._timed_go.set()
             self._phase("timed")
             self._wait_timed()
             t_finish_ns = max(s.last_t_end_ns for s in self._states)
-            self.writer.set_phase_bounds(start.release_ns, t_finish_ns)
+            # CLOCK_REALTIME aligns ranks, CLOCK_MONOTONIC measures: a difference between
+            # the two over the timed phase is a step of the wall clock (the reader judges it).
+            step_ns = (time.time_ns() - real0_ns) - (time.monotonic_ns() - mono0_ns)
+            self.writer.set_phase_bounds(start.release_ns, t_finish_ns, clock_step_ns=step_ns)
             self._phase("barrier end")
             end = self.barrier.wait("end")
             self._end_released.set()
@@ -198,9 +205,9 @@ class Pipeline:
     def _wait_timed(self) -> None:
         timeout_s = self.spec.barrier_timeout_s
         events = [s.timed_done for s in self._states]
-        if self._deadline_ns is not None:
+        if self._deadline_mono_ns is not None:
             # A device may finish its last batch after the deadline, but not much later.
-            remaining_s = (self._deadline_ns - time.time_ns()) / 1e9
+            remaining_s = (self._deadline_mono_ns - time.monotonic_ns()) / 1e9
             deadline = time.monotonic() + remaining_s + timeout_s
             self._wait_all("timed phase", events, deadline, "timed")
             return
@@ -283,7 +290,7 @@ class Pipeline:
 
     def _get(self, device: int) -> tuple[HostBatch, int] | None:
         """The next host batch and the ns spent waiting for it; None when stopping."""
-        t0 = time.time_ns()
+        t0 = time.monotonic_ns()
         started = time.monotonic()
         while not self._stop.is_set():
             try:
@@ -295,7 +302,7 @@ class Pipeline:
                         f"{self.spec.barrier_timeout_s:g} s (prefetchers stalled)"
                     ) from None
                 continue
-            return batch, time.time_ns() - t0
+            return batch, time.monotonic_ns() - t0  # a duration: never the wall clock
         return None
 
     def _drive(self, index: int, engine: Engine) -> None:
@@ -309,12 +316,12 @@ class Pipeline:
         while not self._timed_go.wait(_POLL_S):
             if self._stop.is_set():
                 return
-        if self._deadline_ns is not None:
-            self._run_phase(index, engine, "timed", deadline_ns=self._deadline_ns)
+        if self._deadline_mono_ns is not None:
+            self._run_phase(index, engine, "timed", deadline_mono_ns=self._deadline_mono_ns)
         else:
             self._run_phase(index, engine, "timed", count=self.spec.num_batches)
         state.timed_done.set()
-        if self._deadline_ns is None:
+        if self._deadline_mono_ns is None:
             # Keep the device loaded (unrecorded) until every rank has finished.
             self._run_phase(index, engine, None, until=self._end_released)
 
@@ -325,7 +332,7 @@ class Pipeline:
         phase: str | None,
         *,
         count: int | None = None,
-        deadline_ns: int | None = None,
+        deadline_mono_ns: int | None = None,
         until: threading.Event | None = None,
     ) -> None:
         state = self._states[index]
@@ -338,8 +345,8 @@ class Pipeline:
                 return False
             if count is not None:
                 return done < count
-            if deadline_ns is not None:
-                return time.time_ns() < deadline_ns
+            if deadline_mono_ns is not None:
+                return time.monotonic_ns() < deadline_mono_ns
             return until is not None and not until.is_set()
 
         def finish(item: tuple[Any, int, int, int]) -> None:
@@ -361,7 +368,7 @@ class Pipeline:
                 break
             batch, wait_ns = got
             t_start_ns = time.time_ns()
-            if deadline_ns is not None and t_start_ns >= deadline_ns:
+            if deadline_mono_ns is not None and time.monotonic_ns() >= deadline_mono_ns:
                 break  # the input arrived after the deadline: the phase is over
             ticket = engine.submit(batch)
             done += 1
