@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from hpcbench.aggregate import read_summary
+from hpcbench.aggregate.summary import format_telemetry
+from hpcbench.aggregate.validity import format_verdict, verdict_word
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,8 @@ COLUMNS = (
     Column("finish skew", ("skew", "finish_s"), "s"),
     Column("p50 ms", ("latency_ms", "p50"), "ms"),
     Column("p99 ms", ("latency_ms", "p99"), "ms"),
+    Column("img/J", ("telemetry", "total", "images_per_j"), "img_j"),
+    Column("validity", ("validity",), "verdict"),
 )
 
 
@@ -65,7 +69,7 @@ def report_rows(summaries: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     ...      "dlbs_effective_sum_img_s": 1200.0}, "skew": {"start_s": 2e-5, "finish_s": 0.25},
     ...      "latency_ms": {"p50": 10.0, "p99": 12.5}, "complete": True}
     >>> "|".join(report_rows([s])[0])
-    'r1|resnet50|0;1|64|2|1 234.6|1 300.0|-|1 200.0|20 µs|250 ms|10.00|12.50'
+    'r1|resnet50|0;1|64|2|1 234.6|1 300.0|-|1 200.0|20 µs|250 ms|10.00|12.50|-|-'
     """
     rows = []
     for summary in summaries:
@@ -99,10 +103,18 @@ def format_report(summaries: Sequence[Mapping[str, Any]]) -> str:
         reason = summary["throughput"].get("common_window_reason")
         if reason:
             notes.append(f"{summary['_name']}: common window undefined: {reason}")
+        notes.extend(f"{summary['_name']}: {line.strip()}" for line in _run_notes(summary))
     if notes:
         lines.append("")
         lines.extend(notes)
     return "\n".join(lines)
+
+
+def _run_notes(summary: Mapping[str, Any]) -> list[str]:
+    """The run's telemetry over the window and its verdict, with every failed check."""
+    lines = format_telemetry(summary.get("telemetry"))
+    lines = [" ".join(line.split()) for line in lines]
+    return lines + format_verdict(summary.get("validity"))
 
 
 def _get(data: Mapping[str, Any], path: tuple[str, ...]) -> Any:
@@ -123,6 +135,10 @@ def _cell(value: Any, kind: str) -> str:
         return text if len(text) <= _LAYOUT_WIDTH else text[: _LAYOUT_WIDTH - 1] + "…"
     if kind == "img_s":
         return f"{float(value):,.1f}".replace(",", " ")
+    if kind == "verdict":
+        return verdict_word(value)
+    if kind == "img_j":
+        return f"{float(value):.2f}"
     if kind == "ms":
         return f"{float(value):.2f}"
     if kind == "s":

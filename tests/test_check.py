@@ -172,9 +172,42 @@ def test_local_run_with_site_is_checked_by_the_sites_name(
     references.write_text(
         "version: 1\nreferences:\n  - match: {site: mycluster, partition: cpu}\n"
         "    figures: {throughput.common_window_img_s: 0.001}\n"
+        # A 3-batch smoke run: too little work to be valid, which this test is not about.
+        "    accept_invalid: true\n"
     )
     code, out, err = cli(capsys, "check", str(run), "-r", str(references))
     assert code == 0, out + err
     add_run(archive, run)
     code, out, err = cli(capsys, "check", str(archive), "-r", str(references))
     assert code == 0 and "1 of 1 figure(s) passed" in out, out + err
+
+
+def test_an_invalid_run_fails_unless_the_reference_accepts_it(
+    tmp_path: Path, references: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 20 iterations: 20 timed batches per GPU, fewer than the 50 of enough_work.
+    run = make_run(tmp_path, "short", iteration_ms=50.0, iterations=20)
+    code, out, err = cli(capsys, "check", str(run), "--references", str(references))
+    assert code == 1
+    assert out.count("invalid ") == 2
+    assert "short: validity (default rules): INVALID, 1 of 7 checks failed" in out
+    assert "short: enough_work: 20 timed batches on the least-used device < 50" in out
+    accepting = tmp_path / "accepting.yaml"
+    second = "  - match: {model: vit_b_16}"
+    accepting.write_text(REFERENCES.replace(second, "    accept_invalid: true\n" + second))
+    code, out, err = cli(capsys, "check", str(run), "--references", str(accepting))
+    assert code == 0, out + err
+
+
+def test_a_reference_on_images_per_joule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = make_run(tmp_path, "cpu-like", iteration_ms=50.0)
+    path = tmp_path / "energy.yaml"
+    path.write_text(
+        "version: 1\nreferences:\n  - match: {model: resnet50}\n"
+        "    figures: {telemetry.total.images_per_j: 10}\n"
+    )
+    code, out, _ = cli(capsys, "check", str(run), "--references", str(path))
+    # The synthetic ranks have no telemetry: the figure is missing, not invented.
+    assert code == 1 and "missing" in out and "telemetry.total.images_per_j" in out

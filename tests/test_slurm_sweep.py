@@ -44,6 +44,8 @@ def test_command_line_overrides_spec(tmp_path: Path) -> None:
     spec_path = _write(tmp_path / "s.yaml", "site: a.yaml\nmax_parallel: 3\ngrid: {model: [a]}\n")
     spec = load_sweep(spec_path, site="b.yaml", out=tmp_path / "o", max_parallel=1)
     assert (spec.site, spec.out, spec.max_parallel, spec.name) == ("b.yaml", tmp_path / "o", 1, "s")
+    assert "validity" not in spec.base
+    assert load_sweep(spec_path, validity="strict").base["validity"] == "strict"
 
 
 def _this_machine_site(tmp_path: Path) -> Path:
@@ -71,7 +73,12 @@ def test_local_sweep_runs_points_in_turn_and_resumes(tmp_path: Path) -> None:
     again = run_sweep(spec, local=True, echo=lambda _: None)
     assert [p.status for p in again] == ["done (earlier)"] * 2
     table = format_table(spec, again)
-    assert table.splitlines()[0].split()[:4] == ["point", "batch_size", "status", "img/s"]
+    assert table.splitlines()[0].split()[:5] == [
+        "point", "batch_size", "status", "img/s", "validity"
+    ]  # fmt: skip
+    # Two timed batches per point: a number, judged too little work to publish.
+    assert table.splitlines()[1].split()[5] == "INVALID"  # status is "done (earlier)"
+    assert "p000: enough_work: 2 timed batches on the least-used device < 50" in table
 
 
 def test_local_sweep_archives_its_points(tmp_path: Path) -> None:

@@ -309,3 +309,33 @@ def test_aggregate_judges_again_under_other_rules(
     assert "  enough_work: 800 samples < 24576; timed phase 1.0 s < 600 s" in out
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["validity"]["rules"] == "strict"
+
+
+def test_report_and_archive_list_show_the_verdict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from hpcbench.archive import add_run
+    from tests.archive_runs import make_run
+    from tests.test_archive import cli as archive_cli
+
+    good = make_run(tmp_path, "good", iterations=60)
+    short = make_run(tmp_path, "short", iterations=20)
+    code, out, err = archive_cli(capsys, "report", str(good), str(short))
+    assert code == 0, err
+    header, _, good_row, short_row = out.splitlines()[:4]
+    assert header.split()[-2:] == ["img/J", "validity"]
+    assert good_row.split()[-2:] == ["-", "valid"]
+    assert short_row.split()[-2:] == ["-", "INVALID"]
+    assert "short: validity (default rules): INVALID, 1 of 7 checks failed" in out
+    assert "short: enough_work: 20 timed batches on the least-used device < 50" in out
+    assert (
+        "good: telemetry none (rank 0: the rank has no GPUs; rank 1: the rank has no GPUs)" in out
+    )
+
+    archive = tmp_path / "archive"
+    add_run(archive, good)
+    add_run(archive, short)
+    code, out, err = archive_cli(capsys, "archive", "list", "-a", str(archive))
+    assert code == 0, err
+    rows = {line.split()[0]: line.split()[-1] for line in out.splitlines()[2:4]}
+    assert rows == {"good": "valid", "short": "INVALID"}

@@ -31,6 +31,9 @@ FIGURES: dict[str, str] = {
     "latency_ms.max": "lower",
     "skew.start_s": "lower",
     "skew.end_s": "lower",
+    "telemetry.total.images_per_j": "higher",
+    "telemetry.total.energy_j": "lower",
+    "telemetry.total.mean_power_w": "lower",
 }
 HEADLINE = "throughput.common_window_img_s"
 # Parameters that describe a run's configuration; runs equal on all of them (and on the spec,

@@ -12,10 +12,14 @@ A reference file::
           throughput.common_window_img_s: 40000              # shorthand: value, default tolerance
           latency_ms.p99: {value: 25.0, tolerance_pct: 10}   # direction from the figure: lower
           throughput.my_figure_img_s: {value: 9, direction: higher}
+          telemetry.total.images_per_j: 55.0                 # energy efficiency (GPU runs)
+        accept_invalid: false   # default: a run whose validity verdict is INVALID fails
 
 A figure passes when it is no worse than its value by more than the tolerance: for
 ``direction: higher`` (throughput) ``measured >= value·(1 − tol/100)``, for ``lower`` (latency,
-skew) ``measured <= value·(1 + tol/100)``. A run that is incomplete, or lacks a figure, fails.
+skew) ``measured <= value·(1 + tol/100)``. A run that is incomplete, lacks a figure, or was
+judged invalid (``summary.validity.valid`` false; unless the reference says ``accept_invalid:
+true``) fails.
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ SCHEMA: dict[str, Any] = {
                 "required": ["match", "figures"],
                 "properties": {
                     "name": {"type": "string"},
+                    "accept_invalid": {"type": "boolean"},
                     "match": {
                         "type": "object",
                         "additionalProperties": False,
@@ -129,6 +134,8 @@ class Reference:
     name: str
     match: Mapping[str, Any]
     figures: tuple[Expected, ...]
+    # Check the figures of runs the validity verdict calls invalid instead of failing them.
+    accept_invalid: bool = False
 
     def matches(self, entry: Mapping[str, Any]) -> bool:
         params = entry.get("params") or {}
@@ -144,7 +151,7 @@ class Outcome:
     key: str
     measured: float | None
     expected: Expected
-    status: str  # "pass", "FAIL", "missing", "incomplete"
+    status: str  # "pass", "FAIL", "missing", "incomplete", "invalid"
 
     @property
     def ok(self) -> bool:
@@ -245,7 +252,12 @@ def parse_references(data: Any, source: str) -> list[Reference]:
             )
         name = item.get("name") or ", ".join(f"{k}={v}" for k, v in item["match"].items())
         references.append(
-            Reference(name=name or "(all runs)", match=item["match"], figures=tuple(figures))
+            Reference(
+                name=name or "(all runs)",
+                match=item["match"],
+                figures=tuple(figures),
+                accept_invalid=bool(item.get("accept_invalid", False)),
+            )
         )
     return references
 
@@ -289,6 +301,8 @@ def check_entries(
                 )
                 if not entry.get("complete"):
                     status = "incomplete"
+                elif not reference.accept_invalid and judged_invalid(entry):
+                    status = "invalid"
                 elif measured is None or value is MISSING:
                     status = "missing"
                 else:
@@ -326,6 +340,12 @@ def explain_no_match(
         if len(entries) > most:
             lines.append(f"  ... and {len(entries) - most} more run(s)")
     return lines
+
+
+def judged_invalid(entry: Mapping[str, Any]) -> bool:
+    """Whether the run's summary holds a verdict, and it is invalid (older runs have none)."""
+    validity = (entry.get("summary") or {}).get("validity")
+    return isinstance(validity, Mapping) and validity.get("valid") is False
 
 
 def format_outcomes(outcomes: Sequence[Outcome]) -> str:

@@ -97,6 +97,7 @@ def list_runs(
     archive_dir: Path, where: tuple[str, ...], sort_key: str | None, as_json: bool
 ) -> None:
     """List archived runs, optionally filtered and sorted."""
+    from hpcbench.aggregate.validity import verdict_word
     from hpcbench.archive.query import HEADLINE, figure, sort_entries
     from hpcbench.archive.tables import format_table
 
@@ -126,6 +127,7 @@ def list_runs(
                     )
                 ),
                 "-" if value is None else f"{value:,.1f}",
+                verdict_word((e.get("summary") or {}).get("validity")),
             ]
         )
     headers = [
@@ -140,6 +142,7 @@ def list_runs(
         "ranks",
         "layout",
         "img/s",
+        "validity",
     ]
     click.echo(format_table(headers, rows))
     click.echo(f"{len(entries)} run(s)")

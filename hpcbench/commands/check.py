@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -62,6 +64,7 @@ def check(target: Path, references_file: Path, where: tuple[str, ...], as_json: 
         click.echo(json.dumps([o.to_json() for o in outcomes], indent=2))
     elif outcomes:
         click.echo(format_outcomes(outcomes))
+        _explain_invalid(entries, outcomes)
     if not outcomes:
         click.echo(
             f"check: FAILED: no reference in {references_file} matches "
@@ -79,3 +82,14 @@ def check(target: Path, references_file: Path, where: tuple[str, ...], as_json: 
         err=bool(failed),
     )
     return 1 if failed else 0
+
+
+def _explain_invalid(entries: Sequence[Mapping[str, Any]], outcomes: Sequence[Any]) -> None:
+    """Why each run that failed as invalid is: its verdict and failed checks."""
+    from hpcbench.aggregate.validity import format_verdict
+
+    invalid = {o.run_id for o in outcomes if o.status == "invalid"}
+    for entry in entries:
+        if str(entry.get("run_id")) in invalid:
+            for line in format_verdict((entry.get("summary") or {}).get("validity")):
+                click.echo(f"{entry.get('run_id')}: {line.strip()}")

@@ -28,6 +28,12 @@ from hpcbench.slurm.options import wait_options
 @click.option("--local", is_flag=True, help="Run the points here, one after another, no Slurm.")
 @wait_options
 @click.option(
+    "--validity",
+    type=click.Choice(["default", "strict"]),
+    default=None,
+    help="Rules every point is judged by [default: the spec's base.validity, else default].",
+)
+@click.option(
     "--archive",
     "archive_dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -42,6 +48,7 @@ def sweep(
     local: bool,
     poll_s: float,
     wait_timeout_s: float | None,
+    validity: str | None,
     archive_dir: Path | None,
 ) -> int:
     """Run every point of a sweep spec; points already complete are skipped.
@@ -50,7 +57,7 @@ def sweep(
     """
     from hpcbench.slurm.sweep import format_table, load_sweep, run_sweep
 
-    spec = load_sweep(spec_file, site=site, out=out, max_parallel=max_parallel)
+    spec = load_sweep(spec_file, site=site, out=out, max_parallel=max_parallel, validity=validity)
     points = run_sweep(
         spec,
         local=local,

@@ -105,9 +105,17 @@ def _schema_message(error: Any) -> str:
 
 
 def load_sweep(
-    path: Path, *, site: str | None = None, out: Path | None = None, max_parallel: int | None = None
+    path: Path,
+    *,
+    site: str | None = None,
+    out: Path | None = None,
+    max_parallel: int | None = None,
+    validity: str | None = None,
 ) -> SweepSpec:
-    """Read and validate a sweep spec; command-line values override the file's."""
+    """Read and validate a sweep spec; command-line values override the file's.
+
+    ``validity`` (rules the points are judged by) overrides the spec's ``base.validity``.
+    """
     import jsonschema
 
     from hpcbench.site import parse_yaml
@@ -141,7 +149,7 @@ def load_sweep(
         name=name,
         site=str(site_path),
         partition=data.get("partition"),
-        base=dict(data.get("base") or {}),
+        base={**(data.get("base") or {}), **({"validity": validity} if validity else {})},
         grid=tuple((k, tuple(v)) for k, v in data["grid"].items()),
         out=Path(out or data.get("out") or Path("hpcbench-sweeps") / name),
         max_parallel=max_parallel or data.get("max_parallel"),
@@ -396,8 +404,10 @@ def _run_array(
 
 def format_table(spec: SweepSpec, points: Sequence[PointRun]) -> str:
     """A table of every point: its settings, status, throughput and run directory."""
+    from hpcbench.aggregate.validity import format_verdict, verdict_word
+
     keys = [k for k, _ in spec.grid]
-    header = ["point", *keys, "status", "img/s", "run dir"]
+    header = ["point", *keys, "status", "img/s", "validity", "run dir"]
     rows = [header]
     for point in points:
         throughput = None
@@ -409,6 +419,7 @@ def format_table(spec: SweepSpec, points: Sequence[PointRun]) -> str:
                 *(str(point.params[k]) for k in keys),
                 point.status,
                 f"{throughput:,.1f}" if isinstance(throughput, int | float) else "-",
+                verdict_word(point.summary.get("validity") if point.summary else None),
                 str(point.run_dir),
             ]
         )
@@ -417,4 +428,11 @@ def format_table(spec: SweepSpec, points: Sequence[PointRun]) -> str:
     for point in points:
         if point.message:
             lines.append(f"p{point.index:03d}: {point.message}")
+        if point.summary is not None and not (point.summary.get("validity") or {}).get(
+            "valid", True
+        ):
+            lines.extend(
+                f"p{point.index:03d}: {line.strip()}"
+                for line in format_verdict(point.summary["validity"])
+            )
     return "\n".join(lines)
