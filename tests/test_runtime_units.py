@@ -247,7 +247,7 @@ def test_cpu_backend_computes_the_declared_model() -> None:
     backend = load_backend("cpu")
     placement = RankPlacement(0, 0, 0, 0, 0, tuple(sorted(os.sched_getaffinity(0))), (), (0,))
     devices = backend.devices(placement, spec)
-    assert len(devices) == 1
+    assert [d.cpus for d in devices] == [(c,) for c in placement.cpus]  # one device per core
     engine: Any = backend.make_engine(devices[0], spec)
     source = backend.make_source(spec, placement, "")
     batch = source.next_batch(0)

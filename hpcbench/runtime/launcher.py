@@ -208,7 +208,6 @@ def launch_local(
                         stdin=subprocess.DEVNULL,
                         stdout=out,
                         stderr=err,
-                        start_new_session=True,
                         preexec_fn=preexec,
                     )
                 except (OSError, subprocess.SubprocessError) as exc:
@@ -243,9 +242,15 @@ def _child_setup(placement: RankPlacement | None, launcher_pid: int) -> Callable
     """Run in the child before exec: die with the launcher, then bind (unless numactl does)."""
 
     def setup() -> None:
-        # Ranks run in their own sessions, so a launcher killed with SIGKILL (or by the OOM
-        # killer) would leave them running as orphans: the kernel sends them SIGTERM instead
-        # (kept across exec), on which a rank closes its file as unfinished and exits.
+        # Each rank leads its own process group (stopped with killpg; the terminal's Ctrl-C
+        # reaches only the launcher) but stays in the launcher's session: with the kernel's
+        # sched_autogroup, CPU time is shared between sessions first, so ranks in sessions of
+        # their own would get one share each and N ranks N times the CPU of one rank on a
+        # machine that runs anything else (docs/performance.md, "CPU backend").
+        os.setpgid(0, 0)
+        # A launcher killed with SIGKILL (or by the OOM killer) would leave the ranks running
+        # as orphans: the kernel sends them SIGTERM instead (kept across exec), on which a rank
+        # closes its file as unfinished and exits.
         prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # Linux only
         if prctl is not None:
             prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpcbench.backends.base import Backend, BatchSource, DeviceInfo, Engine, HostBatch
+from hpcbench.cpulist import format_cpulist
 from hpcbench.errors import HpcbenchError, RunError
 from hpcbench.metrics import RankMetricsWriter
 from hpcbench.plan.model import RankPlacement
@@ -74,6 +75,35 @@ class PipelineResult:
     def images_per_s(self) -> float:
         seconds = (self.t_finish_ns - self.t_begin_ns) / 1e9
         return self.timed_images / seconds if seconds > 0 else 0.0
+
+
+def thread_census() -> dict[str, Any]:
+    """The threads of this process and the CPUs each may run on, for the rank's record.
+
+    Python threads by name (``MainThread``, ``prefetch-N``, ``device-N``, a backend's workers);
+    ``native_threads`` counts the others (a BLAS or OpenMP pool, CUDA's own threads), which
+    wait in the library unless it gives them work.
+    """
+    named = []
+    for thread in threading.enumerate():
+        tid = thread.native_id
+        if tid is None or not thread.is_alive():
+            continue
+        try:
+            cpus = format_cpulist(sorted(os.sched_getaffinity(tid)))
+        except OSError:  # the thread ended between the listing and the query
+            continue
+        named.append({"name": thread.name, "cpus": cpus})
+    try:
+        tasks = len(os.listdir(f"/proc/{os.getpid()}/task"))
+    except OSError:
+        tasks = len(named)
+    return {
+        "python": named,
+        "native_threads": max(tasks - len(named), 0),
+        # Under sched_autogroup, processes of one session share one CPU share (launcher.py).
+        "session_id": os.getsid(0),
+    }
 
 
 class Pipeline:
@@ -127,6 +157,8 @@ class Pipeline:
             self._phase("warmup")
             warm = [s.warm for s in self._states]
             self._wait_all("warm-up", warm, time.monotonic() + spec.barrier_timeout_s, "warmup")
+            # Every thread the timed phase will run with exists (and is pinned) by now.
+            self.writer.set_attr("threads_json", thread_census())
             self._phase("barrier start")
             start = self.barrier.wait("start")
             self.writer.barrier(start.name, start.arrive_ns, start.release_ns)
