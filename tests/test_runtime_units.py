@@ -91,6 +91,34 @@ def test_spec_from_options_defaults_follow_the_backend() -> None:
     assert (torch.backend, torch.model) == ("torch", "resnet50")
 
 
+@pytest.mark.parametrize(
+    ("args", "on_gpus", "expected"),
+    [
+        # (precision, channels_last, cuda_graph, batch_size)
+        ([], True, ("fp16", True, True, 256)),
+        (["--model", "alexnet"], True, ("fp16", True, True, 1024)),
+        (["--model", "bert_base"], True, ("fp16", True, True, 256)),
+        (["--precision", "bf16", "--batch-size", "64", "--no-cuda-graph", "--no-channels-last"],
+         True, ("bf16", False, False, 64)),
+        (["--option", "device=cpu"], True, ("fp32", True, False, 64)),
+        ([], False, ("fp32", True, False, 64)),  # torch on CPUs keeps the plain defaults
+    ],
+)  # fmt: skip
+def test_gpu_defaults_are_a_performance_engineers_and_overridable(
+    args: list[str], on_gpus: bool, expected: tuple[Any, ...]
+) -> None:
+    spec = spec_from_options(default_backend="torch", on_gpus=on_gpus, **_parse(args))
+    assert (spec.precision, spec.channels_last, spec.cuda_graph, spec.batch_size) == expected
+
+
+def test_gpu_defaults_leave_the_cpu_backend_and_base_specs_alone(tmp_path: Path) -> None:
+    assert spec_from_options(on_gpus=True, **_parse(["--backend", "cpu"])) == RunSpec()
+    base = RunSpec(backend="torch", model="resnet50", batch_size=32)
+    base.write(tmp_path / "spec.json")
+    spec = spec_from_options(on_gpus=True, **_parse(["--spec", str(tmp_path / "spec.json")]))
+    assert spec == base
+
+
 def test_spec_from_options_overrides_and_ignores_other_keys() -> None:
     kwargs = _parse(
         ["--num-batches", "40", "--batch-size", "8", "--barrier", "file", "--strict-binding",

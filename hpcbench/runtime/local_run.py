@@ -18,7 +18,12 @@ from hpcbench.metrics import rank_file_name, read_rank_file
 from hpcbench.plan.model import Plan
 from hpcbench.plan.planner import PlanRequest, make_plan, plan_request_from_options
 from hpcbench.runtime.launcher import LaunchResult, launch_local
-from hpcbench.runtime.options import choose_backend, spec_from_options
+from hpcbench.runtime.options import (
+    choose_backend,
+    describe_spec,
+    gpu_defaults_in_use,
+    spec_from_options,
+)
 from hpcbench.runtime.rundir import create_run_dir, site_record
 from hpcbench.site import resolve_site_path
 from hpcbench.spec import RunSpec
@@ -85,7 +90,10 @@ def run_local(
     request = plan_request_from_options(node_type=node_type, **kwargs)
     request = default_rank_count(topology, request)
     plan = make_plan(topology, request)
-    spec = spec_from_options(default_backend=choose_backend(len(topology.gpus)), **kwargs)
+    on_gpus = any(r.gpus for r in plan.ranks)
+    spec = spec_from_options(
+        default_backend=choose_backend(len(topology.gpus)), on_gpus=on_gpus, **kwargs
+    )
     preflight(spec, plan)
     check_plan_fits_host(plan, os.sched_getaffinity(0), host_numa_nodes())
     site = kwargs.get("site")
@@ -101,10 +109,12 @@ def run_local(
     for warning in plan.warnings:
         click.echo(f"hpcbench: warning: {warning}", err=True)
     click.echo(
-        f"hpcbench: {plan.world_size} ranks, backend {spec.backend}, model {spec.model}, "
-        f"batch {spec.batch_size}, run directory {run_dir}",
+        f"hpcbench: {plan.world_size} ranks, {describe_spec(spec)}, run directory {run_dir}",
         err=True,
     )
+    defaults = gpu_defaults_in_use(spec, **kwargs) if on_gpus else []
+    if defaults:
+        click.echo(f"hpcbench: GPU defaults (flag to change): {', '.join(defaults)}", err=True)
     progress = None if quiet else _progress_printer()
     try:
         launch = launch_local(run_dir, plan, info, progress=progress, use_numactl=use_numactl)

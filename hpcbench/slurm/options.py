@@ -127,7 +127,11 @@ def inputs_from_options(**kwargs: Any) -> JobInputs:
     request = plan_request_from_options(**{**kwargs, "node_type": node_type})
     plan = make_plan(node_type.topology, request)
     # The node type decides the default backend, never this host: the job runs over there.
-    spec = spec_from_options(default_backend=node_backend(len(node_type.topology.gpus)), **kwargs)
+    spec = spec_from_options(
+        default_backend=node_backend(len(node_type.topology.gpus)),
+        on_gpus=any(r.gpus for r in plan.ranks),
+        **kwargs,
+    )
     if plan.nodes > 1 and spec.barrier == "shm":
         # A shared-memory barrier cannot span nodes; the file barrier lives in the run directory.
         if kwargs.get("barrier") == "shm":
