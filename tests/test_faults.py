@@ -484,6 +484,35 @@ for f in "$MNT"/run/rank-*.h5*; do echo "file=$f"; done
     assert "signal 11" not in done.stderr
 
 
+FULL_SHM_SNIPPET = """
+from hpcbench.errors import RunError
+from hpcbench.runtime.barrier import ShmBarrier
+try:
+    barrier = ShmBarrier("hpcbench-full-shm-test", 0, 1, 1.0)
+    barrier.wait("start")
+    barrier.close()
+    print("passed the barrier")
+except RunError as exc:
+    print("error:", exc)
+"""
+
+
+def test_full_dev_shm_is_one_line_naming_it(tmp_path: Path) -> None:
+    """/dev/shm full (a private 64 KiB tmpfs, filled): the barrier says so instead of the
+    rank dying by SIGBUS on its first write into a segment that was sized but not backed."""
+    snippet = tmp_path / "full_shm.py"
+    snippet.write_text(FULL_SHM_SNIPPET)
+    script = (
+        "mount -t tmpfs -o size=64k tmpfs /dev/shm || exit 98\n"
+        "dd if=/dev/zero of=/dev/shm/fill bs=4k 2>/dev/null\n"
+        f'{sys.executable} "{snippet}"; echo "rc=$?"'
+    )
+    done = _in_private_tmpfs("size=1m", script, tmp_path)
+    assert "rc=0" in done.stdout, done.stdout + done.stderr
+    assert "error: barrier: /dev/shm is full: cannot reserve 576 bytes" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
 # ---------------------------------------------------------------- missing, late, stale state
 def test_rank_that_never_starts_is_named(tmp_path: Path) -> None:
     run_dir, plan = _make_run(tmp_path)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import random
+import struct
 import secrets
 import signal
 import stat
@@ -238,12 +240,14 @@ def test_sweep_removes_only_old_segments_of_dead_ranks(tmp_path: Path) -> None:
     dead = _ctx.Process(target=time.sleep, args=(0,))
     dead.start()
     dead.join()
-    header = bytes(512)
 
-    def segment(name: str, pids: list[int], age_s: float) -> Path:
+    def segment(name: str, pids: list[int], age_s: float, content: bytes | None = None) -> Path:
+        # Header as a rank writes it: magic "HPCB", layout version 1, world size @32.
+        header = bytearray(512)
+        struct.pack_into("=III", header, 32, 0x48504342, 1, len(pids))
         slots = b"".join(bytes(4) + pid.to_bytes(4, sys.byteorder) + bytes(56) for pid in pids)
         path = tmp_path / f"hpcbench-{name}"
-        path.write_bytes(header + slots)
+        path.write_bytes(bytes(header) + slots if content is None else content)
         path.chmod(0o600)
         os.utime(path, (time.time() - age_s, time.time() - age_s))
         return path
@@ -252,6 +256,18 @@ def test_sweep_removes_only_old_segments_of_dead_ranks(tmp_path: Path) -> None:
     live = segment("live", [dead.pid or 0, os.getpid()], 3600)
     young = segment("young", [dead.pid or 0], 5)
     other = tmp_path / "unrelated"
-    other.write_bytes(header)
+    other.write_bytes(bytes(512))
+    # Files of the user's that only share the prefix: never deleted, never a crash (random
+    # bytes once gave OverflowError from os.kill in every later run).
+    foreign = [
+        segment("notes.txt", [], 3600, b"my notes\n" * 100),
+        segment("random", [], 3600, random.Random(18).randbytes(4096)),
+        segment("zeros", [], 3600, bytes(576)),
+        segment("pid-overflow", [0xFFFFFFFF], 3600),
+        segment("wrong-size", [dead.pid or 0], 3600),
+    ]
+    foreign[-1].write_bytes(foreign[-1].read_bytes() + bytes(64))
+    os.utime(foreign[-1], (time.time() - 3600, time.time() - 3600))
     assert sweep_stale_segments(600, shm_dir=tmp_path) == [stale]
     assert live.exists() and young.exists() and other.exists()
+    assert all(path.exists() for path in foreign)

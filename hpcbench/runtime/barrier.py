@@ -36,13 +36,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import platform
 import re
 import shutil
 import stat
-import sys
+import struct
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -206,9 +207,11 @@ def remove_barrier_state(namespace: str, run_dir: Path | None = None) -> list[Pa
 def sweep_stale_segments(min_age_s: float = 600.0, shm_dir: Path = SHM_DIR) -> list[Path]:
     """Remove shm barrier segments of this user whose ranks are all dead (a killed launcher).
 
-    A segment is stale when it is older than ``min_age_s`` and no process id recorded in its
-    rank slots is alive on this host (segments are host-local, like the pids). Returns the
-    paths removed.
+    A segment is stale when it is provably one of ours (:func:`segment_pids`: owner, magic,
+    layout version, size, process ids in range), older than ``min_age_s``, and no process id
+    recorded in its rank slots is alive on this host (segments are host-local, like the pids).
+    Any other file, whatever its name, is left alone; nothing in it can make this fail.
+    Returns the paths removed.
     """
     removed: list[Path] = []
     now = time.time()
@@ -217,22 +220,75 @@ def sweep_stale_segments(min_age_s: float = 600.0, shm_dir: Path = SHM_DIR) -> l
             info = path.lstat()
             if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
                 continue
-            if now - info.st_mtime < min_age_s or info.st_size < _HEADER_BYTES:
+            if now - info.st_mtime < min_age_s or info.st_size > _MAX_SEGMENT_BYTES:
                 continue
-            data = path.read_bytes()
+            pids = segment_pids(path.read_bytes())
         except OSError:
             continue
-        slots = (len(data) - _HEADER_BYTES) // _SLOT_BYTES
-        pids = [
-            int.from_bytes(data[off + 4 : off + 8], sys.byteorder)
-            for off in range(_HEADER_BYTES, _HEADER_BYTES + slots * _SLOT_BYTES, _SLOT_BYTES)
-        ]
-        if any(pid and _alive(pid) for pid in pids):
+        if pids is None or any(pid and _alive(pid) for pid in pids):
             continue
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             removed.append(path)
     return removed
+
+
+# The largest world a segment can serve (the planner's rank limit), in bytes.
+_MAX_SEGMENT_BYTES = 512 + 64 * (1 << 16)
+
+
+def segment_pids(data: bytes) -> list[int] | None:
+    """The process ids in a barrier segment's rank slots, or None when ``data`` is not one.
+
+    Ours means: our magic and layout version, a world size that gives exactly this size, and
+    every process id within the kernel's range.
+
+    >>> segment_pids(b"x" * 600) is None
+    True
+    """
+    if len(data) < _HEADER_BYTES:
+        return None
+    magic, version, world_size = struct.unpack_from("=III", data, _MAGIC_OFFSET)
+    if magic != _MAGIC or version != _LAYOUT_VERSION:
+        return None
+    if world_size < 1 or len(data) != _HEADER_BYTES + _SLOT_BYTES * world_size:
+        return None
+    pids = [
+        struct.unpack_from("=I", data, _HEADER_BYTES + _SLOT_BYTES * r + 4)[0]
+        for r in range(world_size)
+    ]
+    if any(pid > _pid_max() for pid in pids):
+        return None
+    return pids
+
+
+def _pid_max() -> int:
+    try:
+        return int(Path("/proc/sys/kernel/pid_max").read_text())
+    except (OSError, ValueError):
+        return 1 << 22  # Linux's ceiling (PID_MAX_LIMIT on 64-bit)
+
+
+def _reserve(fd: int, size: int, path: Path) -> None:
+    """Give the segment ``size`` bytes of real memory now, or fail in one line.
+
+    ``ftruncate`` only sets the size: on a full /dev/shm the first write through the mapping
+    then kills the rank with SIGBUS. ``posix_fallocate`` allocates the pages (tmpfs supports
+    it) and keeps what is there, so every rank may call it.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise RunError(
+                f"barrier: {SHM_DIR} is full: cannot reserve {size} bytes for {path} "
+                f"(see 'df -h {SHM_DIR}'; free space there or use --barrier file)"
+            ) from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise RunError(f"barrier: cannot size shared memory {path} ({exc})") from exc
+        # A filesystem without fallocate: size it; a write may still find it full.
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
 
 
 def _alive(pid: int) -> bool:
@@ -338,12 +394,17 @@ class _Futex:
 # to agree on who initialises it):
 #   header (512 bytes): u32 release_gen @0 (futex word), u32 arrived @4, u32 abort_gen @8,
 #       i32 abort_rank+1 @12, u32 closed @16, u32 scratch @20, u32 abort_kind @24
-#       (1 timeout, 2 error), reason bytes @64..511
+#       (1 timeout, 2 error), u32 magic @32, u32 layout version @36, u32 world_size @40
+#       (every rank writes the same three on opening: they mark the segment as ours for the
+#       stale-segment sweep), reason bytes @64..511
 #   slot r (64 bytes @ 512 + 64 r): u32 arrive_gen @0, u32 pid @4, i64 arrive_ns[2] @8
 #       (indexed by generation parity: a rank can be at most one barrier ahead of another)
 _HEADER_BYTES = 512
 _SLOT_BYTES = 64
 _REASON_OFFSET = 64
+_MAGIC_OFFSET = 32
+_MAGIC = 0x48504342  # "HPCB"
+_LAYOUT_VERSION = 1
 _ABORT_TIMEOUT = 1
 _ABORT_ERROR = 2
 
@@ -393,9 +454,7 @@ class ShmBarrier(Barrier):
                     f"barrier: {self.path} exists but is not owner-only or not ours "
                     f"(uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}); remove it"
                 )
-            if info.st_size < size:
-                # Several ranks may extend it; ftruncate to the same size never clears data.
-                os.ftruncate(fd, size)
+            _reserve(fd, size, self.path)
             self._mm = mmap.mmap(fd, size)
         finally:
             os.close(fd)
@@ -421,6 +480,7 @@ class ShmBarrier(Barrier):
         self._addr_closed = ctypes.addressof(self._closed_count)
         self._addr_scratch = ctypes.addressof(self._scratch)
         self._slot_pid.value = os.getpid()
+        struct.pack_into("=III", mm, _MAGIC_OFFSET, _MAGIC, _LAYOUT_VERSION, world_size)
 
     def _wait(self, name: str, generation: int) -> BarrierEvent:
         n = self.world_size
