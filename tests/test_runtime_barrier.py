@@ -5,10 +5,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import random
-import struct
 import secrets
 import signal
 import stat
+import struct
 import sys
 import threading
 import time
