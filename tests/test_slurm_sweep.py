@@ -81,6 +81,66 @@ def test_local_sweep_runs_points_in_turn_and_resumes(tmp_path: Path) -> None:
     assert "p000: enough_work: 2 timed batches on the least-used device < 50" in table
 
 
+def _other_node_site(tmp_path: Path) -> Path:
+    """A site config of a node with a second NUMA node, which this machine does not have."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or Path("/sys/devices/system/node/node1").exists():
+        pytest.skip("needs a machine with one NUMA node and at least two CPUs")
+    half = len(cpus) // 2
+    nodes = "".join(
+        f'        - {{id: {i}, package: {i}, cpus: "{",".join(map(str, part))}"}}\n'
+        for i, part in enumerate((cpus[:half], cpus[half:]))
+    )
+    text = f"name: there\nnode_types:\n  cpu:\n    topology:\n      numa_nodes:\n{nodes}"
+    return _write(tmp_path / "there.yaml", text)
+
+
+@pytest.mark.parametrize(
+    ("site_kind", "base", "message"),
+    [
+        # The plan's rank 1 binds its memory to NUMA node 1: numactl would fail in every point.
+        ("other-node", "backend: cpu, ranks: 2", "the plan binds its memory to NUMA node 1"),
+        # The CPU backend refuses bf16; 'run' says so before anything starts, so must sweep.
+        ("this-host", "backend: cpu, ranks: 1, precision: bf16", "computes in fp32, not bf16"),
+    ],
+)
+def test_local_sweep_checks_every_point_before_any_starts(
+    tmp_path: Path, site_kind: str, base: str, message: str
+) -> None:
+    site = _other_node_site(tmp_path) if site_kind == "other-node" else _this_machine_site(tmp_path)
+    spec_path = _write(
+        tmp_path / "s.yaml",
+        f"site: {site}\nbase: {{{base}, num_batches: 2, warmup_batches: 0}}\n"
+        "grid:\n  batch_size: [4, 8]\n",
+    )
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "hpcbench", "sweep", str(spec_path), "--local", "--out", str(out)],
+        capture_output=True, text=True, timeout=200,
+    )  # fmt: skip
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert (
+        lines[0].startswith("hpcbench: error: sweep point 0 batch_size=4: ") and message in lines[0]
+    )
+    assert not out.exists()
+
+
+def test_local_sweep_without_a_site_probes_this_host(tmp_path: Path) -> None:
+    spec_path = _write(
+        tmp_path / "s.yaml",
+        "base: {backend: cpu, num_batches: 2, warmup_batches: 0, ranks: 1}\n"
+        "grid:\n  batch_size: [4]\n",
+    )
+    spec = load_sweep(spec_path, out=tmp_path / "out", local=True)
+    points = run_sweep(spec, local=True, echo=lambda _: None)
+    assert [p.status for p in points] == ["done"], format_table(spec, points)
+    topology = json.loads((points[0].run_dir / "topology.json").read_text())
+    assert topology["source"] == "sysfs"  # this host, probed
+    with pytest.raises(ConfigError, match="no site"):
+        load_sweep(spec_path)  # a Slurm sweep still needs one
+
+
 def test_local_sweep_archives_its_points(tmp_path: Path) -> None:
     site = _this_machine_site(tmp_path)
     spec_path = _write(

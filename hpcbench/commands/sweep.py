@@ -12,7 +12,12 @@ from hpcbench.slurm.options import wait_options
 
 @click.command("sweep")
 @click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--site", default=None, help="Site config (overrides the spec's 'site').")
+@click.option(
+    "--site",
+    default=None,
+    help="Site config (overrides the spec's 'site'); with --local and no site, this host is "
+    "probed, as 'hpcbench run' does.",
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -25,7 +30,12 @@ from hpcbench.slurm.options import wait_options
     default=None,
     help="Array tasks running at once (sbatch --array=...%N).",
 )
-@click.option("--local", is_flag=True, help="Run the points here, one after another, no Slurm.")
+@click.option(
+    "--local",
+    is_flag=True,
+    help="Run the points here, one after another, no Slurm; every point is checked first "
+    "as 'hpcbench run' checks it (the plan must fit this host).",
+)
 @wait_options
 @click.option(
     "--validity",
@@ -57,7 +67,9 @@ def sweep(
     """
     from hpcbench.slurm.sweep import format_table, load_sweep, run_sweep
 
-    spec = load_sweep(spec_file, site=site, out=out, max_parallel=max_parallel, validity=validity)
+    spec = load_sweep(
+        spec_file, site=site, out=out, max_parallel=max_parallel, validity=validity, local=local
+    )
     points = run_sweep(
         spec,
         local=local,

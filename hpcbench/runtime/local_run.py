@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from hpcbench.runtime.options import (
     gpu_defaults_in_use,
     spec_from_options,
 )
-from hpcbench.runtime.rundir import create_run_dir, site_record
+from hpcbench.runtime.rundir import RunInfo, create_run_dir, site_record
 from hpcbench.site import resolve_site_path
 from hpcbench.spec import RunSpec
 from hpcbench.topology.model import Topology
@@ -74,15 +74,37 @@ def default_rank_count(topology: Topology, request: PlanRequest) -> PlanRequest:
     return replace(request, ranks=2)
 
 
-def run_local(
-    *,
-    out: Path | None,
-    argv: Sequence[str],
-    use_numactl: bool | None = None,
-    quiet: bool = False,
-    **kwargs: Any,
-) -> LocalRunOutcome:
-    """Plan and run on this machine; raises HpcbenchError on bad input or a failed rank."""
+@dataclass(frozen=True, slots=True)
+class LocalInputs:
+    """A run on this host, checked: its topology, plan and spec, and where its site came from."""
+
+    topology: Topology
+    plan: Plan
+    spec: RunSpec
+    site_config: Path | None = None
+    site_keys: Mapping[str, str] = field(default_factory=dict)
+
+    def create_run_dir(self, out: Path | None, argv: Sequence[str]) -> tuple[Path, RunInfo]:
+        """The run directory of this run (see :func:`~hpcbench.runtime.rundir.create_run_dir`)."""
+        return create_run_dir(
+            out,
+            plan=self.plan,
+            spec=self.spec,
+            argv=argv,
+            topology=self.topology,
+            extra=dict(self.site_keys),
+            site_config=self.site_config,
+        )
+
+
+def plan_local(**kwargs: Any) -> LocalInputs:
+    """Topology, plan and spec for a run on this host, with every check made before anything
+    is written: the backend accepts the spec, and the plan fits this host.
+
+    ``hpcbench run`` and ``hpcbench sweep --local`` share it, so they share its defaults: no
+    topology source probes this host; the default backend is torch on a node with GPUs when
+    PyTorch is installed here, else cpu; one rank per socket, two on a one-socket machine.
+    """
     topology, node_type = topology_from_options(
         kwargs.get("sysfs_root"), kwargs.get("from_hwloc"), kwargs.get("site"),
         kwargs.get("partition"),
@@ -97,21 +119,34 @@ def run_local(
     preflight(spec, plan)
     check_plan_fits_host(plan, os.sched_getaffinity(0), host_numa_nodes())
     site = kwargs.get("site")
-    run_dir, info = create_run_dir(
-        out,
-        plan=plan,
-        spec=spec,
-        argv=argv,
-        topology=topology,
-        extra=_site_extra(kwargs),
-        site_config=None if site is None else resolve_site_path(site),
+    return LocalInputs(
+        topology,
+        plan,
+        spec,
+        None if site is None else resolve_site_path(site),
+        _site_extra(kwargs),
     )
+
+
+def run_local(
+    *,
+    out: Path | None,
+    argv: Sequence[str],
+    use_numactl: bool | None = None,
+    quiet: bool = False,
+    **kwargs: Any,
+) -> LocalRunOutcome:
+    """Plan and run on this machine; raises HpcbenchError on bad input or a failed rank."""
+    local = plan_local(**kwargs)
+    plan, spec = local.plan, local.spec
+    run_dir, info = local.create_run_dir(out, argv)
     for warning in plan.warnings:
         click.echo(f"hpcbench: warning: {warning}", err=True)
     click.echo(
         f"hpcbench: {plan.world_size} ranks, {describe_spec(spec)}, run directory {run_dir}",
         err=True,
     )
+    on_gpus = any(r.gpus for r in plan.ranks)
     defaults = gpu_defaults_in_use(spec, **kwargs) if on_gpus else []
     if defaults:
         click.echo(f"hpcbench: GPU defaults (flag to change): {', '.join(defaults)}", err=True)

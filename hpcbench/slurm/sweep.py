@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from typing import Any
 
 from hpcbench.errors import ConfigError, HpcbenchError, RunError, UsageError, closest
 from hpcbench.jsonfile import read_json, write_json_atomic
+from hpcbench.runtime.local_run import LocalInputs, plan_local
 from hpcbench.slurm.options import JobInputs, inputs_from_options
 from hpcbench.slurm.render import ArrayPoint, render_array
 from hpcbench.slurm.submit import (
@@ -48,7 +50,7 @@ class SweepSpec:
     """A validated sweep spec."""
 
     name: str
-    site: str
+    site: str | None  # None: a local sweep on this host, as probed
     partition: str | None
     base: Mapping[str, Any]
     grid: tuple[tuple[str, tuple[Any, ...]], ...]
@@ -111,10 +113,12 @@ def load_sweep(
     out: Path | None = None,
     max_parallel: int | None = None,
     validity: str | None = None,
+    local: bool = False,
 ) -> SweepSpec:
     """Read and validate a sweep spec; command-line values override the file's.
 
     ``validity`` (rules the points are judged by) overrides the spec's ``base.validity``.
+    A Slurm sweep needs a site; a ``local`` one without a site probes this host, like ``run``.
     """
     import jsonschema
 
@@ -135,10 +139,18 @@ def load_sweep(
         best = min(leaves, key=lambda e: (e.validator != "enum", -len(e.absolute_path)))
         raise ConfigError(f"{path}: {_schema_message(best)}")
     site_path = site or data.get("site")
-    if not site_path:
-        raise ConfigError(f"{path}: no site: give 'site:' in the spec or --site")
+    if not site_path and not local:
+        raise ConfigError(
+            f"{path}: no site: give 'site:' in the spec or --site (only a --local sweep probes "
+            f"this host)"
+        )
     # A relative site path in the spec is relative to the spec file, like templates_dir.
-    if not site and not os.path.isabs(site_path) and (Path(path).parent / site_path).is_file():
+    if (
+        site_path
+        and not site
+        and not os.path.isabs(site_path)
+        and (Path(path).parent / site_path).is_file()
+    ):
         site_path = str(Path(path).parent / site_path)
     name = data.get("name") or Path(path).stem
     for key, values in data["grid"].items():
@@ -147,7 +159,7 @@ def load_sweep(
                 raise ConfigError(f"{path}: grid.{key}: {value!r} is not a single value")
     return SweepSpec(
         name=name,
-        site=str(site_path),
+        site=str(site_path) if site_path else None,
         partition=data.get("partition"),
         base={**(data.get("base") or {}), **({"validity": validity} if validity else {})},
         grid=tuple((k, tuple(v)) for k, v in data["grid"].items()),
@@ -181,27 +193,38 @@ class PointRun:
     index: int
     params: dict[str, Any]
     run_dir: Path
-    inputs: JobInputs
+    # A Slurm point's job; a local point's plan for this host, checked like 'hpcbench run'.
+    inputs: JobInputs | LocalInputs
     status: str = "pending"
     job_id: str | None = None
     message: str = ""
     summary: Mapping[str, Any] | None = field(default=None)
 
 
-def plan_points(spec: SweepSpec) -> list[PointRun]:
-    """Resolve every point (plan, spec, job); a bad point is named with its settings."""
+def plan_points(spec: SweepSpec, *, local: bool = False) -> list[PointRun]:
+    """Resolve every point (plan, spec, job); a bad point is named with its settings.
+
+    ``local`` points go through the checks and defaults of ``hpcbench run`` (this host's
+    probe without a site; the plan must fit this host), all before any point starts.
+    """
     points = []
     for index, params in enumerate(spec.points()):
         settings = {k: v for k, v in {**spec.base, **params}.items() if k not in spec.label_keys}
+        inputs: JobInputs | LocalInputs
         try:
-            inputs = inputs_from_options(
-                site_path=spec.site,
-                partition=spec.partition,
-                job_name=f"{spec.name}-p{index:03d}",
-                python=spec.python,
-                time_limit_min=spec.time_limit_min,
-                **_kwargs(settings),
-            )
+            if local:
+                inputs = plan_local(site=spec.site, partition=spec.partition, **_kwargs(settings))
+            else:
+                if spec.site is None:
+                    raise ConfigError("no site: a Slurm sweep needs 'site:' or --site")
+                inputs = inputs_from_options(
+                    site_path=spec.site,
+                    partition=spec.partition,
+                    job_name=f"{spec.name}-p{index:03d}",
+                    python=spec.python,
+                    time_limit_min=spec.time_limit_min,
+                    **_kwargs(settings),
+                )
         except HpcbenchError as exc:
             raise ConfigError(f"sweep point {index} {_label(params)}: {exc}") from None
         except TypeError as exc:
@@ -275,7 +298,7 @@ def run_sweep(
     echo: Callable[[str], None] = print,
 ) -> list[PointRun]:
     """Run every point that is not complete yet; return all points with their outcome."""
-    points = plan_points(spec)
+    points = plan_points(spec, local=local)
     sweep_dir = spec.out.resolve()
     _check_same_sweep(spec, sweep_dir)
     pending = []
@@ -292,15 +315,21 @@ def run_sweep(
     if not pending:
         return points
     for point in pending:
-        prepare(point.inputs, point.run_dir, [*argv, f"(sweep point {point.index})"])
+        point_argv = [*argv, f"(sweep point {point.index})"]
+        if isinstance(point.inputs, LocalInputs):
+            point.inputs.create_run_dir(point.run_dir, point_argv)
+        else:
+            prepare(point.inputs, point.run_dir, point_argv)
     if local:
-        _run_local(pending, echo)
+        _run_local(pending, spec.python, echo)
     else:
         _run_array(spec, pending, sweep_dir, poll_s, timeout_s, echo)
     return points
 
 
-def _run_local(pending: list[PointRun], echo: Callable[[str], None]) -> None:
+def _run_local(
+    pending: list[PointRun], spec_python: str | None, echo: Callable[[str], None]
+) -> None:
     from hpcbench.aggregate import aggregate_run
     from hpcbench.runtime.launcher import launch_local
     from hpcbench.runtime.rundir import read_run_info
@@ -312,7 +341,7 @@ def _run_local(pending: list[PointRun], echo: Callable[[str], None]) -> None:
                 point.run_dir,
                 point.inputs.plan,
                 read_run_info(point.run_dir),
-                python=point.inputs.python,
+                python=spec_python or sys.executable,
             )
             point.summary = aggregate_run(point.run_dir)
             point.status = "done"
@@ -330,8 +359,10 @@ def _run_array(
     timeout_s: float | None,
     echo: Callable[[str], None],
 ) -> None:
-    node_type = pending[0].inputs.node_type
-    site = pending[0].inputs.site
+    first = pending[0].inputs
+    if not isinstance(first, JobInputs):
+        raise TypeError("a Slurm sweep's points are planned as jobs (plan_points local=False)")
+    node_type, site = first.node_type, first.site
     (sweep_dir / "logs").mkdir(exist_ok=True)
     text = render_array(
         [ArrayPoint(p.index, str(p.run_dir / "job.sbatch"), p.inputs.plan) for p in pending],
