@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcbench.errors import MetricsError
+from hpcbench.errors import MetricsError, RunError
 from hpcbench.metrics import read_rank_file
 from hpcbench.plan.model import Plan, RankPlacement
 from hpcbench.runtime.barrier import FILE_DIR, SHM_DIR, barrier_namespace, remove_barrier_state
@@ -439,7 +439,12 @@ def _one_error_line(stderr: str) -> str:
 
 @pytest.mark.parametrize(
     ("mount_options", "expected"),
-    [("size=1m", r"has 1 MiB free, a run needs at least 24 MiB"), ("ro", r"is not writable")],
+    [
+        ("size=1m", r"has 1 MiB free, a run needs at least 24 MiB"),
+        ("ro", r"is not writable"),
+        # Inode quotas are common on HPC scratch: a run creates a few files per rank.
+        ("size=40m,nr_inodes=12", r"has \d+ free inodes \(files\), a run needs at least 24"),
+    ],
 )
 def test_unusable_out_dir_fails_before_any_rank_starts(
     tmp_path: Path, mount_options: str, expected: str
@@ -511,6 +516,20 @@ def test_full_dev_shm_is_one_line_naming_it(tmp_path: Path) -> None:
     assert "rc=0" in done.stdout, done.stdout + done.stderr
     assert "error: barrier: /dev/shm is full: cannot reserve 576 bytes" in done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_a_rank_log_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    """Every file the launcher creates is checked: here rank 0's log name is taken by a folder
+    (what is left of an inode quota, or a hostile folder): one line, no rank left running."""
+    from hpcbench.runtime.launcher import launch_local
+    from hpcbench.runtime.rundir import read_run_info
+
+    run_dir, plan = _make_run(tmp_path)
+    (run_dir / "logs" / "rank-00001.out").mkdir()
+    with pytest.raises(RunError, match=r"logs/rank-00001\.out: cannot create the rank's log"):
+        launch_local(run_dir, plan, read_run_info(run_dir))
+    run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+    assert not list(SHM_DIR.glob(f"hpcbench-{run_id}-*"))  # rank 0 stopped, its state gone
 
 
 # ---------------------------------------------------------------- missing, late, stale state

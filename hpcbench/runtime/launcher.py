@@ -231,7 +231,11 @@ def launch_local(
 
 
 def _open_log(path: Path) -> IO[bytes]:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Create a rank's log (0600); RunError naming it when that fails (no inode left, say)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise RunError(f"{path}: cannot create the rank's log ({exc.strerror or exc})") from exc
     return os.fdopen(fd, "wb")
 
 
