@@ -74,3 +74,13 @@ def test_table_and_render_for_several_nodes_and_warnings() -> None:
     text = render_plan(plan, APOLLO)
     assert text.startswith("plan: 2 ranks per node x 3 nodes on test:apollo")
     assert "warnings (accepted, 1):\n  - rank 0: GPUs 0,1 share PCIe switch 0000:02:00.0" in text
+
+
+def test_a_plan_without_data_root_shows_no_placeholder() -> None:
+    """The planner's {data_root} placeholder is the runtime's business, not the reader's."""
+    plan = make_plan(APOLLO, PlanRequest(ranks=2))
+    text = render_plan(plan, APOLLO)
+    assert "{data_root}" not in text
+    table = format_table(plan).splitlines()
+    assert table[1].split()[-1] == "-"
+    assert table[3].startswith("data dir -: no data root (--data-root DIR")

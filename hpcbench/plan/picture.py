@@ -13,9 +13,15 @@ from collections.abc import Sequence
 from hpcbench.cpulist import format_cpulist
 from hpcbench.plan.index import topology_index
 from hpcbench.plan.model import Plan
+from hpcbench.plan.planner import DATA_ROOT_PLACEHOLDER
 from hpcbench.topology.model import Topology
 
 RANK_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# Below the table when the plan has no data root (the planner's "{data_root}" placeholder).
+DATA_NOTE = (
+    "data dir -: no data root (--data-root DIR, or the site's data_root); with --stage-data "
+    "each rank stages its data shard in /dev/shm instead"
+)
 CORES_PER_LINE = 64
 
 
@@ -30,6 +36,15 @@ def rank_char(local_rank: int) -> str:
 
 def _cell(value: object) -> str:
     return "-" if value is None or value == "" else str(value)
+
+
+def _data_dir(data_dir: str | None) -> str:
+    """A data dir as the table shows it: ``-`` while its root is the planner's placeholder.
+
+    >>> _data_dir("{data_root}/rank00001"), _data_dir("/dev/shm/x/rank00001")
+    ('-', '/dev/shm/x/rank00001')
+    """
+    return "-" if data_dir is None or DATA_ROOT_PLACEHOLDER in data_dir else _cell(data_dir)
 
 
 def format_table(plan: Plan) -> str:
@@ -52,7 +67,7 @@ def format_table(plan: Plan) -> str:
             format_cpulist(r.cpus),
             _cell(",".join(str(g) for g in r.gpus)),
             _cell(format_cpulist(r.mem_nodes)),
-            _cell(r.data_dir),
+            _data_dir(r.data_dir),
         )
         for r in plan.node_ranks(0)
     ]
@@ -65,6 +80,8 @@ def format_table(plan: Plan) -> str:
             for i, (cell, w) in enumerate(zip(row, widths))
         ]
         lines.append("  ".join(cells).rstrip())
+    if any(DATA_ROOT_PLACEHOLDER in (r.data_dir or "") for r in plan.ranks):
+        lines.append(DATA_NOTE)
     if plan.nodes > 1:
         per_node = plan.ranks_per_node
         others = "node 1 repeats" if plan.nodes == 2 else f"nodes 1-{plan.nodes - 1} repeat"
