@@ -44,13 +44,18 @@ def make_run(
     site: str = "testsite",
     partition: str = "gpu",
     spec: dict[str, Any] | None = None,
+    nodes: int = 1,
 ) -> Path:
-    """A run directory as ``hpcbench run``/``submit`` leave it, aggregated."""
+    """A run directory as ``hpcbench run``/``submit`` leave it, aggregated.
+
+    ``layout`` is one node's; with ``nodes`` > 1 every node runs it (ranks node-major).
+    """
     run_dir = root / run_id
     run_dir.mkdir(parents=True)
-    world_size = len(layout)
+    ranks = [gpus for _ in range(nodes) for gpus in layout]
+    world_size = len(ranks)
     slurm = {"job_id": "1234", "partition": partition, "cluster": site}
-    for rank, gpus in enumerate(layout):
+    for rank, gpus in enumerate(ranks):
         batches = iteration_batches(
             T0_NS, [iteration_ms] * iterations, num_devices=len(gpus), batch_size=batch
         )
@@ -69,13 +74,24 @@ def make_run(
     (run_dir / "run.json").write_text(
         json.dumps({"run_id": run_id, "created": "2026-11-28T20:00:00+00:00", "host": "node001"})
     )
+    per_node = len(layout)
     Plan(
         ranks=tuple(
-            RankPlacement(rank, 0, rank, 0, 0, tuple(range(4 * rank, 4 * rank + 4)), tuple(g), (0,))
-            for rank, g in enumerate(layout)
+            RankPlacement(
+                rank,
+                rank // per_node,
+                rank % per_node,
+                0,
+                0,
+                tuple(range(4 * (rank % per_node), 4 * (rank % per_node) + 4)),
+                tuple(g),
+                (0,),
+            )
+            for rank, g in enumerate(ranks)
         ),
         warnings=(),
         source="test",
+        nodes=nodes,
     ).write(run_dir / "plan.json")
     # A duration the ranks do not overshoot (the validity check compares them); the same for
     # every run, so that runs differing only in speed stay repeats of one another.

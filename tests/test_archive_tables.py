@@ -14,9 +14,13 @@ import pytest
 
 from hpcbench.archive import Archive, add_runs
 from hpcbench.archive.tables import (
+    Config,
     configurations,
+    draw_scaling,
     exploration_table,
     multiprocess_table,
+    plot_scaling,
+    scaling_charts,
     strong_scaling_table,
     weak_scaling_table,
 )
@@ -106,10 +110,104 @@ def test_report_command_and_plot(
     for title in ("Exploration", "Weak scaling", "Strong scaling", "Multi-process"):
         assert title in out
     pngs = sorted(p.name for p in plots.iterdir())
-    assert pngs == ["scaling_resnet50_torch_fp16.png", "scaling_vit_torch_fp16.png"]
+    assert pngs == [
+        "scaling_testsite_gpu_resnet50_torch_fp16.png",
+        "scaling_testsite_gpu_vit_torch_fp16.png",
+    ]
     assert (plots / pngs[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, out, _ = cli(
         capsys, "archive", "report", "-a", str(scaling_archive), "--json", "--where", "model=vit"
     )
     data = json.loads(out)
     assert len(data["Strong scaling (global batch fixed): efficiency 100·t1/(N·tN)"]) == 3
+
+
+@pytest.fixture(scope="module")
+def two_sites_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sites")
+    runs = [
+        make_run(root, f"{site}-{n}", site=site, layout=layout, batch=64, iteration_ms=ms)
+        for site, ms in (("alpha", 50.0), ("beta", 80.0))
+        for n, layout in (("1", ONE), ("2", TWO))
+    ]
+    # The same per-node layout on two nodes: 4 ranks, 4 GPUs.
+    runs.append(
+        make_run(root, "alpha-2x2", site="alpha", layout=TWO, nodes=2, batch=64, iteration_ms=60)
+    )
+    archive = root / "archive"
+    add_runs(archive, runs)
+    return archive
+
+
+def test_scaling_charts_never_mix_sites(two_sites_archive: Path, tmp_path: Path) -> None:
+    charts = scaling_charts(configurations(_entries(two_sites_archive)))
+    assert [(c.site, c.model, c.device_kind) for c in charts] == [
+        ("alpha", "resnet50", "GPU"),
+        ("beta", "resnet50", "GPU"),
+    ]
+    for chart, members in charts.items():
+        assert {m.p("site") for m in members} == {chart.site}
+    paths = plot_scaling(_entries(two_sites_archive), tmp_path)
+    assert [p.name for p in paths] == [
+        "scaling_alpha_gpu_resnet50_torch_fp16.png",
+        "scaling_beta_gpu_resnet50_torch_fp16.png",
+    ]
+
+
+def test_nodes_are_part_of_the_layout(two_sites_archive: Path) -> None:
+    configs = [c for c in configurations(_entries(two_sites_archive)) if c.p("site") == "alpha"]
+    table = exploration_table(configs)
+    assert table.headers[-3:] == ("0", "0;1", "2×(0;1)")
+    cell = {d["layout"]: d["img_s"] for d in table.data}
+    assert cell["0;1"] == pytest.approx(2 * 64 * 1000 / 50.0)
+    assert cell["2×(0;1)"] == pytest.approx(4 * 64 * 1000 / 60.0)
+    weak = weak_scaling_table(configs)
+    assert [(d["devices"], d["nodes"], d["layout"]) for d in weak.data] == [
+        (1, 1, "0"),
+        (2, 1, "0;1"),
+        (4, 2, "2×(0;1)"),
+    ]
+
+
+def _cpu_config(
+    model: str, ranks: int, img_s: float, backend: str = "torch", gpus: tuple[int, ...] = ()
+) -> Config:
+    params = {
+        "site": "laptop",
+        "partition": None,
+        "model": model,
+        "backend": backend,
+        "precision": "fp32",
+        "batch_size": 4,
+        "world_size": ranks,
+        "nodes": 1,
+        "layout": ";".join(str(r) for r in range(ranks)),
+        "devices": ranks,
+        "gpus_total": None,
+        "gpus_per_rank": None,
+    }
+    return Config(params=params, gpu_set=gpus, throughputs=(img_s,))
+
+
+def test_cpu_runs_are_drawn_as_cpu_devices_under_their_model_name() -> None:
+    members = [_cpu_config("bert_base", 1, 0.9), _cpu_config("bert_base", 2, 1.7)]
+    ((chart, grouped),) = scaling_charts(members).items()
+    assert chart.file_name == "scaling_laptop_bert_base_torch_fp32_cpu.png"
+    fig = draw_scaling(chart, grouped)
+    devices_ax, _ = fig.axes
+    assert devices_ax.get_xlabel().startswith("CPU devices")
+    title = fig.get_suptitle()
+    assert title.startswith("bert_base (torch, fp32) on CPU devices")
+    assert devices_ax.get_ylabel() == "common-window throughput (seq/s)"
+    labels = [t.get_text() for t in devices_ax.get_legend().get_texts()]
+    assert labels == ["B=4, 1 device/rank", "B=4, 1 process"]
+    assert not any("GPU" in text for text in [*labels, title, devices_ax.get_xlabel()])
+
+
+def test_the_cpu_backend_runs_on_cpu_devices_where_the_plan_gave_gpus() -> None:
+    # hpcbench submit --backend cpu on a GPU node: the plan lists GPUs, the cores compute.
+    members = [_cpu_config("mlp", 2, 5000.0, backend="cpu", gpus=(0, 1, 2, 3))]
+    ((chart, _),) = scaling_charts(members).items()
+    assert chart.device_kind == "CPU device"
+    assert chart.file_name == "scaling_laptop_mlp_cpu_fp32.png"
+    assert multiprocess_table(members).rows == ()

@@ -1,9 +1,10 @@
 """Reports across archived runs: export rows, exploration and scaling tables, plots.
 
 Only complete runs enter the tables; repeats (same configuration) are averaged and their
-spread shown. Devices ``N`` of a run are its GPUs (the ranks' GPUs summed), or its ranks when
-the run used no GPUs (the CPU backend). Scaling uses the time of one iteration, one batch on
-every device: ``t_N = N·B·1000 / X_N`` ms for per-device batch ``B`` and throughput ``X_N``.
+spread shown. Devices ``N`` of a run are the devices its summary counts: its GPUs, or the CPU
+devices (groups of a rank's cores) of the CPU backend and of torch on a CPU. Scaling uses the
+time of one iteration, one batch on every device: ``t_N = N·B·1000 / X_N`` ms for per-device
+batch ``B`` and throughput ``X_N``.
 
 - weak scaling (per-device batch fixed): efficiency ``100·t_1/t_N``;
 - strong scaling (global batch ``N·B`` fixed): efficiency ``100·t_1/(N·t_N)``;
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcbench.archive.query import FIGURES, HEADLINE, config_signature, figure
+from hpcbench.units import sample_unit
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,32 @@ class Config:
         value = self.params.get("devices") or self.params.get("gpus_total")
         return int(value or self.params.get("world_size") or 1)
 
+    @property
+    def layout(self) -> str:
+        """The per-node layout, prefixed by the node count beyond one node.
+
+        A run of "0;1" on 2 nodes is another configuration than "0;1" on one node: ``2×(0;1)``.
+        """
+        layout = str(self.p("layout"))
+        nodes = self.p("nodes")
+        return layout if nodes in (None, 1) else f"{nodes}×({layout})"
+
+    @property
+    def device_kind(self) -> str:
+        """What a device of this run is: "GPU", or "CPU device" (a rank's core group).
+
+        The CPU backend computes on cores even where the plan gave its ranks GPUs.
+        """
+        return "GPU" if self.gpu_set and self.p("backend") != "cpu" else "CPU device"
+
+    @property
+    def devices_per_rank(self) -> int | None:
+        per_rank = self.p("gpus_per_rank") if self.device_kind == "GPU" else None
+        ranks = self.p("world_size")
+        if not per_rank and isinstance(ranks, int) and ranks > 0 and self.devices % ranks == 0:
+            per_rank = self.devices // ranks
+        return per_rank or None
+
     def p(self, key: str) -> Any:
         return self.params.get(key)
 
@@ -187,7 +215,7 @@ def configurations(entries: Iterable[Mapping[str, Any]]) -> list[Config]:
         )
     configs.sort(
         key=lambda c: json.dumps(
-            [c.p("model"), c.p("batch_size"), c.devices, c.p("world_size"), c.p("layout")],
+            [c.p("model"), c.p("batch_size"), c.devices, c.p("world_size"), c.layout],
             default=str,
         )
     )
@@ -215,13 +243,12 @@ def exploration_table(configs: Sequence[Config]) -> Table:
     """Throughput by model × per-device batch (rows) and layout (columns)."""
     keys = [*_group_keys(configs), "model", "batch_size"]
     layouts: list[str] = []
-    for config in sorted(configs, key=lambda c: (c.devices, str(c.p("layout")))):
-        name = str(config.p("layout"))
-        if name not in layouts:
-            layouts.append(name)
+    for config in sorted(configs, key=lambda c: (c.devices, c.layout)):
+        if config.layout not in layouts:
+            layouts.append(config.layout)
     cells: dict[tuple[str, ...], dict[str, Config]] = {}
     for config in configs:
-        cells.setdefault(_label(config, keys), {})[str(config.p("layout"))] = config
+        cells.setdefault(_label(config, keys), {})[config.layout] = config
     rows = []
     data = []
     for label in sorted(cells, key=lambda t: tuple(x.zfill(12) if x.isdigit() else x for x in t)):
@@ -280,7 +307,7 @@ def _scaling(configs: Sequence[Config], strong: bool) -> Table:
                     *key,
                     str(n),
                     str(config.p("world_size")),
-                    str(config.p("layout")),
+                    config.layout,
                     config.cell(),
                     f"{t_n:.2f}",
                     f"{efficiency:.1f}%",
@@ -291,7 +318,8 @@ def _scaling(configs: Sequence[Config], strong: bool) -> Table:
                     **dict(zip([*base_keys, batch_name], key)),
                     "devices": n,
                     "ranks": config.p("world_size"),
-                    "layout": config.p("layout"),
+                    "nodes": config.p("nodes"),
+                    "layout": config.layout,
                     "img_s": config.mean,
                     "t_ms": t_n,
                     "efficiency_pct": efficiency,
@@ -321,7 +349,7 @@ def multiprocess_table(configs: Sequence[Config]) -> Table:
     keys = [*_group_keys(configs), "model", "batch_size"]
     groups: dict[tuple[Any, ...], list[Config]] = {}
     for config in configs:
-        if not config.gpu_set:
+        if config.device_kind != "GPU":
             continue
         key = (*_label(config, keys), str(config.p("nodes")), config.gpu_set)
         groups.setdefault(key, []).append(config)
@@ -337,7 +365,7 @@ def multiprocess_table(configs: Sequence[Config]) -> Table:
             continue
         single = max(singles, key=lambda c: c.mean)
         gpus = ",".join(map(str, key[-1]))
-        for multi in sorted(multis, key=lambda c: (c.p("world_size"), str(c.p("layout")))):
+        for multi in sorted(multis, key=lambda c: (c.p("world_size"), c.layout)):
             ratio = multi.mean / single.mean
             rows.append(
                 (
@@ -345,7 +373,7 @@ def multiprocess_table(configs: Sequence[Config]) -> Table:
                     gpus,
                     single.cell(),
                     str(multi.p("world_size")),
-                    str(multi.p("layout")),
+                    multi.layout,
                     multi.cell(),
                     f"{ratio:.3f}",
                 )
@@ -356,7 +384,7 @@ def multiprocess_table(configs: Sequence[Config]) -> Table:
                     "gpus": list(key[-1]),
                     "single_img_s": single.mean,
                     "ranks": multi.p("world_size"),
-                    "layout": multi.p("layout"),
+                    "layout": multi.layout,
                     "multi_img_s": multi.mean,
                     "ratio": ratio,
                 }
@@ -381,11 +409,86 @@ def report_tables(entries: Sequence[Mapping[str, Any]]) -> list[Table]:
 # -- plots ----------------------------------------------------------------------------------
 
 
-def plot_scaling(entries: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
-    """PNG plots of throughput against devices and against ranks, one pair per model.
+@dataclass(frozen=True, slots=True, order=True)
+class Chart:
+    """What one scaling chart shows: one model's runs on one kind of node of one site."""
 
-    Needs matplotlib (the ``plot`` extra); imported here so that nothing else depends on it.
-    """
+    site: str
+    partition: str
+    model: str
+    backend: str
+    precision: str
+    device_kind: str
+
+    @property
+    def title(self) -> str:
+        site = f"site {self.site}" if self.site != "-" else "site not recorded"
+        where = site + (f", node type {self.partition}" if self.partition != "-" else "")
+        return f"{self.model} ({self.backend}, {self.precision}) on {self.devices} — {where}"
+
+    @property
+    def devices(self) -> str:
+        """The devices' name for an axis: GPUs, or CPU devices (a CPU backend's core groups)."""
+        return "GPUs" if self.device_kind == "GPU" else "CPU devices (groups of a rank's cores)"
+
+    @property
+    def file_name(self) -> str:
+        parts = [self.site, self.partition, self.model, self.backend, self.precision]
+        if self.device_kind != "GPU" and self.backend != "cpu":
+            parts.append("cpu")
+        return "scaling_" + "_".join(_safe(p) for p in parts if p != "-") + ".png"
+
+
+def scaling_charts(configs: Iterable[Config]) -> dict[Chart, list[Config]]:
+    """Configurations by chart: sites, node types and device kinds are never mixed."""
+    charts: dict[Chart, list[Config]] = {}
+    for config in configs:
+        site, partition, model, backend, precision = _label(
+            config, ("site", "partition", "model", "backend", "precision")
+        )
+        key = Chart(site, partition, model, backend, precision, config.device_kind)
+        charts.setdefault(key, []).append(config)
+    return dict(sorted(charts.items()))
+
+
+def plot_scaling(entries: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Path]:
+    """PNG plots of throughput against devices and against ranks, one pair per chart."""
+    plt = _pyplot()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for chart, members in scaling_charts(configurations(entries)).items():
+        fig = draw_scaling(chart, members)
+        path = out_dir / chart.file_name
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
+def draw_scaling(chart: Chart, members: Sequence[Config]) -> Any:
+    """The figure of one chart: throughput against devices beside throughput against ranks."""
+    plt = _pyplot()
+    rate = sample_unit(chart.model).rate
+    fig, (ax_dev, ax_rank) = plt.subplots(1, 2, figsize=(12, 4.8))
+    _plot_lines(ax_dev, members, x="devices", lines_of=_mode_labels)
+    ax_dev.set_xlabel(chart.devices)
+    ax_dev.set_title("throughput against devices")
+    _plot_lines(ax_rank, members, x="world_size", lines_of=_rank_labels)
+    ax_rank.set_xlabel("ranks (processes)")
+    ax_rank.set_title("throughput against ranks")
+    for ax in (ax_dev, ax_rank):
+        ax.set_ylabel(f"common-window throughput ({rate})")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(chart.title)
+    fig.tight_layout()
+    return fig
+
+
+def _pyplot() -> Any:
+    # Imported here so that nothing else depends on matplotlib (the ``plot`` extra).
     try:
         import matplotlib
 
@@ -395,51 +498,27 @@ def plot_scaling(entries: Sequence[Mapping[str, Any]], out_dir: Path) -> list[Pa
         from hpcbench.errors import UsageError
 
         raise UsageError("--plot needs matplotlib: pip install 'hpcbench[plot]'") from exc
-    configs = configurations(entries)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    by_model: dict[str, list[Config]] = {}
-    for config in configs:
-        name = "_".join(str(config.p(k)) for k in ("model", "backend", "precision"))
-        by_model.setdefault(name, []).append(config)
-    for name, members in sorted(by_model.items()):
-        fig, (ax_dev, ax_rank) = plt.subplots(1, 2, figsize=(12, 4.8))
-        _plot_lines(ax_dev, members, x="devices", lines_of=_mode_labels)
-        ax_dev.set_xlabel("devices (GPUs)")
-        ax_dev.set_title("throughput against devices")
-        _plot_lines(ax_rank, members, x="world_size", lines_of=_rank_labels)
-        ax_rank.set_xlabel("ranks (processes)")
-        ax_rank.set_title("throughput against ranks")
-        for ax in (ax_dev, ax_rank):
-            ax.set_ylabel("common-window throughput (img/s)")
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.suptitle(name.replace("_", " · "))
-        fig.tight_layout()
-        path = out_dir / f"scaling_{_safe(name)}.png"
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        tmp.replace(path)
-        written.append(path)
-    return written
+    return plt
 
 
 def _mode_labels(config: Config) -> list[str]:
-    """Lines a point of the devices plot belongs to (one GPU in one process is on both)."""
+    """Lines a point of the devices plot belongs to (one device in one process is on both)."""
     batch = config.p("batch_size")
-    per_rank = config.p("gpus_per_rank")
+    per_rank = config.devices_per_rank
+    noun = "GPU" if config.device_kind == "GPU" else "device"
     labels = []
     if config.p("world_size") == 1:
         labels.append(f"B={batch}, 1 process")
     if per_rank and (config.p("world_size") != 1 or per_rank == 1):
-        labels.append(f"B={batch}, {per_rank} GPU{'s' if per_rank > 1 else ''}/rank")
-    return labels or [f"B={batch}, mixed GPUs/rank"]
+        labels.append(f"B={batch}, {per_rank} {noun}{'s' if per_rank > 1 else ''}/rank")
+    return labels or [f"B={batch}, mixed {noun}s/rank"]
 
 
 def _rank_labels(config: Config) -> list[str]:
     n = config.devices
-    return [f"B={config.p('batch_size')}, {n} device{'s' if n > 1 else ''}"]
+    nodes = config.p("nodes")
+    on_nodes = f" on {nodes} nodes" if isinstance(nodes, int) and nodes > 1 else ""
+    return [f"B={config.p('batch_size')}, {n} device{'s' if n > 1 else ''}{on_nodes}"]
 
 
 def _plot_lines(ax: Any, configs: Sequence[Config], *, x: str, lines_of: Any) -> None:
