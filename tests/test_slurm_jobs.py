@@ -241,3 +241,60 @@ def test_numactl_wrapper_variant_in_a_real_job(slurm_site: Path, tmp_path: Path)
     state = _wait(sbatch(script), run_dir, 2)
     assert state.state == "COMPLETED", explain_failure(state, run_dir, 2)
     _check_rank_files("numactl-wrapper", inputs.plan, run_dir)
+
+
+@pytest.mark.parametrize(
+    ("flags", "planned", "wrong", "message"),
+    [
+        # Both tasks of map_gpu:0,2 reported global_list=0 on a cluster with device cgroups.
+        ({"ranks": 2, "gpus_per_rank": 1}, "map_gpu:0,2", "map_gpu:0,0",
+         "rank 1: gpus: planned GPUs 2, srun bound global GPUs 0 (gpu-bind global_list)"),
+        # mask_gpu:0x3,0xC ran with global_list=0,1 for both ranks and no mismatch recorded.
+        ({"ranks": 2}, "mask_gpu:0x3,0xC", "mask_gpu:0x3,0x3",
+         "rank 1: gpus: planned GPUs 2,3, srun bound global GPUs 0,1 (gpu-bind global_list)"),
+    ],
+)  # fmt: skip
+def test_gpus_are_compared_by_identity_not_index(
+    slurm_site: Path,
+    tmp_path: Path,
+    flags: dict[str, object],
+    planned: str,
+    wrong: str,
+    message: str,
+) -> None:
+    """The issue's two observations, reproduced by binding rank 1 to rank 0's GPUs."""
+    from hpcbench.aggregate import aggregate_run
+
+    inputs = _inputs(slurm_site, **flags)
+    runs = {}
+    for name in ("as-planned", "rebound"):
+        run_dir, script = prepare(inputs, tmp_path / name, ["test", name])
+        text = script.read_text()
+        assert f"--gpu-bind=verbose,{planned}" in text
+        if name == "rebound":
+            script.write_text(text.replace(planned, wrong))
+        runs[name] = (run_dir, sbatch(script))
+    for run_dir, job_id in runs.values():
+        state = _wait(job_id, run_dir, 2)
+        assert state.state == "COMPLETED", explain_failure(state, run_dir, 2)
+
+    good = aggregate_run(runs["as-planned"][0])
+    binding = next(c for c in good["validity"]["checks"] if c["name"] == "binding")
+    # The fake cluster's NUMA node 1 does not exist on the host: rank 1's memory policy differs
+    # from its plan in every job here. The GPUs, though, are the planned ones.
+    assert "gpus:" not in binding["why"] and "GPU" not in binding["why"], binding["why"]
+    for row in good["ranks"]:
+        identity = row["gpu_identity"]
+        assert identity["source"] == "slurm_gpu_bind" and identity["actual"] == row["gpus"]
+
+    bad = aggregate_run(runs["rebound"][0])
+    binding = next(c for c in bad["validity"]["checks"] if c["name"] == "binding")
+    assert binding["passed"] is False and bad["validity"]["valid"] is False
+    assert message in binding["why"]
+    assert f"GPU 0 on {bad['ranks'][0]['host']} is bound to ranks 0, 1" in binding["why"]
+    # CUDA_VISIBLE_DEVICES alone said nothing wrong: rank 1 saw GPUs numbered from 0, the
+    # same as a task renumbered by ConstrainDevices.
+    rank1 = bad["ranks"][1]
+    assert rank1["gpus_visible"] == ",".join(str(g) for g in range(len(rank1["gpus"])))
+    assert message.removeprefix("rank 1: ") in rank1["binding_mismatches"]
+    assert not any(m.startswith("gpus:") for m in bad["ranks"][0]["binding_mismatches"])

@@ -340,3 +340,35 @@ def test_report_and_archive_list_show_the_verdict(
     assert code == 0, err
     rows = {line.split()[0]: line.split()[-1] for line in out.splitlines()[2:4]}
     assert rows == {"good": "valid", "short": "INVALID"}
+
+
+def test_nvml_identity_compares_pci_bus_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    from types import SimpleNamespace
+
+    from hpcbench.plan.model import RankPlacement
+    from hpcbench.runtime.binding import gpu_identity, gpu_identity_mismatch, nvml_visible_bus_ids
+
+    bus = [b"00000000:1B:00.0", b"00000000:3D:00.0"]
+    fake = SimpleNamespace(
+        NVMLError=RuntimeError,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda index: index,
+        nvmlDeviceGetHandleByUUID=lambda uuid: {"GPU-aa": 0}[uuid],
+        nvmlDeviceGetPciInfo=lambda handle: SimpleNamespace(busId=bus[handle]),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    # Renumbered by ConstrainDevices: "0" is whichever GPU the cgroup left, here 0000:1b:00.0.
+    assert nvml_visible_bus_ids("0") == ["0000:1b:00.0"]
+    assert nvml_visible_bus_ids("GPU-aa,1") == ["0000:1b:00.0", "0000:3d:00.0"]
+    placement = RankPlacement(1, 0, 1, 1, 1, (1,), (3,), (1,))
+    planned = {3: "0000:3D:00.0"}
+    held = gpu_identity(placement, planned_bus_ids=planned, nvml_bus_ids=["0000:1b:00.0"])
+    assert held == {"source": "nvml", "ids": "pci_bus_id", "planned": ["0000:3d:00.0"],
+                    "actual": ["0000:1b:00.0"]}  # fmt: skip
+    assert gpu_identity_mismatch(held) == (
+        "gpus: planned PCI bus ids 0000:3d:00.0, NVML says the rank holds 0000:1b:00.0"
+    )
+    right = gpu_identity(placement, planned_bus_ids=planned, nvml_bus_ids=["0000:3d:00.0"])
+    assert gpu_identity_mismatch(right) is None

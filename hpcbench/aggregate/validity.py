@@ -269,11 +269,13 @@ def binding(summary: Mapping[str, Any]) -> dict[str, Any]:
     for row in summary["ranks"]:
         for mismatch in row.get("binding_mismatches") or []:
             problems.append(f"rank {row['rank']}: {mismatch}")
-    owners: dict[tuple[Any, str], list[int]] = {}
+    owners: dict[tuple[Any, Any, str], list[int]] = {}
     for row in summary["ranks"]:
         for gpu in (row.get("gpu_identity") or {}).get("actual") or []:
-            owners.setdefault((row.get("host"), str(gpu)), []).append(int(row["rank"]))
-    for (host, gpu), ranks in sorted(owners.items(), key=lambda item: str(item[0])):
+            # By plan node too: the fake nodes of a test cluster share one host name.
+            key = (row.get("host"), row.get("node"), str(gpu))
+            owners.setdefault(key, []).append(int(row["rank"]))
+    for (host, _, gpu), ranks in sorted(owners.items(), key=lambda item: str(item[0])):
         if len(set(ranks)) > 1:
             problems.append(
                 f"GPU {gpu} on {host} is bound to ranks {', '.join(map(str, sorted(set(ranks))))}"

@@ -9,10 +9,12 @@ with :func:`apply_binding` (affinity and ``set_mempolicy`` are inherited across 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,3 +229,162 @@ def _memory_mismatch(
         where = f"CPUs on node {format_cpulist(sorted(nodes))}" if nodes else "unknown nodes"
         return [f"memory: planned {planned}, got {actual.mem_policy} allocation ({where})"]
     return [f"memory: planned {planned}, policy could not be read"]
+
+
+# ------------------------------------------------------------------------- GPU identity
+# srun --gpu-bind=verbose writes this into the task's stderr before the task starts, e.g.
+# "gpu-bind: usable_gres=0x5; bit_alloc=0xF; local_inx=4; global_list=0,2; local_list=0,1".
+# global_list holds the node's GRES indices (gres.conf order), which stay the same under
+# cgroup ConstrainDevices while CUDA_VISIBLE_DEVICES is renumbered from 0.
+_GPU_BIND_LINE = re.compile(r"^gpu-bind:.*?\bglobal_list=([0-9,]*)", re.MULTILINE)
+_STDERR_HEAD_BYTES = 65536
+
+
+def parse_gpu_bind(text: str) -> tuple[int, ...] | None:
+    """The GPUs srun bound the task to (``global_list``); None unless exactly one report.
+
+    >>> parse_gpu_bind("gpu-bind: usable_gres=0x3; bit_alloc=0xF; local_inx=0; "
+    ...                "global_list=0,1; local_list=0,1\\nrank 1: INFO ...")
+    (0, 1)
+    >>> parse_gpu_bind("no report") is None
+    True
+    """
+    found = _GPU_BIND_LINE.findall(text)
+    if len(found) != 1:
+        # Several tasks writing one file: a line cannot be attributed to this rank.
+        return None
+    return tuple(int(x) for x in found[0].split(",") if x)
+
+
+def own_stderr_head(fd: int = 2) -> str | None:
+    """The start of the file this process's stderr writes to (None when not a regular file).
+
+    srun's verbose binding reports precede everything the rank writes there.
+    """
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if not Path(path).is_file():
+            return None
+        with open(path, "rb") as stream:
+            return stream.read(_STDERR_HEAD_BYTES).decode(errors="replace")
+    except OSError:
+        return None
+
+
+def normalise_bus_id(bus_id: str) -> str:
+    """A PCI bus id as sysfs writes it (4-digit domain, lower case).
+
+    >>> normalise_bus_id("00000000:1B:00.0")
+    '0000:1b:00.0'
+    >>> normalise_bus_id("0000:1b:00.0")
+    '0000:1b:00.0'
+    """
+    text = bus_id.strip().lower()
+    domain, sep, rest = text.partition(":")
+    if sep and rest.count(":") == 1:
+        try:
+            return f"{int(domain, 16):04x}:{rest}"
+        except ValueError:
+            pass
+    return text
+
+
+def nvml_visible_bus_ids(cuda_visible: str | None) -> list[str] | None:
+    """PCI bus ids of the GPUs ``CUDA_VISIBLE_DEVICES`` names, asked of NVML; None without it.
+
+    An entry is a UUID (``GPU-…``) or an index; an index is taken in NVML's order (PCI bus
+    order), which is CUDA's with ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` and on nodes of one GPU model.
+    """
+    if not cuda_visible:
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no driver, no library: identity comes from elsewhere or not at all
+        return None
+    try:
+        ids = []
+        for entry in (e.strip() for e in cuda_visible.split(",") if e.strip()):
+            if entry.isdigit():
+                handle = pynvml.nvmlDeviceGetHandleByIndex(int(entry))
+            else:
+                handle = pynvml.nvmlDeviceGetHandleByUUID(entry)
+            bus_id = pynvml.nvmlDeviceGetPciInfo(handle).busId
+            ids.append(normalise_bus_id(bus_id.decode() if isinstance(bus_id, bytes) else bus_id))
+        return ids
+    except pynvml.NVMLError:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def topology_bus_ids(topology_json: Mapping[str, Any] | None) -> dict[int, str]:
+    """GPU index -> PCI bus id from a run's ``topology.json`` (GPUs without one left out).
+
+    >>> topology_bus_ids({"gpus": [{"index": 0, "pci_bus_id": "0000:1b:00.0"},
+    ...                            {"index": 1, "pci_bus_id": ""}]})
+    {0: '0000:1b:00.0'}
+    """
+    gpus = (topology_json or {}).get("gpus") or []
+    return {
+        int(g["index"]): str(g["pci_bus_id"])
+        for g in gpus
+        if isinstance(g, Mapping) and g.get("pci_bus_id") and "index" in g
+    }
+
+
+def gpu_identity(
+    placement: RankPlacement,
+    *,
+    planned_bus_ids: Mapping[int, str] | None = None,
+    nvml_bus_ids: Sequence[str] | None = None,
+    gpu_bind_global: Sequence[int] | None = None,
+) -> dict[str, Any] | None:
+    """Which GPUs the rank really holds, by identity: PCI bus ids (NVML) where they and the
+    plan's are known, else the node's global GPU indices from srun's gpu-bind report; None
+    when neither is available (only ``CUDA_VISIBLE_DEVICES`` can be compared then).
+
+    >>> plan = RankPlacement(1, 0, 1, 1, 1, (1,), (2, 3), (1,))
+    >>> gpu_identity(plan, gpu_bind_global=(0, 1))["actual"]
+    [0, 1]
+    >>> gpu_identity(plan) is None
+    True
+    """
+    if not placement.gpus:
+        return None
+    planned_ids = [(planned_bus_ids or {}).get(g) for g in placement.gpus]
+    if nvml_bus_ids is not None and all(planned_ids):
+        return {
+            "source": "nvml",
+            "ids": "pci_bus_id",
+            "planned": [normalise_bus_id(str(b)) for b in planned_ids],
+            "actual": list(nvml_bus_ids),
+        }
+    if gpu_bind_global is not None:
+        return {
+            "source": "slurm_gpu_bind",
+            "ids": "global_index",
+            "planned": list(placement.gpus),
+            "actual": list(gpu_bind_global),
+        }
+    return None
+
+
+def gpu_identity_mismatch(identity: Mapping[str, Any] | None) -> str | None:
+    """A sentence when the GPUs held are not the planned ones (as sets), else None.
+
+    >>> gpu_identity_mismatch({"source": "slurm_gpu_bind", "ids": "global_index",
+    ...                        "planned": [2, 3], "actual": [0, 1]})
+    'gpus: planned GPUs 2,3, srun bound global GPUs 0,1 (gpu-bind global_list)'
+    """
+    if not identity or sorted(map(str, identity["planned"])) == sorted(
+        map(str, identity["actual"])
+    ):
+        return None
+    planned = ",".join(map(str, identity["planned"]))
+    actual = ",".join(map(str, identity["actual"]))
+    if identity["source"] == "nvml":
+        return f"gpus: planned PCI bus ids {planned}, NVML says the rank holds {actual}"
+    return f"gpus: planned GPUs {planned}, srun bound global GPUs {actual} (gpu-bind global_list)"

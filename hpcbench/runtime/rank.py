@@ -29,7 +29,17 @@ from hpcbench.jsonfile import read_json, write_json_atomic
 from hpcbench.metrics import RankMetricsWriter
 from hpcbench.plan.model import Plan, RankPlacement
 from hpcbench.runtime.barrier import barrier_namespace, open_barrier
-from hpcbench.runtime.binding import compare_binding, node_of_cpus, read_actual_binding
+from hpcbench.runtime.binding import (
+    compare_binding,
+    gpu_identity,
+    gpu_identity_mismatch,
+    node_of_cpus,
+    nvml_visible_bus_ids,
+    own_stderr_head,
+    parse_gpu_bind,
+    read_actual_binding,
+    topology_bus_ids,
+)
 from hpcbench.runtime.identity import (
     RankIdentity,
     hostname,
@@ -38,7 +48,7 @@ from hpcbench.runtime.identity import (
     slurm_info,
 )
 from hpcbench.runtime.pipeline import Pipeline, PipelineResult
-from hpcbench.runtime.rundir import LOGS_DIR, PLAN_FILE, SPEC_FILE, read_run_info
+from hpcbench.runtime.rundir import LOGS_DIR, PLAN_FILE, SPEC_FILE, TOPOLOGY_FILE, read_run_info
 from hpcbench.spec import RunSpec
 from hpcbench.telemetry import TelemetrySampler, start_sampler, write_disabled
 
@@ -149,7 +159,11 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
                 f"{placement.local_rank}, launcher says node {identity.node} local rank "
                 f"{identity.local_rank}"
             )
-        binding = {**actual.to_json(), "mismatches": mismatches}
+        held = _gpu_identity(run_dir, placement, actual.cuda_visible_devices)
+        problem = gpu_identity_mismatch(held)
+        if problem:
+            mismatches.append(problem)
+        binding = {**actual.to_json(), "mismatches": mismatches, "gpu_identity": held}
         for problem in mismatches:
             log.warning("binding differs from the plan: %s", problem)
         if mismatches and spec.strict_binding:
@@ -248,6 +262,22 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
         path,
     )
     return result
+
+
+def _gpu_identity(
+    run_dir: Path, placement: RankPlacement, cuda_visible: str | None
+) -> dict[str, Any] | None:
+    """The GPUs this rank holds, by identity (see :func:`binding.gpu_identity`)."""
+    if not placement.gpus:
+        return None
+    topology_path = run_dir / TOPOLOGY_FILE
+    topology = read_json(topology_path, "topology file") if topology_path.is_file() else None
+    return gpu_identity(
+        placement,
+        planned_bus_ids=topology_bus_ids(topology if isinstance(topology, dict) else None),
+        nvml_bus_ids=nvml_visible_bus_ids(cuda_visible),
+        gpu_bind_global=parse_gpu_bind(own_stderr_head() or ""),
+    )
 
 
 def _finish_telemetry(
