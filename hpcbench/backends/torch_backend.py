@@ -24,8 +24,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +41,12 @@ from hpcbench.backends.base import (
     HostBatch,
     Ticket,
 )
-from hpcbench.errors import ConfigError, RunError, closest
+from hpcbench.backends.torch_models import MODELS as MODELS  # re-exported: the model list
+from hpcbench.backends.torch_models import ModelEntry, TorchSettings, model_entry
+from hpcbench.errors import ConfigError, RunError
 from hpcbench.plan.model import RankPlacement
 from hpcbench.spec import RunSpec
 
-OPTIONS = ("device", "image_size", "seq_len", "compile_mode", "synthetic_pool")
 _DTYPES = {
     "fp32": torch.float32,
     "tf32": torch.float32,
@@ -57,97 +57,6 @@ _DTYPES = {
 # mode) and torch.compile compiles during these, and neither may happen inside a capture.
 _WARMUP_BEFORE_CAPTURE = 3
 _SLOTS = 2
-
-
-@dataclass(frozen=True, slots=True)
-class ModelEntry:
-    """A model the backend can build: its input kind and size and its forward cost."""
-
-    name: str
-    kind: str  # "image" or "tokens"
-    default_size: int  # image side in pixels, or sequence length
-    gflops: float  # forward GFLOP per image (2 per multiply-add) at default_size
-
-    def build(self) -> nn.Module:
-        if self.kind == "tokens":
-            from hpcbench.backends.transformer import Encoder
-
-            return Encoder()
-        try:
-            import torchvision.models as tvm
-        except ImportError as exc:
-            raise ConfigError(
-                f"model {self.name!r} needs torchvision ({exc}); "
-                "install with pip install 'hpcbench[torch]' or use model bert_base"
-            ) from exc
-        if self.name == "inception_v3":
-            return tvm.inception_v3(weights=None, aux_logits=False, init_weights=True)
-        builder: Callable[..., nn.Module] = getattr(tvm, self.name)
-        return builder(weights=None)
-
-
-# Forward FLOPs at the default input size: torchvision's published GFLOPS (multiply-adds)
-# times two; BERT-base's from EncoderShape.flops_per_token at 128 tokens.
-MODELS: dict[str, ModelEntry] = {
-    m.name: m
-    for m in (
-        ModelEntry("resnet50", "image", 224, 8.18),
-        ModelEntry("resnet152", "image", 224, 23.03),
-        ModelEntry("vgg16", "image", 224, 30.95),
-        ModelEntry("alexnet", "image", 224, 1.43),
-        ModelEntry("inception_v3", "image", 299, 11.46),
-        ModelEntry("mobilenet_v2", "image", 224, 0.60),
-        ModelEntry("bert_base", "tokens", 128, 22.35),
-    )
-}
-
-
-def model_entry(name: str) -> ModelEntry:
-    """The model called ``name``, or a ConfigError listing the valid ones."""
-    entry = MODELS.get(name)
-    if entry is None:
-        raise ConfigError(
-            f"model: {name!r} is not a torch backend model (valid: {', '.join(MODELS)})"
-            f"{closest(name, list(MODELS))}"
-        )
-    return entry
-
-
-@dataclass(frozen=True, slots=True)
-class TorchSettings:
-    """The backend options of a spec, checked once."""
-
-    device: str
-    input_size: int
-    compile_mode: str | None
-    synthetic_pool: int
-
-    @classmethod
-    def from_spec(cls, spec: RunSpec) -> TorchSettings:
-        for key in spec.options:
-            if key not in OPTIONS:
-                raise ConfigError(
-                    f"options: unknown torch backend option {key!r}{closest(key, OPTIONS)} "
-                    f"(valid: {', '.join(OPTIONS)})"
-                )
-        entry = model_entry(spec.model)
-        device = str(spec.options.get("device", "auto"))
-        if device not in ("auto", "cuda", "cpu"):
-            raise ConfigError(f"options.device: {device!r} is not one of auto, cuda, cpu")
-        size_key = "seq_len" if entry.kind == "tokens" else "image_size"
-        size = int(spec.options.get(size_key, entry.default_size))
-        if size < 1:
-            raise ConfigError(f"options.{size_key}: must be at least 1, got {size}")
-        pool = int(spec.options.get("synthetic_pool", 4))
-        if pool < 1:
-            raise ConfigError(f"options.synthetic_pool: must be at least 1, got {pool}")
-        mode = spec.options.get("compile_mode")
-        return cls(
-            device=device,
-            input_size=size,
-            compile_mode=None if mode is None else str(mode),
-            synthetic_pool=pool,
-        )
 
 
 def uses_cuda(placement: RankPlacement, spec: RunSpec) -> bool:

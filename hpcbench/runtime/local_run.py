@@ -182,6 +182,10 @@ def preflight(spec: RunSpec, plan: Plan) -> None:
             "backend 'torch' needs PyTorch, which is not installed; install it with "
             "pip install 'hpcbench[torch]' or use --backend cpu"
         )
+    if spec.backend == "torch":
+        from hpcbench.backends.torch_models import TorchSettings
+
+        TorchSettings.from_spec(spec)  # the model's name and the options, without import torch
     if spec.backend == "cpu":
         backend = load_backend("cpu")
         for placement in plan.ranks:
