@@ -76,6 +76,26 @@ def test_same_id_with_other_contents_is_refused(tmp_path: Path, archive_dir: Pat
     )
 
 
+def test_a_re_aggregated_run_replaces_its_archived_copy_when_asked(
+    tmp_path: Path, archive_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """aggregate --dlbs-trim rewrites summary.json; the refusal names the way forward."""
+    run = make_run(tmp_path / "runs", "run-a", iterations=60)
+    add_run(archive_dir, run)
+    code, _, err = cli(capsys, "aggregate", str(run), "--dlbs-trim", "10")
+    assert code == 0, err
+    code, _, err = cli(capsys, "archive", "add", str(run), "--to", str(archive_dir))
+    assert code == 2 and "already archived" in err and "archive add --replace" in err
+    code, out, err = cli(capsys, "archive", "add", "--replace", str(run), "--to", str(archive_dir))
+    assert code == 0 and "added: run-a" in out, err
+    archived = json.loads((archive_dir / "runs/run-a/summary.json").read_text())
+    assert archived == json.loads((run / "summary.json").read_text())
+    assert [e["run_id"] for e in Archive(archive_dir).entries()] == ["run-a"]
+    assert list((archive_dir / "staging").iterdir()) == []
+    # Adding the same version again, --replace or not, changes nothing.
+    assert Archive(archive_dir).add(run, replace=True).added is False
+
+
 def test_incomplete_run_stays_marked(
     tmp_path: Path, archive_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -272,15 +272,15 @@ class Archive:
 
     # -- adding -----------------------------------------------------------------------------
 
-    def add(self, run_dir: Path | str) -> AddResult:
+    def add(self, run_dir: Path | str, *, replace: bool = False) -> AddResult:
         """Archive one run directory; see :func:`add_run`."""
         try:
-            return self._add(Path(run_dir))
+            return self._add(Path(run_dir), replace)
         except OSError as exc:
             where = exc.filename or run_dir
             raise ArchiveError(f"{where}: cannot archive {run_dir} ({exc.strerror})") from exc
 
-    def _add(self, run_dir: Path) -> AddResult:
+    def _add(self, run_dir: Path, replace: bool = False) -> AddResult:
         if not run_dir.is_dir():
             raise ArchiveError(f"{run_dir}: not a run directory")
         summary_path = run_dir / SUMMARY
@@ -336,12 +336,23 @@ class Archive:
                 if not final.is_dir():
                     raise ArchiveError(f"{final}: cannot publish run ({exc.strerror})") from exc
                 existing = _read_json_object(final / RECORD, "archive record")
-                if existing.get("content_sha256") != record["content_sha256"]:
+                if existing.get("content_sha256") == record["content_sha256"]:
+                    added = False
+                elif not replace:
                     raise ArchiveError(
                         f"{run_dir}: run {run_id} is already archived in {final} with different "
-                        "files (re-aggregated?); remove that folder to replace it"
+                        "files (re-aggregated, e.g. with another --dlbs-trim?); 'hpcbench archive "
+                        "add --replace' stores this version in its place"
                     ) from None
-                added = False
+                else:
+                    # Moved aside inside the archive (same filesystem), then the new copy takes
+                    # its name; the old one is deleted only once the new one is published.
+                    old = Path(tempfile.mkdtemp(dir=self.staging_dir, prefix=f"{run_id}.old."))
+                    os.rename(final, old / run_id)
+                    os.rename(staging, final)
+                    _fsync_dir(self.runs_dir)
+                    shutil.rmtree(old, ignore_errors=True)
+                    added = True
             else:
                 _fsync_dir(self.runs_dir)
                 added = True
@@ -646,14 +657,16 @@ def _site_document(folder: Path, files: Iterable[str]) -> dict[str, Any] | None:
     return None
 
 
-def add_run(archive_dir: Path | str, run_dir: Path | str) -> str:
+def add_run(archive_dir: Path | str, run_dir: Path | str, *, replace: bool = False) -> str:
     """Archive one run directory into ``archive_dir`` (created when missing); return its run id.
 
     Atomic (the run appears whole or not at all), idempotent (adding the same run again does
     nothing) and safe for many concurrent writers, also on a shared filesystem. A run whose
-    summary says ``complete: false`` is archived and stays marked incomplete.
+    summary says ``complete: false`` is archived and stays marked incomplete. A run archived
+    before with other files (re-aggregated) is refused unless ``replace``: then this version
+    takes the archived one's place.
     """
-    return Archive(archive_dir).add(run_dir).run_id
+    return Archive(archive_dir).add(run_dir, replace=replace).run_id
 
 
 def add_runs(archive_dir: Path | str, run_dirs: Iterable[Path | str]) -> list[str]:

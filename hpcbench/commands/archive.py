@@ -68,7 +68,12 @@ def archive() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Archive folder, created when missing (default: $HPCBENCH_ARCHIVE).",
 )
-def add(run_dirs: tuple[Path, ...], archive_dir: Path) -> None:
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="A run archived before with other files (re-aggregated): store this version instead.",
+)
+def add(run_dirs: tuple[Path, ...], archive_dir: Path, replace: bool) -> None:
     """Archive RUN_DIR(s) atomically; adding a run again is harmless."""
     from hpcbench.archive import Archive
 
@@ -76,7 +81,7 @@ def add(run_dirs: tuple[Path, ...], archive_dir: Path) -> None:
     failures = []
     for run_dir in run_dirs:
         try:
-            result = store.add(run_dir)
+            result = store.add(run_dir, replace=replace)
         except ArchiveError as exc:
             click.echo(f"hpcbench: error: {exc}", err=True)
             failures.append(str(run_dir))
