@@ -15,6 +15,7 @@ from typing import Any
 from hpcbench.aggregate import read_summary
 from hpcbench.aggregate.summary import format_telemetry
 from hpcbench.aggregate.validity import format_verdict, verdict_word
+from hpcbench.units import SampleUnit, summary_unit
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +82,16 @@ def report_rows(summaries: Sequence[Mapping[str, Any]]) -> list[list[str]]:
 
 
 def format_report(summaries: Sequence[Mapping[str, Any]]) -> str:
-    """The table of runs as aligned text, with notes for undefined DLBS figures."""
-    header = [c.header for c in COLUMNS]
+    """The table of runs as aligned text, with notes for undefined DLBS figures.
+
+    Throughput is in the models' samples: images, or sequences for a language model. With runs
+    of both kinds the headers say "samples" and a note says which model counts what.
+    """
+    models: dict[SampleUnit, set[str]] = {}
+    for summary in summaries:
+        models.setdefault(summary_unit(summary), set()).add(str(_get(summary, ("run", "model"))))
+    unit = next(iter(models)) if len(models) == 1 else None
+    header = [_header(c, unit) for c in COLUMNS]
     rows = report_rows(summaries)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     text_columns = {i for i, c in enumerate(COLUMNS) if c.kind in ("text", "layout")}
@@ -104,6 +113,9 @@ def format_report(summaries: Sequence[Mapping[str, Any]]) -> str:
         if reason:
             notes.append(f"{summary['_name']}: common window undefined: {reason}")
         notes.extend(f"{summary['_name']}: {line.strip()}" for line in _run_notes(summary))
+    if len(models) > 1:
+        kinds = sorted((u.plural, ", ".join(sorted(names))) for u, names in models.items())
+        notes.append("samples: " + "; ".join(f"{plural} for {names}" for plural, names in kinds))
     if notes:
         lines.append("")
         lines.extend(notes)
@@ -115,6 +127,13 @@ def _run_notes(summary: Mapping[str, Any]) -> list[str]:
     lines = format_telemetry(summary.get("telemetry"))
     lines = [" ".join(line.split()) for line in lines]
     return lines + format_verdict(summary.get("validity"))
+
+
+def _header(column: Column, unit: SampleUnit | None) -> str:
+    """A throughput column's header in the runs' unit (``window seq/s``), or in samples."""
+    if not column.kind.startswith("img_"):
+        return column.header
+    return column.header.replace("img/", f"{unit.short}/" if unit else "samples/")
 
 
 def _get(data: Mapping[str, Any], path: tuple[str, ...]) -> Any:

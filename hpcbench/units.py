@@ -23,6 +23,11 @@ class SampleUnit:
     plural: str
     rate: str
 
+    @property
+    def short(self) -> str:
+        """The abbreviation of one sample: ``img``, ``seq``."""
+        return self.rate.removesuffix("/s")
+
 
 IMAGES = SampleUnit("images", "img/s")
 SEQUENCES = SampleUnit("sequences", "seq/s")

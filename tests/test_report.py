@@ -220,3 +220,15 @@ def test_no_readable_run_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert [line.split(":")[0] for line in lines] == ["hpcbench"] * 3
     assert lines[-1] == "hpcbench: error: none of the 2 runs could be read (see above)"
     assert out == ""
+
+
+def test_table_counts_sequences_for_a_language_model(tmp_path: Path) -> None:
+    bert = _slow_batches_run(tmp_path / "bert")
+    header = format_report(load_summaries([bert])).splitlines()[0]
+    assert "window seq/s" in header and "img" not in header
+    worked = tmp_path / "worked"
+    worked.mkdir()
+    worked_example(worked)
+    text = format_report(load_summaries([worked, bert]))
+    assert "window samples/s" in text.splitlines()[0]
+    assert text.splitlines()[-1] == "samples: images for resnet50; sequences for bert_base"
