@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from hpcbench.cpulist import format_cpulist
+from hpcbench.errors import RunError, UsageError
+from hpcbench.explore import runs
 from hpcbench.explore.verdict import RunRecord, judge
 from hpcbench.plan.candidates import enumerate_candidates
 from hpcbench.site import load_site
@@ -183,7 +185,7 @@ def test_local_exploration_is_interleaved_recomputable_and_resumable(tmp_path: P
     assert "6 done earlier, 0 to run" in again.stderr
     assert json.loads((out / "explore.json").read_text())["candidates"] == candidates
     # Another exploration into the same folder is refused in one line, and nothing is lost.
-    other = _hpcbench(*args, "--model", "mlp-small", cwd=tmp_path)
+    other = _hpcbench(*args, "--batch-size", "32", cwd=tmp_path)
     assert other.returncode == 2
     errors = [line for line in other.stderr.splitlines() if not line.startswith("explore: ")]
     assert errors == [
@@ -191,6 +193,53 @@ def test_local_exploration_is_interleaved_recomputable_and_resumable(tmp_path: P
         "other candidates, settings or node type); choose another --out"
     ]
     assert json.loads((out / "explore.json").read_text())["candidates"] == candidates
+    # More repeats: the earlier runs stay, one more run of each candidate follows them.
+    more = _hpcbench(*args[:-4], "--repeats", "4", "--out", str(out), cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert "6 done earlier, 2 to run" in more.stderr
+    extended = json.loads((out / "explore.json").read_text())
+    for old, new in zip(candidates, extended["candidates"]):
+        assert new["runs"][:3] == old["runs"] and len(new["runs"]) == 4
+    _recompute(extended)
+
+
+def _fail(calls: list[Path]) -> object:
+    def run_local(**kwargs: object) -> object:
+        out = kwargs["out"]
+        assert isinstance(out, Path)
+        calls.append(out)
+        raise RunError(f"rank 0 exited 2 ({out.name})")
+
+    return run_local
+
+
+def test_a_first_round_failing_everywhere_stops_the_exploration(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    calls: list[Path] = []
+    monkeypatch.setattr("hpcbench.runtime.local_run.run_local", _fail(calls))
+    lines: list[str] = []
+    todo = runs.points(APOLLO, 3, tmp_path)
+    failures = runs.run_local_points(
+        APOLLO, todo, run_kwargs={}, argv=[], use_numactl=None, echo=lines.append
+    )
+    assert [p.name for p in calls] == ["p000", "p001", "p002", "p003"]
+    assert sorted(failures) == [0, 1, 2, 3]
+    assert lines[-1] == "explore: every candidate failed its first run; stopping here"
+
+
+def test_exploration_record_guards_a_folder(tmp_path: Path) -> None:
+    assert runs.check_same_exploration(tmp_path, {"candidates": ["1x2"]}, node="n1") == "n1"
+    assert runs.check_same_exploration(tmp_path, {"candidates": ["1x2"]}) == "n1"
+    # Nothing finished yet: a corrected command may take the folder over.
+    assert runs.check_same_exploration(tmp_path, {"candidates": ["2x1"]}) is None
+    (tmp_path / "p000").mkdir()
+    (tmp_path / "p000" / "summary.json").write_text("{}")
+    with pytest.raises(UsageError, match="holds another exploration"):
+        runs.check_same_exploration(tmp_path, {"candidates": ["1x2"]})
+    runs.check_same_exploration(tmp_path, {"candidates": ["2x1"]}, node="n2")
+    with pytest.raises(UsageError, match="the earlier runs used node n2, not n3"):
+        runs.check_same_exploration(tmp_path, {"candidates": ["2x1"]}, node="n3")
 
 
 def test_dry_run_lists_the_interleaved_order(tmp_path: Path) -> None:
@@ -210,12 +259,15 @@ def test_dry_run_lists_the_interleaved_order(tmp_path: Path) -> None:
         (["--slurm"], "--slurm needs --site"),
         (["--nodelist", "node1"], "--nodelist is for --slurm runs"),
         (["--repeats", "1"], "Invalid value for '--repeats'"),
+        (["--backend", "cpu", "--model", "nosuch"], "the cpu backend runs mlp, not 'nosuch'"),
     ],
 )
 def test_bad_explore_flags_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
     done = _hpcbench("explore", "--out", str(tmp_path / "x"), *args, cwd=tmp_path)
     assert done.returncode == 2
-    assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr, done.stderr
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("explore: ")]
+    assert len(errors) == 1 and message in errors[0], done.stderr
+    assert not (tmp_path / "x").exists()  # checked before the folder is claimed
 
 
 @pytest.mark.slurm

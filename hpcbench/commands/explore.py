@@ -143,6 +143,8 @@ def explore(ctx: click.Context, **kwargs: Any) -> int:
     from hpcbench.explore.verdict import Exploration, format_table
     from hpcbench.plan.candidates import enumerate_candidates, request_flags
     from hpcbench.plan.planner import plan_request_from_options
+    from hpcbench.runtime.local_run import preflight
+    from hpcbench.runtime.options import choose_backend, spec_from_options
     from hpcbench.topology.sources import topology_from_options
 
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
@@ -188,6 +190,11 @@ def explore(ctx: click.Context, **kwargs: Any) -> int:
         parts = ["hpcbench", "run", *topo, *request_flags(winner.request), *spec_flags, *pinning]
         return " ".join(parts)
 
+    # Reject a spec the ranks would reject before the folder is claimed or a rank started.
+    spec = spec_from_options(default_backend=choose_backend(len(topology.gpus)), **settings)
+    if not kwargs["slurm"]:
+        for c in candidates.candidates:
+            preflight(spec, c.plan)
     record = {
         "topology": topology.source,
         "settings": {n: _jsonable(v) for n, v in settings.items() if v is not None},

@@ -68,6 +68,11 @@ def check_same_exploration(
         same = isinstance(old, dict) and {k: v for k, v in old.items() if k != "node"} == (
             json.loads(json.dumps(record))
         )
+        # A folder whose runs all failed holds nothing to keep: the fixed command may reuse it
+        # (its failed run directories are set aside, not deleted).
+        if not same and not any(out.glob("p*/summary.json")):
+            write_json_atomic(path, {**record, "node": node})
+            return node
         if not same:
             raise UsageError(
                 f"{out} holds another exploration (its {REQUEST_FILE} differs: other "
@@ -128,6 +133,11 @@ def run_local_points(
         except RunError as exc:
             failures[point.index] = str(exc)
             echo(f"explore: {point.label} run {point.repeat} failed: {exc}")
+            if len(failures) == n == len(candidates.candidates):
+                # Every candidate failed once and none ran: the cause is common (a model the
+                # backend lacks, a missing package); more runs would only repeat it.
+                echo("explore: every candidate failed its first run; stopping here")
+                break
             continue
         if placement_key(outcome.plan) != placement_key(candidate.plan):
             raise RunError(
