@@ -19,6 +19,7 @@ Both files are written under a temporary name and renamed, so a reader sees all 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ def write_result(
                         f"{rank_file.path}: cannot copy into {path} ({exc})"
                     ) from exc
             _write_aggregate(out.create_group("aggregate"), summary)
+        _not_writable_by_others(tmp)
         tmp.replace(path)
     except (OSError, RuntimeError) as exc:
         # h5py reports a failed write (a full disk) as OSError or RuntimeError, with a newline.
@@ -108,6 +110,7 @@ def write_summary(path: Path, summary: Mapping[str, Any], summary_text: str | No
     tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     try:
         tmp.write_text(summary_text if summary_text is not None else dumps(summary))
+        _not_writable_by_others(tmp)
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -115,3 +118,9 @@ def write_summary(path: Path, summary: Mapping[str, Any], summary_text: str | No
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _not_writable_by_others(path: Path) -> None:
+    # Results take the umask (to be shared as the user chooses) but a umask of 000 must not
+    # let another user rewrite a measurement.
+    os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) & ~0o022)

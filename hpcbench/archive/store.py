@@ -35,9 +35,10 @@ import re
 import shutil
 import socket
 import stat
+import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,8 +182,8 @@ def _selected_files(run_dir: Path) -> list[Path]:
     chosen: list[Path] = []
     for child in sorted(run_dir.iterdir()):
         name = child.name
-        if name.startswith(".") or _SKIPPED.match(name):
-            continue
+        if name.startswith(".") or _SKIPPED.match(name) or _text(name) != name:
+            continue  # hidden, ours to skip, or a name no JSON index can hold
         if name not in NAMED_FILES and not name.endswith(COPIED_SUFFIXES):
             continue
         info = child.lstat()
@@ -212,6 +213,8 @@ class Archive:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+        # (run folder name, why) of the runs the last ``entries()`` could not read.
+        self.skipped: list[tuple[str, str]] = []
 
     @property
     def runs_dir(self) -> Path:
@@ -228,7 +231,12 @@ class Archive:
     def _mode(self) -> int:
         # Run folders inherit the archive root's permissions: a team archive made group-readable
         # (chmod 750 ARCHIVE) stays so; the default root (from the umask) is the user's choice.
-        return stat.S_IMODE(self.root.stat().st_mode)
+        # Never writable by group or others (a umask of 000 gives a 0777 root): archived runs
+        # are immutable, and nobody else may alter them.
+        return stat.S_IMODE(self.root.stat().st_mode) & ~0o022
+
+    def _file_mode(self) -> int:
+        return self._mode() & 0o666
 
     def create(self) -> None:
         """Make the archive layout (idempotent and safe when many processes do it at once)."""
@@ -254,7 +262,9 @@ class Archive:
             sub.mkdir(exist_ok=True)
         if not marker.exists():
             text = dump_json({"format": ARCHIVE_FORMAT, "version": ARCHIVE_VERSION}) + "\n"
-            _write_atomic(marker, text, self._mode() & 0o666)
+            _write_atomic(marker, text, self._file_mode())
+        # Never add into an archive its own readers refuse (a damaged archive.json).
+        self.check()
 
     def check(self) -> None:
         """Raise ArchiveError unless this folder is an archive of a version we can read."""
@@ -300,13 +310,14 @@ class Archive:
         try:
             files: dict[str, dict[str, Any]] = {}
             for src in _selected_files(run_dir):
-                size, sha = _copy_file(src, staging / src.name, mode & 0o666)
+                size, sha = _copy_file(src, staging / src.name, self._file_mode())
                 files[src.name] = {"bytes": size, "sha256": sha}
             # The copied summary is what the archive judges, not the (mutable) source file.
             summary = _read_json_object(staging / SUMMARY, "summary")
             complete, reason = completeness(summary, _slurm_record(staging))
             archived_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-            source = str(run_dir.resolve())
+            # A path that is not UTF-8 (bytes from another locale) is kept readable, escaped.
+            source = _text(str(run_dir.resolve()))
             record = {
                 "format": ENTRY_FORMAT,
                 "run_id": run_id,
@@ -318,7 +329,8 @@ class Archive:
                 "files": files,
                 "content_sha256": _content_digest(files),
             }
-            _write_atomic(staging / RECORD, json.dumps(record, indent=2) + "\n", mode & 0o666)
+            text = json.dumps(record, indent=2) + "\n"
+            _write_atomic(staging / RECORD, text, self._file_mode())
             # Derive the index entry now: a run whose files cannot be read (a damaged
             # spec.json, say) is refused here rather than published and then unlistable.
             entry = entry_from_folder(
@@ -335,7 +347,7 @@ class Archive:
             except OSError as exc:
                 if not final.is_dir():
                     raise ArchiveError(f"{final}: cannot publish run ({exc.strerror})") from exc
-                existing = _read_json_object(final / RECORD, "archive record")
+                existing = read_record(final / RECORD)
                 if existing.get("content_sha256") == record["content_sha256"]:
                     added = False
                 elif not replace:
@@ -364,24 +376,27 @@ class Archive:
 
     # -- index ------------------------------------------------------------------------------
 
-    def run_ids(self) -> list[str]:
-        """Ids of the published runs, sorted."""
+    def _folder_names(self) -> list[str]:
         if not self.runs_dir.is_dir():
             return []
         return sorted(
             p.name for p in self.runs_dir.iterdir() if not p.name.startswith(".") and p.is_dir()
         )
 
+    def run_ids(self) -> list[str]:
+        """Ids of the published runs, sorted (folders whose name is not a safe id are not)."""
+        return [name for name in self._folder_names() if _is_run_id(name)]
+
     def entry_from_run(self, run_id: str) -> dict[str, Any]:
         """The index entry of one run, derived only from the files in its folder."""
         folder = self.runs_dir / check_run_id(run_id, str(self.runs_dir))
-        record = _read_json_object(folder / RECORD, "archive record")
+        record = read_record(folder / RECORD)
         return entry_from_folder(
             folder,
             run_id=run_id,
             archived_at=record.get("archived_at"),
             source=record.get("source"),
-            file_names=sorted(record.get("files", {})),
+            file_names=sorted(record["files"]),
         )
 
     def _entry_path(self, run_id: str) -> Path:
@@ -389,24 +404,40 @@ class Archive:
 
     def _write_entry(self, entry: Mapping[str, Any]) -> None:
         self.index_dir.mkdir(exist_ok=True)
-        _write_atomic(
-            self._entry_path(entry["run_id"]), dump_json(entry) + "\n", self._mode() & 0o666
-        )
+        _write_atomic(self._entry_path(entry["run_id"]), dump_json(entry) + "\n", self._file_mode())
 
-    def entries(self) -> list[dict[str, Any]]:
-        """Every run's index entry, sorted by run id (see :meth:`_entries`)."""
+    def entries(self, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+        """Every readable run's index entry, sorted by run id (see :meth:`_entries`).
+
+        A run that cannot be read (a damaged record or entry, a folder name that is not a run
+        id) is skipped: ``warn`` (default: a line on stderr) is told, and the run is listed in
+        :attr:`skipped`. One bad run never hides the others.
+        """
         with _fs_errors(self.root):
-            return self._entries()
+            return self._entries(warn or _warn_stderr)
 
-    def _entries(self) -> list[dict[str, Any]]:
-        """Every run's index entry, sorted by run id.
-
-        Reads ``index/``; a run whose entry is missing (its writer died between publishing the
-        run and writing the entry) is derived from its folder and the entry written; an entry
-        whose run folder is gone is ignored.
+    def _entries(self, warn: Callable[[str], None]) -> list[dict[str, Any]]:
+        """Reads ``index/``; a run whose entry is missing (its writer died between publishing
+        the run and writing the entry) is derived from its folder and the entry written; an
+        entry whose run folder is gone is ignored.
         """
         self.check()
-        return [self._load_entry(run_id) for run_id in self.run_ids()]
+        self.skipped = []
+        entries = []
+        for name in self._folder_names():
+            try:
+                if not _is_run_id(name):
+                    raise ArchiveError(
+                        f"{self.runs_dir / _text(name)!r}: not a run id (letters, digits, "
+                        "'.', '_', '+', '-'); move the folder out of the archive"
+                    )
+                entries.append(self._load_entry(name))
+            except (ArchiveError, OSError, ValueError) as exc:
+                # ValueError: UnicodeError from names or contents in another encoding.
+                why = _text(" ".join(str(exc).split()))
+                self.skipped.append((_text(name), why))
+                warn(f"skipped run {_text(name)!r}: {why}")
+        return entries
 
     def entry(self, run_id: str) -> dict[str, Any]:
         """One run's entry by id or by an unambiguous prefix of its id."""
@@ -419,7 +450,7 @@ class Archive:
         if not matches:
             from hpcbench.errors import closest
 
-            raise ArchiveError(f"{self.root}: no run {run_id!r}{closest(run_id, ids)}")
+            raise ArchiveError(f"{self.root}: no run {excerpt(run_id)}{closest(run_id, ids)}")
         if len(matches) > 1:
             shown = ", ".join(matches[:5]) + (" ..." if len(matches) > 5 else "")
             raise ArchiveError(f"{self.root}: run id prefix {run_id!r} is ambiguous: {shown}")
@@ -429,18 +460,18 @@ class Archive:
     def _load_entry(self, run_id: str) -> dict[str, Any]:
         path = self._entry_path(run_id)
         try:
-            entry: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+            data: Any = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             entry = self.entry_from_run(run_id)
             # A read-only archive (another user's) is still listable.
             with contextlib.suppress(OSError):
                 self._write_entry(entry)
-
+            return entry
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ArchiveError(
                 f"{path}: damaged index entry ({exc}); run 'hpcbench archive rebuild-index'"
             ) from exc
-        return entry
+        return check_entry(data, path, run_id)
 
     def rebuild_index(self, *, stale_after_s: float = STAGING_STALE_S) -> RebuildReport:
         """Regenerate every index entry from the runs; drop orphans and stale staging folders."""
@@ -452,8 +483,13 @@ class Archive:
         self.index_dir.mkdir(exist_ok=True)
         ids = self.run_ids()
         written = 0
+        skipped: list[str] = []
         for run_id in ids:
-            entry = self.entry_from_run(run_id)
+            try:
+                entry = self.entry_from_run(run_id)
+            except (ArchiveError, OSError, ValueError) as exc:
+                skipped.append(f"{run_id}: {_text(' '.join(str(exc).split()))}")
+                continue
             path = self._entry_path(run_id)
             text = dump_json(entry) + "\n"
             try:
@@ -471,7 +507,10 @@ class Archive:
                 if now - path.lstat().st_mtime > _INDEX_TMP_STALE_S:
                     path.unlink(missing_ok=True)
                 continue
+            # A run published after ``ids`` was listed (a concurrent add) is not an orphan.
             if path.suffix == ".json" and path.stem not in ids:
+                if (self.runs_dir / path.stem).is_dir():
+                    continue
                 path.unlink(missing_ok=True)
                 removed.append(path.name)
         stale: list[str] = []
@@ -482,7 +521,11 @@ class Archive:
                     shutil.rmtree(path, ignore_errors=True)
                     stale.append(path.name)
         return RebuildReport(
-            runs=len(ids), rewritten=written, orphans=tuple(removed), stale=tuple(stale)
+            runs=len(ids),
+            rewritten=written,
+            orphans=tuple(removed),
+            stale=tuple(stale),
+            skipped=tuple(skipped),
         )
 
     def index_snapshot(self) -> dict[str, str]:
@@ -502,6 +545,8 @@ class RebuildReport:
     rewritten: int
     orphans: tuple[str, ...]
     stale: tuple[str, ...]
+    # "run_id: why" of runs whose entry could not be derived (left as they are).
+    skipped: tuple[str, ...] = ()
 
 
 def entry_from_folder(
@@ -538,24 +583,108 @@ def entry_from_folder(
         "summary": summary,
         "spec": spec,
     }
-    # NaN/Infinity parse from a foreign summary.json but are not JSON: the index says null.
-    finite: dict[str, Any] = _finite(entry)
-    return finite
+    # NaN/Infinity parse from a foreign summary.json but are not JSON: the index says null;
+    # strings that are not UTF-8 (a path in another encoding) are escaped.
+    safe: dict[str, Any] = _json_safe(entry)
+    return safe
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None.
+def _json_safe(value: Any) -> Any:
+    r"""``value`` with every non-finite float replaced by None and every string valid UTF-8.
 
-    >>> _finite({"a": [float("nan"), 1.5], "b": float("inf")})
-    {'a': [None, 1.5], 'b': None}
+    >>> _json_safe({"a": [float("nan"), 1.5], "b": float("inf"), "c": "x\udcff"})
+    {'a': [None, 1.5], 'b': None, 'c': 'x\\udcff'}
     """
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return _text(value)
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {_text(str(k)): _json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [_json_safe(v) for v in value]
     return value
+
+
+def _text(value: str) -> str:
+    r"""``value`` as valid UTF-8: lone surrogates (undecodable bytes of a file name) escaped.
+
+    >>> _text("runs/caf\udce9")
+    'runs/caf\\udce9'
+    """
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _is_run_id(name: str) -> bool:
+    return bool(_RUN_ID.fullmatch(name)) and not name.endswith(".tmp")
+
+
+def _warn_stderr(message: str) -> None:
+    print(f"hpcbench: warning: {message}", file=sys.stderr)
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A run's ``record.json``, checked: ArchiveError naming the file and field otherwise."""
+    record = _read_json_object(path, "archive record")
+    files = record.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(name, str)
+        and isinstance(info, dict)
+        and isinstance(info.get("bytes"), int)
+        and isinstance(info.get("sha256"), str)
+        for name, info in files.items()
+    ):
+        raise ArchiveError(
+            f"{path}: files: must map each file name to {{bytes, sha256}}, got {excerpt(files)}"
+        )
+    for key in ("archived_at", "source", "content_sha256"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise ArchiveError(f"{path}: {key}: must be a string, got {excerpt(record[key])}")
+    return record
+
+
+# What an index entry holds and the type of each field (None allowed where the tuple says).
+_ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
+    "format": (int,),
+    "run_id": (str,),
+    "archived_at": (str, type(None)),
+    "source": (str, type(None)),
+    "complete": (bool,),
+    "incomplete_reason": (str, type(None)),
+    "params": (dict,),
+    "summary": (dict,),
+    "spec": (dict, type(None)),
+}
+
+
+def check_entry(data: Any, where: Path, run_id: str) -> dict[str, Any]:
+    """An index entry read back, checked against its schema: ArchiveError naming the field.
+
+    >>> check_entry([], Path("i/r.json"), "r")
+    Traceback (most recent call last):
+    ...
+    hpcbench.errors.ArchiveError: i/r.json: damaged index entry (a JSON list, not an object); ...
+    """
+    hint = "; run 'hpcbench archive rebuild-index'"
+    if not isinstance(data, dict):
+        kind = "null" if data is None else f"a JSON {type(data).__name__}"
+        raise ArchiveError(f"{where}: damaged index entry ({kind}, not an object){hint}")
+    for key, kinds in _ENTRY_FIELDS.items():
+        if key not in data:
+            raise ArchiveError(f"{where}: damaged index entry (no {key!r}){hint}")
+        value = data[key]
+        if not isinstance(value, kinds) or (kinds == (int,) and isinstance(value, bool)):
+            raise ArchiveError(
+                f"{where}: damaged index entry ({key}: {excerpt(value)} is not "
+                f"{' or '.join('null' if k is type(None) else k.__name__ for k in kinds)}){hint}"
+            )
+    if data["format"] != ENTRY_FORMAT:
+        raise ArchiveError(f"{where}: index entry format {data['format']} is not {ENTRY_FORMAT}")
+    if data["run_id"] != run_id:
+        raise ArchiveError(
+            f"{where}: index entry names run {excerpt(data['run_id'])}, not {run_id!r}{hint}"
+        )
+    return data
 
 
 def entry_from_run_dir(run_dir: Path | str) -> dict[str, Any]:

@@ -280,6 +280,8 @@ def rebuild_index(archive_dir: Path) -> None:
     from hpcbench.archive import Archive
 
     result = Archive(archive_dir).rebuild_index()
+    for problem in result.skipped:
+        click.echo(f"hpcbench: warning: not indexed, left as it is: {problem}", err=True)
     click.echo(
         f"index: {result.runs} run(s), {result.rewritten} entr(y/ies) rewritten, "
         f"{len(result.orphans)} orphan(s) removed, "

@@ -48,8 +48,12 @@ def check(target: Path, references_file: Path, where: tuple[str, ...], as_json: 
 
     references = load_references(references_file)
     conditions = [parse_where(w) for w in where]
+    unreadable: list[tuple[str, str]] = []
     if (target / MARKER).is_file():
-        entries = select(Archive(target).entries(), conditions)
+        store = Archive(target)
+        entries = select(store.entries(), conditions)
+        # A run that cannot be read cannot be checked: never a silent pass.
+        unreadable = store.skipped
     elif (target / "summary.json").is_file():
         if conditions:
             raise UsageError("check: --where applies to an archive, not to one run directory")
@@ -60,6 +64,14 @@ def check(target: Path, references_file: Path, where: tuple[str, ...], as_json: 
         )
     outcomes = check_entries(entries, references)
     failed = [o for o in outcomes if not o.ok]
+    if unreadable:
+        shown = ", ".join(run_id for run_id, _ in unreadable[:5])
+        more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+        click.echo(
+            f"check: FAILED: {len(unreadable)} run(s) of the archive could not be read, so "
+            f"not checked: {shown}{more} (see the warnings above)",
+            err=True,
+        )
     if as_json:
         click.echo(json.dumps([o.to_json() for o in outcomes], indent=2))
     elif outcomes:
@@ -75,13 +87,13 @@ def check(target: Path, references_file: Path, where: tuple[str, ...], as_json: 
             click.echo(line, err=True)
         return 1
     runs = len({o.run_id for o in outcomes})
-    verdict = "FAILED" if failed else "passed"
+    verdict = "FAILED" if failed or unreadable else "passed"
     click.echo(
         f"check: {verdict}: {len(outcomes) - len(failed)} of {len(outcomes)} figure(s) passed "
         f"over {runs} run(s)",
         err=bool(failed),
     )
-    return 1 if failed else 0
+    return 1 if failed or unreadable else 0
 
 
 def _explain_invalid(entries: Sequence[Mapping[str, Any]], outcomes: Sequence[Any]) -> None:
