@@ -140,21 +140,39 @@ def enough_work(summary: Mapping[str, Any], rules: Rules) -> dict[str, Any]:
     return _check("enough_work", not problems, measured, limit, why)
 
 
+def slice_images(
+    t_start_ns: np.ndarray,
+    t_end_ns: np.ndarray,
+    images: np.ndarray,
+    start_ns: int,
+    end_ns: int,
+    parts: int = STEADY_WINDOWS,
+) -> list[float]:
+    """Images completed in each of ``parts`` equal slices of [start_ns, end_ns] (pro-rated).
+
+    >>> slice_images(np.array([0, 10, 20]), np.array([10, 20, 30]), np.array([4, 4, 4]), 0, 30)
+    [4.0, 4.0, 4.0]
+    """
+    edges = np.linspace(start_ns, end_ns, parts + 1).round().astype(np.int64)
+    return [
+        figures.images_in_window(t_start_ns, t_end_ns, images, int(lo), int(hi))
+        for lo, hi in itertools.pairwise(edges)
+    ]
+
+
 def window_rates(
     run: LoadedRun, window_start_ns: int, window_end_ns: int, parts: int = STEADY_WINDOWS
 ) -> list[float]:
     """Aggregate throughput (img/s) of all ranks in ``parts`` equal slices of the window."""
-    edges = np.linspace(window_start_ns, window_end_ns, parts + 1).round().astype(np.int64)
-    rates = []
-    for lo, hi in itertools.pairwise(edges):
-        images = sum(
-            figures.images_in_window(
-                r.timed.t_start_ns, r.timed.t_end_ns, r.timed.images, int(lo), int(hi)
-            )
-            for r in run.ranks
+    per_rank = [
+        slice_images(
+            r.timed.t_start_ns, r.timed.t_end_ns, r.timed.images,
+            window_start_ns, window_end_ns, parts,
         )
-        rates.append(figures.rate_img_s(images, int(hi - lo)) or 0.0)
-    return rates
+        for r in run.ranks
+    ]  # fmt: skip
+    slice_ns = (window_end_ns - window_start_ns) / parts
+    return [figures.rate_img_s(sum(images), slice_ns) or 0.0 for images in zip(*per_rank)]
 
 
 def steady_ratio(rates: Sequence[float]) -> float | None:

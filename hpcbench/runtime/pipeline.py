@@ -55,6 +55,8 @@ class _DeviceState:
     timed_images: int = 0
     tail_batches: int = 0
     last_t_end_ns: int = 0
+    # (t_start_ns, t_end_ns, images) of the timed batches, kept only for --until-stable.
+    timed_log: list[tuple[int, int, int]] = field(default_factory=list)
     last_progress: float = field(default_factory=time.monotonic)
 
 
@@ -164,10 +166,16 @@ class Pipeline:
             self.writer.barrier(start.name, start.arrive_ns, start.release_ns)
             real0_ns, mono0_ns = time.time_ns(), time.monotonic_ns()
             if spec.duration_s is not None:
-                deadline_ns = start.common_release_ns + int(spec.duration_s * 1e9)
+                # --until-stable: devices run to the longest allowed; the search may move it.
+                length_s = spec.stable_limit_s or spec.duration_s
+                deadline_ns = start.common_release_ns + int(length_s * 1e9)
                 self._deadline_mono_ns = mono0_ns + (deadline_ns - real0_ns)
             self._timed_go.set()
             self._phase("timed")
+            if spec.until_stable:
+                deadline_ns = self._until_stable(start.common_release_ns)
+                self._deadline_mono_ns = mono0_ns + (deadline_ns - real0_ns)
+                self.writer.set_attr("deadline_ns", deadline_ns)
             self._wait_timed()
             t_finish_ns = max(s.last_t_end_ns for s in self._states)
             # CLOCK_REALTIME aligns ranks, CLOCK_MONOTONIC measures: a difference between
@@ -233,6 +241,42 @@ class Pipeline:
             if now - last_report >= 0.5:
                 self._report(phase)
                 last_report = now
+
+    def _until_stable(self, start_ns: int) -> int:
+        """The timed phase's deadline found by the stability search (see runtime/stable.py)."""
+        from hpcbench.aggregate.validity import rules_named
+        from hpcbench.runtime import stable
+
+        def wait_past(t_ns: int) -> None:
+            # A device's batches up to t_ns are all complete once one ended after it.
+            timeout_s = self.spec.barrier_timeout_s
+            give_up = time.monotonic() + max(t_ns - time.time_ns(), 0) / 1e9 + timeout_s
+            while not all(s.last_t_end_ns >= t_ns or s.timed_done.is_set() for s in self._states):
+                self._raise_thread_error()
+                if time.monotonic() >= give_up:
+                    late = [d.label for d, s in zip(self.devices, self._states, strict=True)
+                            if s.last_t_end_ns < t_ns]  # fmt: skip
+                    raise RunError(
+                        f"rank {self.placement.rank}: no batch ended after the stability "
+                        f"window on {', '.join(late)} within {timeout_s:g} s"
+                    )
+                time.sleep(_POLL_S)
+                self.writer.maybe_flush()
+                self._report("timed")
+
+        return stable.search(
+            run_dir=self.writer.final_path.parent,
+            rank=self.placement.rank,
+            world_size=self.barrier.world_size,
+            barrier=self.barrier,
+            writer=self.writer,
+            start_ns=start_ns,
+            window_s=float(self.spec.duration_s or 0.0),
+            limit_s=float(self.spec.stable_limit_s or 0.0),
+            max_ratio=rules_named(self.spec.validity).max_steady_ratio,
+            wait_past=wait_past,
+            batches=lambda: [b for s in self._states for b in list(s.timed_log)],
+        )
 
     def _wait_timed(self) -> None:
         timeout_s = self.spec.barrier_timeout_s
@@ -371,6 +415,7 @@ class Pipeline:
         record = self.writer.add_batch
         pending: tuple[Any, int, int, int] | None = None
         done = 0
+        keep_log = self.spec.until_stable
 
         def more() -> bool:
             if self._stop.is_set():
@@ -378,7 +423,8 @@ class Pipeline:
             if count is not None:
                 return done < count
             if deadline_mono_ns is not None:
-                return time.monotonic_ns() < deadline_mono_ns
+                # The shared deadline, read each time: --until-stable moves it earlier.
+                return time.monotonic_ns() < (self._deadline_mono_ns or deadline_mono_ns)
             return until is not None and not until.is_set()
 
         def finish(item: tuple[Any, int, int, int]) -> None:
@@ -392,6 +438,8 @@ class Pipeline:
                     state.timed_batches += 1
                     state.timed_images += images
                     state.last_t_end_ns = t_end_ns
+                    if keep_log:
+                        state.timed_log.append((t_start_ns, t_end_ns, images))
             state.last_progress = time.monotonic()
 
         while more():
@@ -400,7 +448,9 @@ class Pipeline:
                 break
             batch, wait_ns = got
             t_start_ns = time.time_ns()
-            if deadline_mono_ns is not None and time.monotonic_ns() >= deadline_mono_ns:
+            if deadline_mono_ns is not None and time.monotonic_ns() >= (
+                self._deadline_mono_ns or deadline_mono_ns
+            ):
                 break  # the input arrived after the deadline: the phase is over
             ticket = engine.submit(batch)
             done += 1
