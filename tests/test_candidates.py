@@ -19,6 +19,7 @@ from hpcbench.topology.hwloc import read_hwloc_xml
 from hpcbench.topology.model import Topology
 from hpcbench.topology.sysfs import read_sysfs
 from tests.sysfs_tree import make_sysfs, smt_cpus
+from tests.topologies import flat_vm
 
 SYSFS_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sysfs"
 
@@ -67,7 +68,8 @@ def _check_valid(topology: Topology, base: PlanRequest | None = None) -> None:
         ),
         ("nvidia-dgx-h100", [("1x8", "0,1,2,3,4,5,6,7"), ("2x4", "0,1,2,3;4,5,6,7"),
                              ("8x1", "0;1;2;3;4;5;6;7")]),
-        ("cloud-vm-4xh200", [("1x4", "0,1,2,3"), ("4x1", "0;1;2;3")]),
+        # A flat VM: nothing separates its GPUs, so the middle split is added.
+        ("cloud-vm-4xh200", [("1x4", "0,1,2,3"), ("2x2", "0,1;2,3"), ("4x1", "0;1;2;3")]),
     ],
 )  # fmt: skip
 def test_shipped_site_configs(site: str, expected: list[tuple[str, str]]) -> None:
@@ -139,7 +141,22 @@ def test_h200_vm_snapshot(tmp_path: Path) -> None:
     with tarfile.open(SYSFS_FIXTURES / "h200-vm-4gpu.tar.gz") as tar:
         tar.extractall(tmp_path, filter="tar")
     topology = read_sysfs(tmp_path / "snapshot")
-    assert _shapes(topology) == [("1x4", "0,1,2,3"), ("4x1", "0;1;2;3")]
+    assert _shapes(topology) == [("1x4", "0,1,2,3"), ("2x2", "0,1;2,3"), ("4x1", "0;1;2;3")]
+    assert enumerate_candidates(topology).by_label("2x2").how == "a middle split of the GPUs"
+    _check_valid(topology)
+
+
+@pytest.mark.parametrize(
+    ("gpus", "labels"),
+    [
+        (1, ["1x1"]),  # one GPU: the only layout the rules allow
+        (2, ["1x2", "2x1"]),
+        (8, ["1x8", "2x4", "8x1"]),  # 2 and 4 are as near the middle; the fewer ranks win
+    ],
+)
+def test_flat_vm_candidates(gpus: int, labels: list[str]) -> None:
+    topology = flat_vm(gpus=gpus, cores=16)
+    assert [c.label for c in enumerate_candidates(topology).candidates] == labels
     _check_valid(topology)
 
 

@@ -21,6 +21,7 @@ from hpcbench.explore.verdict import RunRecord, judge
 from hpcbench.plan.candidates import enumerate_candidates
 from hpcbench.site import load_site
 from hpcbench.stats import t_quantile
+from tests.topologies import flat_vm
 
 APOLLO = enumerate_candidates(load_site("hpe-apollo6500-gen10").node_type(None).topology)
 
@@ -92,6 +93,16 @@ def test_failed_runs_leave_no_statistics() -> None:
     assert exploration.result("4x2").mean_img_s is None
     assert exploration.best == "2x4"
     assert "too few runs" in exploration.verdict
+
+
+def test_a_node_with_one_layout_says_so() -> None:
+    one = enumerate_candidates(flat_vm(gpus=1, cores=4))
+    exploration = judge(one, [RunRecord("1x1", n, f"/r{n}", 100.0 + n) for n in (1, 2, 3)])
+    assert exploration.best == "1x1"
+    assert exploration.verdict == (
+        "1 × 1 is the only layout this node allows: nothing to compare it with"
+    )
+    assert exploration.result("1x1").speedup is not None
 
 
 def _hpcbench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -126,6 +126,8 @@ def verdict_sentence(
         return "no candidate produced a result"
     best = measured[0]
     name = display_label(best.candidate.label)
+    if len(results) == 1:
+        return f"{name} is the only layout this node allows: nothing to compare it with"
     if len(measured) == 1:
         return f"only {name} produced a result: nothing to compare it with"
     runner = measured[1]

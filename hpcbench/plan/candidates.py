@@ -157,6 +157,19 @@ def _automatic(
             layout = ";".join(",".join(str(g) for g in group) for group in groups)
             by_switch = replace(whole, ranks="auto", gpus=layout)
             wanted.append(("one rank per PCIe switch", _finest_first(by_switch)))
+        flat = (
+            len({index.gpu_domain["socket"][g] for g in gpu_ids}) == 1
+            and len({index.gpu_domain["numa"][g] for g in gpu_ids}) == 1
+            and len(switches) in (1, len(gpu_ids))
+        )
+        middle = _middle_split(len(gpu_ids), 1, {1, len(gpu_ids)}) if flat else None
+        if middle is not None:
+            # Nothing in a flat node (a cloud VM: one NUMA node, GPUs without locality or
+            # shared switches) separates its GPUs, so the splits above give only 1 x all and
+            # one per GPU; the middle split is the layout between them.
+            per = len(gpu_ids) // middle
+            by_share = replace(whole, ranks=middle, gpus_per_rank=per)
+            wanted.append(("a middle split of the GPUs", (by_share,)))
         by_gpu = replace(whole, ranks=len(gpu_ids), gpus_per_rank=1)
         wanted.append(("one rank per GPU", _finest_first(by_gpu)))
         return wanted
