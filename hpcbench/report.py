@@ -15,7 +15,7 @@ from typing import Any
 from hpcbench.aggregate import read_summary
 from hpcbench.aggregate.summary import format_telemetry
 from hpcbench.aggregate.validity import format_verdict, verdict_word
-from hpcbench.units import SampleUnit, summary_unit
+from hpcbench.units import samples_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +87,7 @@ def format_report(summaries: Sequence[Mapping[str, Any]]) -> str:
     Throughput is in the models' samples: images, or sequences for a language model. With runs
     of both kinds the headers say "samples" and a note says which model counts what.
     """
-    models: dict[SampleUnit, set[str]] = {}
-    for summary in summaries:
-        models.setdefault(summary_unit(summary), set()).add(str(_get(summary, ("run", "model"))))
-    unit = next(iter(models)) if len(models) == 1 else None
+    unit, unit_note = samples_of(_get(s, ("run", "model")) for s in summaries)
     header = [_header(c, unit) for c in COLUMNS]
     rows = report_rows(summaries)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -113,9 +110,8 @@ def format_report(summaries: Sequence[Mapping[str, Any]]) -> str:
         if reason:
             notes.append(f"{summary['_name']}: common window undefined: {reason}")
         notes.extend(f"{summary['_name']}: {line.strip()}" for line in _run_notes(summary))
-    if len(models) > 1:
-        kinds = sorted((u.plural, ", ".join(sorted(names))) for u, names in models.items())
-        notes.append("samples: " + "; ".join(f"{plural} for {names}" for plural, names in kinds))
+    if unit_note:
+        notes.append(unit_note)
     if notes:
         lines.append("")
         lines.extend(notes)
@@ -129,11 +125,13 @@ def _run_notes(summary: Mapping[str, Any]) -> list[str]:
     return lines + format_verdict(summary.get("validity"))
 
 
-def _header(column: Column, unit: SampleUnit | None) -> str:
-    """A throughput column's header in the runs' unit (``window seq/s``), or in samples."""
-    if not column.kind.startswith("img_"):
-        return column.header
-    return column.header.replace("img/", f"{unit.short}/" if unit else "samples/")
+def _header(column: Column, unit: str) -> str:
+    """A throughput column's header in the runs' unit: ``window seq/s``."""
+    return (
+        column.header.replace("img/", f"{unit}/")
+        if column.kind.startswith("img_")
+        else column.header
+    )
 
 
 def _get(data: Mapping[str, Any], path: tuple[str, ...]) -> Any:

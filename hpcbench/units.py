@@ -8,7 +8,7 @@ backend's ``tokens`` models.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,3 +46,23 @@ def summary_unit(summary: Mapping[str, Any]) -> SampleUnit:
     """The unit of a run's figures, from its summary's ``run.model``."""
     run = summary.get("run")
     return sample_unit(run.get("model") if isinstance(run, Mapping) else None)
+
+
+def samples_of(models: Iterable[object]) -> tuple[str, str | None]:
+    """How to name the throughput of runs of these models: the unit, and a note when they mix.
+
+    The unit is ``img`` or ``seq`` when every model counts the same samples, else ``samples``,
+    and the note then says which model counts what.
+
+    >>> samples_of(["resnet50", "mlp"]), samples_of(["bert_base"])
+    (('img', None), ('seq', None))
+    >>> samples_of(["mlp", "bert_base", "resnet50"])
+    ('samples', 'samples: images for mlp, resnet50; sequences for bert_base')
+    """
+    kinds: dict[SampleUnit, set[str]] = {}
+    for model in models:
+        kinds.setdefault(sample_unit(model), set()).add(str(model))
+    if len(kinds) == 1:
+        return next(iter(kinds)).short, None
+    named = sorted((unit.plural, ", ".join(sorted(names))) for unit, names in kinds.items())
+    return "samples", "samples: " + "; ".join(f"{plural} for {names}" for plural, names in named)

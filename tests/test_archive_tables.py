@@ -211,3 +211,15 @@ def test_the_cpu_backend_runs_on_cpu_devices_where_the_plan_gave_gpus() -> None:
     assert chart.device_kind == "CPU device"
     assert chart.file_name == "scaling_laptop_mlp_cpu_fp32.png"
     assert multiprocess_table(members).rows == ()
+
+
+def test_tables_give_throughput_in_the_models_unit(scaling_archive: Path) -> None:
+    images = configurations(_entries(scaling_archive))
+    assert exploration_table(images).note == "throughput in img/s"
+    assert "img/s" in weak_scaling_table(images).headers
+    bert = [_cpu_config("bert_base", 1, 0.9), _cpu_config("bert_base", 2, 1.7)]
+    assert exploration_table(bert).note == "throughput in seq/s"
+    assert "seq/s" in weak_scaling_table(bert).headers
+    mixed = weak_scaling_table([*bert, _cpu_config("mlp", 1, 100.0), _cpu_config("mlp", 2, 190.0)])
+    assert "samples/s" in mixed.headers
+    assert mixed.format().endswith("\nsamples: images for mlp; sequences for bert_base")

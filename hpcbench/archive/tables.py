@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcbench.archive.query import FIGURES, HEADLINE, config_signature, figure
-from hpcbench.units import sample_unit
+from hpcbench.units import sample_unit, samples_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +35,11 @@ class Table:
     headers: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
     data: tuple[Mapping[str, Any], ...] = field(default=())
+    note: str | None = None  # a line under the table (the unit of its throughput)
 
     def format(self) -> str:
-        return f"{self.title}\n{format_table(self.headers, self.rows)}"
+        text = f"{self.title}\n{format_table(self.headers, self.rows)}"
+        return f"{text}\n{self.note}" if self.note else text
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
@@ -226,6 +228,11 @@ def _label(config: Config, keys: Sequence[str]) -> tuple[str, ...]:
     return tuple("-" if config.p(k) is None else str(config.p(k)) for k in keys)
 
 
+def _samples(configs: Sequence[Config]) -> tuple[str, str | None]:
+    # img/s, seq/s for a language model; "samples/s" and a note when the models mix.
+    return samples_of(c.p("model") for c in configs) if configs else ("img", None)
+
+
 def _group_keys(configs: Sequence[Config]) -> list[str]:
     # Site, partition, backend and precision are shown only when they vary, to keep rows short.
     optional = [
@@ -268,8 +275,13 @@ def exploration_table(configs: Sequence[Config]) -> Table:
                 )
         rows.append(tuple(row))
     headers = (*keys, *layouts)
+    unit, note = _samples(configs)
     return Table(
-        "Exploration: common-window throughput (img/s) by layout", headers, tuple(rows), tuple(data)
+        "Exploration: common-window throughput by layout",
+        headers,
+        tuple(rows),
+        tuple(data),
+        note or f"throughput in {unit}/s",
     )
 
 
@@ -330,8 +342,9 @@ def _scaling(configs: Sequence[Config], strong: bool) -> Table:
         if strong
         else "Weak scaling (per-device batch fixed): efficiency 100·t1/tN"
     )
-    headers = (*base_keys, batch_name, "N", "ranks", "layout", "img/s", "t_ms", "efficiency")
-    return Table(title, headers, tuple(rows), tuple(data))
+    unit, note = _samples(configs)
+    headers = (*base_keys, batch_name, "N", "ranks", "layout", f"{unit}/s", "t_ms", "efficiency")
+    return Table(title, headers, tuple(rows), tuple(data), note)
 
 
 def strong_scaling_table(configs: Sequence[Config]) -> Table:
@@ -389,9 +402,22 @@ def multiprocess_table(configs: Sequence[Config]) -> Table:
                     "ratio": ratio,
                 }
             )
-    headers = (*keys, "gpus", "1 process img/s", "ranks", "layout", "multi img/s", "multi/single")
+    unit, note = _samples(configs)
+    headers = (
+        *keys,
+        "gpus",
+        f"1 process {unit}/s",
+        "ranks",
+        "layout",
+        f"multi {unit}/s",
+        "multi/single",
+    )
     return Table(
-        "Multi-process against single-process on the same GPUs", headers, tuple(rows), tuple(data)
+        "Multi-process against single-process on the same GPUs",
+        headers,
+        tuple(rows),
+        tuple(data),
+        note,
     )
 
 
