@@ -49,7 +49,7 @@ def outside_references(name: str, text: str) -> list[str]:
     [
         ("scripts/x", "see ../" + _SIBLING + "/slurm/NOTES.md", True),
         ("tests/conftest.py", "S = REPO.parent / '" + _SIBLING + "'", True),
-        ("tests/conftest.py", "S = Path(x).parent / \"" + _SIBLING + '"', True),
+        ("tests/conftest.py", 'S = Path(x).parent / "' + _SIBLING + '"', True),
         ("tests/conftest.py", "R = Path(__file__).resolve().parent.parent.parent", True),
         ("tests/conftest.py", "R = Path(__file__).resolve().parents[2]", True),
         ("tests/conftest.py", "R = Path(__file__).resolve().parent.parent", False),
