@@ -405,3 +405,17 @@ def test_per_device_images_with_a_partial_batch(tmp_path: Path) -> None:
     devices = summarize_run(tmp_path, dlbs_trim=0)["ranks"][0]["devices"]
     assert [(d["device"], d["batches"], d["images"]) for d in devices] == [(0, 2, 11), (1, 2, 16)]
     assert [d["own_img_s"] for d in devices] == pytest.approx([55.0, 80.0])
+
+
+@pytest.mark.parametrize("allow_partial", [False, True])
+def test_no_finished_rank_is_said_without_suggesting_allow_partial(
+    tmp_path: Path, allow_partial: bool
+) -> None:
+    """A cancelled job leaves only .part files: --allow-partial cannot help, so say so."""
+    for rank in range(2):
+        write_rank(tmp_path, rank, 2, Batches.of([T0_NS], [T0_NS + NS_PER_S], 8), complete=False)
+    with pytest.raises(MetricsError) as info:
+        aggregate_run(tmp_path, allow_partial=allow_partial)
+    message = str(info.value)
+    assert "none of the 2 rank(s) finished (rank-00000.h5.part left" in message
+    assert message.endswith("nothing to aggregate, even with --allow-partial")

@@ -106,7 +106,8 @@ def _refused_everywhere(run_dir: Path, state: str, tmp_path: Path) -> None:
         entry = json.loads(entries[0].read_text())
         assert entry["complete"] is False, entry
     else:
-        assert "no finished rank file" in _error_line(partial.stderr)
+        # No rank finished (all .part): the message must not send the user back to the flag.
+        assert "nothing to aggregate, even with --allow-partial" in _error_line(partial.stderr)
 
 
 def test_rank_killed_inside_a_job(slurm_site: Path, tmp_path: Path) -> None:

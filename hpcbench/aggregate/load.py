@@ -87,9 +87,16 @@ def load_run(run_dir: Path, *, allow_partial: bool = False) -> LoadedRun:
             )
         _check_rank(rank_file, rank, world_size)
     _check_same_run(run_dir, loaded, run_json)
+    shown = "; ".join(why for _, why in excluded[:4])
+    more = f" (and {len(excluded) - 4} more)" if len(excluded) > 4 else ""
+    if excluded and not loaded:
+        # E.g. a cancelled job: every rank left only its .part file. --allow-partial keeps the
+        # ranks that finished, so it cannot help here and must not be suggested.
+        raise MetricsError(
+            f"{run_dir}: none of the {world_size} rank(s) finished ({shown}{more}); there is "
+            "nothing to aggregate, even with --allow-partial"
+        )
     if excluded and not allow_partial:
-        shown = "; ".join(why for _, why in excluded[:4])
-        more = f" (and {len(excluded) - 4} more)" if len(excluded) > 4 else ""
         raise MetricsError(
             f"{run_dir}: {len(excluded)} of {world_size} rank files not finished: {shown}{more}; "
             "pass --allow-partial to aggregate the finished ranks"
