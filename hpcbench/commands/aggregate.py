@@ -44,7 +44,10 @@ def aggregate(
     """Write RUN_DIR/result.h5 and RUN_DIR/summary.json and print the run's figures."""
     from hpcbench.aggregate import aggregate_run, format_summary
     from hpcbench.aggregate.summary import dumps
+    from hpcbench.slurm.submit import put_job_record, refresh_job_record
 
+    # First, so that slurm.json tells how the job ended even when there is nothing to merge.
+    record = refresh_job_record(run_dir, echo=lambda line: click.echo(line, err=True))
     summary = aggregate_run(
         run_dir,
         dlbs_trim=dlbs_trim,
@@ -52,4 +55,6 @@ def aggregate(
         reference=reference,
         validity=validity,
     )
+    if record is not None:
+        summary = put_job_record(run_dir, summary, record)
     click.echo(dumps(summary), nl=False) if as_json else click.echo(format_summary(summary))

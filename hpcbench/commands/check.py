@@ -91,7 +91,8 @@ def check(target: Path, references_file: Path, where: tuple[str, ...], as_json: 
     click.echo(
         f"check: {verdict}: {len(outcomes) - len(failed)} of {len(outcomes)} figure(s) passed "
         f"over {runs} run(s)",
-        err=bool(failed),
+        # With --json, stdout holds the JSON document alone.
+        err=bool(failed) or as_json,
     )
     return 1 if failed or unreadable else 0
 

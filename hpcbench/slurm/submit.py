@@ -10,6 +10,7 @@ job`` is asked instead, so a cancelled job is never waited for forever.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -318,13 +319,63 @@ def job_record(
 
 def add_job_to_summary(run_dir: Path, record: Mapping[str, Any]) -> dict[str, Any]:
     """Aggregate the run and put the job record into ``summary.json`` (``run.slurm_job``)."""
-    from hpcbench.aggregate import SUMMARY_FILE, aggregate_run
+    from hpcbench.aggregate import aggregate_run
+
+    return put_job_record(run_dir, aggregate_run(run_dir), record)
+
+
+def put_job_record(
+    run_dir: Path, summary: dict[str, Any], record: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``summary`` with the job record as ``run.slurm_job``, written to ``summary.json``."""
+    from hpcbench.aggregate import SUMMARY_FILE
     from hpcbench.aggregate.result import write_summary
 
-    summary = aggregate_run(run_dir)
     summary.setdefault("run", {})["slurm_job"] = dict(record)
-    write_summary(run_dir / SUMMARY_FILE, summary)
+    write_summary(Path(run_dir) / SUMMARY_FILE, summary)
     return summary
+
+
+def refresh_job_record(run_dir: Path, echo: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """``slurm.json`` brought up to date: the job's state as Slurm reports it now.
+
+    ``submit --no-wait`` leaves the record PENDING; ``hpcbench aggregate`` calls this later.
+    None when the run has no ``slurm.json``, or when called from inside the job itself (the
+    rendered script aggregates before its job has ended, so its final state is not known yet).
+    When Slurm cannot answer, the record is kept as it is and ``echo`` says so.
+    """
+    path = Path(run_dir) / SLURM_FILE
+    if not path.is_file():
+        return None
+    record = read_job_record(run_dir)
+    if record.get("state") in FINAL_STATES:
+        return record
+    job_id, task = str(record.get("job_id")), record.get("array_task_id")
+    if task is None and os.environ.get("SLURM_JOB_ID") == job_id:
+        return None
+    if task is not None and (
+        os.environ.get("SLURM_ARRAY_JOB_ID"),
+        os.environ.get("SLURM_ARRAY_TASK_ID"),
+    ) == (job_id, str(task)):
+        return None
+    full_id = job_id if task is None else f"{job_id}_{task}"
+    kept = f"{path}: job {full_id} stays recorded as {record.get('state')}"
+    try:
+        state = JobTracker(full_id, Path(run_dir) / "submitit").state()
+    except SlurmError as exc:
+        echo(f"hpcbench: note: {kept}: {exc}")
+        return record
+    if state.state == "UNKNOWN":
+        echo(f"hpcbench: note: {kept}: neither sacct nor scontrol knows the job")
+        return record
+    fresh = job_record(
+        state,
+        submitted_at=str(record.get("submitted_at") or ""),
+        script=Path(str(record.get("script") or JOB_SCRIPT)),
+        version=record.get("slurm_version"),
+    )
+    write_json_atomic(path, fresh)
+    return fresh
 
 
 @dataclass(frozen=True, slots=True)
