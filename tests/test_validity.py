@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -372,3 +373,30 @@ def test_nvml_identity_compares_pci_bus_ids(monkeypatch: pytest.MonkeyPatch) -> 
     )
     right = gpu_identity(placement, planned_bus_ids=planned, nvml_bus_ids=["0000:3d:00.0"])
     assert gpu_identity_mismatch(right) is None
+
+
+@pytest.mark.slow
+def test_a_short_cpu_run_is_judged_and_says_why(tmp_path: Path) -> None:
+    """The issue's acceptance: a few-second CPU run fails strict rules, with the reasons.
+
+    Its default verdict is printed too; whether the throughput was steady depends on what else
+    the machine runs, so only the checks that do not are asserted here.
+    """
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "hpcbench", "run", "--backend", "cpu", "--ranks", "1",
+               "--duration-s", "3", "--batch-size", "16", "--validity", "strict", "-q",
+               "--out", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "validity (strict rules): INVALID" in done.stdout
+    line = next(x for x in done.stdout.splitlines() if x.startswith("  enough_work: "))
+    assert re.search(r"\d+ samples < 24576; timed phase 3\.\d s < 600 s \(MLPerf Offline", line)
+    assert json.loads((out / "spec.json").read_text())["validity"] == "strict"
+
+    default = aggregate_run(out, validity="default")
+    passed = {c["name"] for c in default["validity"]["checks"] if c["passed"]}
+    assert {"enough_work", "duration", "binding", "device_health", "complete", "clock"} <= passed
+    assert default["telemetry"]["available"] is False
