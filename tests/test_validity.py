@@ -400,3 +400,64 @@ def test_a_short_cpu_run_is_judged_and_says_why(tmp_path: Path) -> None:
     passed = {c["name"] for c in default["validity"]["checks"] if c["passed"]}
     assert {"enough_work", "duration", "binding", "device_health", "complete", "clock"} <= passed
     assert default["telemetry"]["available"] is False
+
+
+def _rank_pid(launcher_pid: int, rank: int) -> int | None:
+    """The pid of a rank process started by ``hpcbench run`` (found through its environment)."""
+    try:
+        children = Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split()
+    except OSError:
+        return None
+    for child in children:
+        try:
+            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"HPCBENCH_RANK={rank}".encode() in environ:
+            return int(child)
+    return None
+
+
+@pytest.mark.slow
+def test_a_real_rank_stopped_halfway_fails_steady_state(tmp_path: Path) -> None:
+    """Rank 1 of a real 2-rank CPU run is stopped (SIGSTOP) for 2 s in the window's middle."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from hpcbench.aggregate.load import load_run
+    from hpcbench.aggregate.validity import window_rates
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "hpcbench", "run", "--backend", "cpu", "--ranks", "2",
+               "--duration-s", "6", "--batch-size", "16", "-q", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    status = out / "logs" / "rank-00001.status.json"
+    give_up = time.monotonic() + 120
+    while time.monotonic() < give_up:
+        try:
+            if json.loads(status.read_text()).get("phase") == "timed":
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    pid = _rank_pid(proc.pid, 1)
+    assert pid is not None, "rank 1 not found"
+    time.sleep(2.0)
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(2.0)
+    os.kill(pid, signal.SIGCONT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    result = check(summary, "steady_state")
+    assert result["passed"] is False
+    assert "validity (default rules): INVALID" in stdout and "  steady_state: " in stdout
+    # The third that held the stop is the slowest.
+    window = summary["window"]
+    rates = window_rates(load_run(out), window["start_ns"], window["end_ns"])
+    assert rates.index(min(rates)) == 1, rates
