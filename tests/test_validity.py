@@ -241,6 +241,12 @@ def test_telemetry_block_over_the_common_window(tmp_path: Path) -> None:
     assert device["mean_power_w"] == pytest.approx(500.0)
     assert device["median_sm_clock_mhz"] == pytest.approx(1060.0)  # samples 10..110 inside
     assert device["throttle_reasons"] == {"sw_power_cap": pytest.approx(20 / 101)}
+    text = format_summary(aggregate_run(tmp_path))
+    assert (
+        "telemetry (window)        5 000.0 J, 1.60 img/J, mean 500.0 W, max 500.0 W per device, "
+        "median SM clock 1 060.0 MHz"
+    ) in text
+    assert "throttle reasons          sw_power_cap 20 % (share of samples)" in text
     total = block["total"]
     assert total["energy_j"] == pytest.approx(5000.0)
     assert total["mean_power_w"] == pytest.approx(500.0)
@@ -461,3 +467,22 @@ def test_a_real_rank_stopped_halfway_fails_steady_state(tmp_path: Path) -> None:
     window = summary["window"]
     rates = window_rates(load_run(out), window["start_ns"], window["end_ns"])
     assert rates.index(min(rates)) == 1, rates
+
+
+def test_check_uses_images_per_joule(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_archive import cli as archive_cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_spec(run, duration_s=10.0)
+    _telemetry_run(run, 0)  # 8 000 images for 5 000 J: 1.6 img/J
+    aggregate_run(run)
+    references = tmp_path / "refs.yaml"
+    for value, code_wanted in ((1.6, 0), (1.8, 1)):
+        references.write_text(
+            "version: 1\nreferences:\n  - match: {}\n"
+            f"    figures: {{telemetry.total.images_per_j: {{value: {value}, tolerance_pct: 5}}}}\n"
+        )
+        code, out, err = archive_cli(capsys, "check", str(run), "-r", str(references))
+        assert code == code_wanted, out + err
+        assert ("pass " if code_wanted == 0 else "FAIL ") in out
