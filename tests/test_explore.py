@@ -9,6 +9,7 @@ import os
 import shlex
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 from hpcbench.cpulist import format_cpulist
 from hpcbench.errors import RunError, UsageError
 from hpcbench.explore import runs
-from hpcbench.explore.verdict import RunRecord, judge
+from hpcbench.explore.verdict import RunRecord, format_table, judge
 from hpcbench.plan.candidates import enumerate_candidates
 from hpcbench.site import load_site
 from hpcbench.stats import t_quantile
@@ -93,6 +94,27 @@ def test_failed_runs_leave_no_statistics() -> None:
     assert exploration.result("4x2").mean_img_s is None
     assert exploration.best == "2x4"
     assert "too few runs" in exploration.verdict
+
+
+def test_table_shows_the_unit_and_names_runs_that_failed_validity_checks(tmp_path: Path) -> None:
+    run_dir = tmp_path / "p000"
+    run_dir.mkdir()
+    checks = [{"name": "duration", "passed": False}, {"name": "clock", "passed": True}]
+    summary = {
+        "complete": True,
+        "throughput": {"common_window_img_s": 5.0},
+        "validity": {"valid": False, "rules": "default", "checks": checks},
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    assert runs.read_headline(run_dir) == (5.0, "", ("duration",))
+    records = _records({"1x8": [100.0, 101.0], "2x4": [107.0, 108.0]})
+    records[1] = replace(records[1], failed_checks=("duration",))
+    text = format_table(judge(APOLLO, records), "seq/s")
+    assert text.splitlines()[0].split()[2:4] == ["mean", "seq/s"]
+    assert (
+        "1x8 run 2: counted, but its validity checks failed: duration "
+        "(see /runs/1x8-1/summary.json)"
+    ) in text
 
 
 def test_a_node_with_one_layout_says_so() -> None:

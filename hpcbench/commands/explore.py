@@ -146,6 +146,7 @@ def explore(ctx: click.Context, **kwargs: Any) -> int:
     from hpcbench.runtime.local_run import preflight
     from hpcbench.runtime.options import choose_backend, spec_from_options
     from hpcbench.topology.sources import topology_from_options
+    from hpcbench.units import sample_unit
 
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
     if kwargs["slurm"] and not kwargs["site"]:
@@ -228,8 +229,9 @@ def explore(ctx: click.Context, **kwargs: Any) -> int:
         echo=echo,
     )
     exploration = outcome.exploration
-    click.echo(format_table(exploration))
-    picture = write_picture(exploration, outcome.result_file.with_name("explore.png"))
+    rate = sample_unit(spec.model).rate
+    click.echo(format_table(exploration, rate))
+    picture = write_picture(exploration, outcome.result_file.with_name("explore.png"), rate)
     if picture is None:
         echo("explore: no picture: matplotlib is not installed (pip install 'hpcbench[plot]')")
     else:

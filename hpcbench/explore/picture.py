@@ -12,7 +12,7 @@ from hpcbench.explore.verdict import Exploration
 from hpcbench.plan.candidates import display_label
 
 
-def write_picture(exploration: Exploration, path: Path) -> Path | None:
+def write_picture(exploration: Exploration, path: Path, rate: str = "img/s") -> Path | None:
     """Draw ``path`` (PNG); None when matplotlib is not installed."""
     try:
         import matplotlib
@@ -50,7 +50,7 @@ def write_picture(exploration: Exploration, path: Path) -> Path | None:
         "bar: mean · whisker: 95 % interval (Student's t) · dots: runs · dashed: baseline",
         fontsize=8,
     )
-    ax.set_ylabel("common-window throughput (img/s)")
+    ax.set_ylabel(f"common-window throughput ({rate})")
     ax.set_title(textwrap.fill(exploration.verdict, 80), fontsize=9)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".part.png")

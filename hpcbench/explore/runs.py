@@ -90,17 +90,23 @@ def check_same_exploration(
     return node
 
 
-def read_headline(run_dir: Path) -> tuple[float | None, str]:
-    """A finished run's common-window throughput, or None and why it does not count."""
+def read_headline(run_dir: Path) -> tuple[float | None, str, tuple[str, ...]]:
+    """A finished run's common-window throughput (or None and why it does not count), and the
+    validity checks its summary says it failed."""
     from hpcbench.aggregate import read_summary
 
     summary = read_summary(run_dir)
+    validity = summary.get("validity")
+    checks = validity.get("checks", []) if isinstance(validity, dict) else []
+    failed = tuple(
+        str(c.get("name")) for c in checks if isinstance(c, dict) and not c.get("passed")
+    )
     if not summary.get("complete", True):
-        return None, "incomplete run (a rank did not finish its timed phase)"
+        return None, "incomplete run (a rank did not finish its timed phase)", failed
     value = summary.get("throughput", {}).get("common_window_img_s")
     if not isinstance(value, int | float) or value <= 0:
-        return None, f"no common-window throughput in its summary.json ({value!r})"
-    return float(value), ""
+        return None, f"no common-window throughput in its summary.json ({value!r})", failed
+    return float(value), "", failed
 
 
 def run_local_points(
@@ -221,13 +227,14 @@ def collect(todo_failures: Mapping[int, str], all_points: Sequence[Point]) -> li
     records = []
     for point in all_points:
         value: float | None = None
+        failed: tuple[str, ...] = ()
         message = todo_failures.get(point.index, "")
         if not message:
             if (point.run_dir / "summary.json").is_file():
-                value, message = read_headline(point.run_dir)
+                value, message, failed = read_headline(point.run_dir)
             else:
                 message = "no summary.json"
         records.append(
-            RunRecord(point.label, point.repeat, str(point.run_dir), value, message.strip())
+            RunRecord(point.label, point.repeat, str(point.run_dir), value, message.strip(), failed)
         )
     return records

@@ -25,6 +25,9 @@ class RunRecord:
     run_dir: str
     common_window_img_s: float | None
     message: str = ""
+    # The validity checks its summary.json says it failed (the run still counts: the table
+    # names them so a reader can judge).
+    failed_checks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,11 +215,14 @@ def _number(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def format_table(exploration: Exploration) -> str:
-    """One line per candidate: shape, runs, mean ± interval, speedup, layout and how found."""
+def format_table(exploration: Exploration, rate: str = "img/s") -> str:
+    """One line per candidate: shape, runs, mean ± interval, speedup, layout and how found.
+
+    ``rate`` is the unit of the model's samples (``seq/s`` for a language model).
+    """
     header = [
-        "candidate", "runs", "mean img/s", "std", "95% CI img/s", "speedup", "95% CI", "layout",
-        "found as",
+        "candidate", "runs", f"mean {rate}", "std", f"95% CI {rate}", "speedup", "95% CI",
+        "layout", "found as",
     ]  # fmt: skip
     rows = [header]
     for result in exploration.results:
@@ -242,5 +248,16 @@ def format_table(exploration: Exploration) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     failed = [r for result in exploration.results for r in result.runs if r.message]
     lines += [f"{r.label} run {r.repeat}: {r.message} ({r.run_dir})" for r in failed]
+    invalid = [
+        r
+        for result in exploration.results
+        for r in result.runs
+        if r.failed_checks and not r.message
+    ]
+    lines += [
+        f"{r.label} run {r.repeat}: counted, but its validity checks failed: "
+        f"{', '.join(r.failed_checks)} (see {r.run_dir}/summary.json)"
+        for r in invalid
+    ]
     lines.append(f"* best; verdict: {exploration.verdict}")
     return "\n".join(lines)
