@@ -36,8 +36,28 @@ class RunError(HpcbenchError):
     exit_code = 1
 
 
-class BarrierTimeout(RunError):
-    """Some ranks never arrived at a barrier within its timeout."""
+class BarrierError(RunError):
+    """This rank gave up at a barrier because of other ranks: ``culprits`` never arrived or
+    aborted the run. The launcher blames them, not this rank."""
+
+    def __init__(self, message: str, culprits: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.culprits = culprits
+
+    # What the culprits did, as the launcher's headline says it ("rank 1 <cause>").
+    cause = "held up the others"
+
+
+class BarrierTimeout(BarrierError):
+    """Some ranks (``culprits``) never arrived at a barrier within its timeout."""
+
+    cause = "did not arrive at a barrier in time"
+
+
+class BarrierAborted(BarrierError):
+    """Another rank (``culprits[0]``) failed and aborted the barrier."""
+
+    cause = "aborted the run"
 
 
 class MetricsError(HpcbenchError):

@@ -300,6 +300,19 @@ def _run_command(out: Path, *extra: str) -> list[str]:
             *options, *extra]  # fmt: skip
 
 
+def _rank_processes(cli: subprocess.Popen[bytes]) -> tuple[dict[int, int], str]:
+    """rank -> pid of both ranks of an ``hpcbench run`` process, once both are started, and
+    their launch id."""
+    children: dict[int, int] = {}
+
+    def both_started() -> bool:
+        children.update(rank_children(cli.pid))
+        return len(children) == 2
+
+    _wait_for("two rank processes under hpcbench run", both_started)
+    return children, _launch_id(children[VICTIM])
+
+
 def _launch_id(pid: int) -> str:
     found: list[str] = []
 
@@ -322,14 +335,7 @@ def test_hpcbench_run_names_the_rank_killed_in_each_phase(tmp_path: Path, phase:
     out = tmp_path / "run"
     cli = subprocess.Popen(_run_command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     with _reaped([cli]):
-        children: dict[int, int] = {}
-
-        def both_started() -> bool:
-            children.update(rank_children(cli.pid))
-            return len(children) == 2
-
-        _wait_for("two rank processes under hpcbench run", both_started)
-        launch_id = _launch_id(children[VICTIM])
+        children, launch_id = _rank_processes(cli)
         held = _hold_partner(out, phase, children[SURVIVOR]) if phase != "build" else False
         _wait_for(f"rank 1 in {phase}", lambda: in_phase(out, VICTIM, phase, launch_id))
         os.kill(children[VICTIM], signal.SIGKILL)
@@ -373,6 +379,31 @@ def test_hpcbench_run_names_the_rank_killed_in_each_phase(tmp_path: Path, phase:
         assert "no finished rank file" in partial.stderr
 
 
+def test_hung_rank_is_named_not_the_rank_that_timed_out(tmp_path: Path) -> None:
+    """Rank 1 is stopped (SIGSTOP) in warm-up, so rank 0 times out at the start barrier and
+    exits first: the headline names rank 1 as hung and says why; rank 0's reason follows."""
+    _cpus()
+    out = tmp_path / "run"
+    cli = subprocess.Popen(_run_command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with _reaped([cli]):
+        children, launch_id = _rank_processes(cli)
+        _wait_for("rank 1 in warm-up", lambda: in_phase(out, VICTIM, "warmup", launch_id))
+        os.kill(children[VICTIM], signal.SIGSTOP)
+        _, err_bytes = cli.communicate(timeout=60)
+    err = err_bytes.decode()
+    assert cli.returncode == 1, err
+    headline = _one_error_line(err)
+    assert headline.startswith(
+        "hpcbench: error: rank 1 did not arrive at a barrier in time and is still running "
+        "(process stopped, e.g. by SIGSTOP or a debugger); the other ranks were stopped; "
+        "rank 0 exited 1: barrier 'start'"
+    ), headline
+    assert "rank 1 did not arrive within 3 s" in headline
+    # The launcher continued the stopped rank with its SIGTERM: nothing is left running.
+    assert not any(_alive(pid) for pid in children.values())
+    _no_barrier_state(out)
+
+
 def test_killed_launcher_takes_its_ranks_along(tmp_path: Path) -> None:
     """SIGKILL ``hpcbench run`` itself: its ranks must not run on as orphans."""
     _cpus()
@@ -383,13 +414,7 @@ def test_killed_launcher_takes_its_ranks_along(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     with _reaped([cli]):
-        children: dict[int, int] = {}
-
-        def both_started() -> bool:
-            children.update(rank_children(cli.pid))
-            return len(children) == 2
-
-        _wait_for("two rank processes", both_started)
+        children, _ = _rank_processes(cli)
         _wait_for("rank 1 in the timed phase", lambda: in_phase(out, VICTIM, "timed"))
         cli.kill()
         cli.wait()

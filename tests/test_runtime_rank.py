@@ -173,6 +173,35 @@ def test_failing_rank_stops_the_others_and_is_named(tmp_path: Path) -> None:
     _no_barrier_state(run_dir)
 
 
+def _slow_exit_python(tmp_path: Path, rank: int, delay_s: float) -> str:
+    """A python for the launcher whose process for ``rank`` exits ``delay_s`` after the rank
+    did: the rank has aborted the barrier by then, as one still closing its files would."""
+    wrapper = tmp_path / "slow-exit-python"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'"{sys.executable}" "$@"\n'
+        "code=$?\n"
+        f'[ "${LOCAL_VARS["rank"]}" = {rank} ] && sleep {delay_s}\n'
+        "exit $code\n"
+    )
+    wrapper.chmod(0o700)
+    return str(wrapper)
+
+
+def test_rank_that_aborted_is_named_though_another_exits_first(tmp_path: Path) -> None:
+    """Rank 1 fails and aborts the run, but its process exits after rank 0's (which gave up
+    because of it): the launcher names rank 1, not the first rank it saw exit."""
+    run_dir, plan, info = make_run(tmp_path, duration_s=30.0, barrier_timeout_s=60.0)
+    (run_dir / "rank-00001.h5.part").mkdir()
+    python = _slow_exit_python(tmp_path, rank=1, delay_s=2.0)
+    with pytest.raises(RunError) as caught:
+        launch_local(run_dir, plan, info, python=python)  # type: ignore[arg-type]
+    message = str(caught.value)
+    assert message.startswith("rank 1 exited 2; the other ranks were stopped"), message
+    assert "cannot create metrics file" in message
+    _no_barrier_state(run_dir)
+
+
 def _spawn_rank(run_dir: Path, rank: int, env_extra: dict[str, str]) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.update(

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from hpcbench.errors import BarrierTimeout, ConfigError, RunError
+from hpcbench.errors import BarrierAborted, BarrierTimeout, ConfigError, RunError
 
 KINDS = ("shm", "file")
 SHM_DIR = Path("/dev/shm")
@@ -104,8 +104,8 @@ class Barrier(ABC):
     def wait(self, name: str) -> BarrierEvent:
         """Arrive, block until every rank arrived, return the times.
 
-        Raises BarrierTimeout (naming the missing ranks) after ``timeout_s``, or RunError when
-        another rank aborted the barrier.
+        Raises BarrierTimeout (naming the missing ranks) after ``timeout_s``, or BarrierAborted
+        (naming the rank) when another rank aborted the barrier.
         """
         if self._closed:
             raise RunError(f"barrier {name!r}: already closed")
@@ -144,14 +144,15 @@ class Barrier(ABC):
             self.abort(f"{type(exc).__name__}: {exc}")
         self.close()
 
-    def _timeout_message(self, name: str, missing: list[int], by_rank: int | None) -> str:
+    def _timeout_error(self, name: str, missing: list[int], by_rank: int | None) -> BarrierTimeout:
         who = f"ranks {missing}" if len(missing) != 1 else f"rank {missing[0]}"
         if not missing:
             who = "no rank was missing but the release was not seen;"
         noticed = "" if by_rank is None or by_rank == self.rank else f" (noticed by rank {by_rank})"
-        return (
+        return BarrierTimeout(
             f"barrier {name!r} ({self.kind}, {self.namespace}): {who} did not arrive within "
-            f"{self.timeout_s:g} s{noticed}"
+            f"{self.timeout_s:g} s{noticed}",
+            culprits=tuple(missing),
         )
 
 
@@ -536,17 +537,18 @@ class ShmBarrier(Barrier):
         missing = self._missing(generation)
         self._set_abort(generation, _ABORT_TIMEOUT, "")
         self._aborted = True
-        raise BarrierTimeout(self._timeout_message(name, missing, None))
+        raise self._timeout_error(name, missing, None)
 
     def _raise_aborted(self, name: str, generation: int) -> None:
         by_rank = self._abort_rank.value - 1
         self._aborted = True
         if self._abort_kind.value == _ABORT_TIMEOUT:
-            raise BarrierTimeout(self._timeout_message(name, self._missing(generation), by_rank))
+            raise self._timeout_error(name, self._missing(generation), by_rank)
         reason = bytes(self._mm[_REASON_OFFSET:_HEADER_BYTES]).split(b"\0", 1)[0]
-        raise RunError(
+        raise BarrierAborted(
             f"barrier {name!r} ({self.kind}): rank {by_rank} aborted the run: "
-            f"{reason.decode(errors='replace')}"
+            f"{reason.decode(errors='replace')}",
+            culprits=(by_rank,),
         )
 
     def _set_abort(self, generation: int, kind: int, reason: str) -> None:
@@ -662,7 +664,7 @@ class FileBarrier(Barrier):
                     gen_dir / f"abort.{self.rank:05d}",
                     {"rank": self.rank, "kind": "timeout", "missing": missing},
                 )
-                raise BarrierTimeout(self._timeout_message(name, missing, None))
+                raise self._timeout_error(name, missing, None)
             while now - start > until:
                 until, pause = next(steps)
             time.sleep(pause)
@@ -691,10 +693,11 @@ class FileBarrier(Barrier):
         by_rank = int(info.get("rank", -1))
         if info.get("kind") == "timeout":
             arrived = [x for x in names if _is_arrival(x)]
-            raise BarrierTimeout(self._timeout_message(name, self._missing(arrived), by_rank))
-        raise RunError(
+            raise self._timeout_error(name, self._missing(arrived), by_rank)
+        raise BarrierAborted(
             f"barrier {name!r} ({self.kind}): rank {by_rank} aborted the run: "
-            f"{info.get('reason', '')}"
+            f"{info.get('reason', '')}",
+            culprits=(by_rank,),
         )
 
     def _removed(self, name: str) -> RunError:

@@ -41,6 +41,8 @@ from hpcbench.runtime.rundir import LOGS_DIR, RunInfo
 
 _POLL_S = 0.1
 _TERM_GRACE_S = 5.0
+# How long a rank named by a failed rank (it aborted the run) gets to exit with its own status.
+_BLAME_WAIT_S = 5.0
 _TAIL_LINES = 6
 # Threads a BLAS/OpenMP runtime starts by default when the variables are not set by the user.
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -148,6 +150,8 @@ class _Ranks:
         for proc in live:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGTERM)
+                # A stopped (SIGSTOP) rank acts on SIGTERM only once continued.
+                os.killpg(proc.pid, signal.SIGCONT)
         deadline = time.monotonic() + _TERM_GRACE_S
         for proc in live:
             try:
@@ -279,8 +283,9 @@ def _watch(
         codes = {rank: proc.poll() for rank, proc in ranks.procs.items()}
         failed = [rank for rank, code in codes.items() if code not in (None, 0)]
         if failed:
+            error = _failure(run_dir, ranks, failed, codes)
             ranks.stop()
-            raise _failure(run_dir, failed, codes)
+            raise error
         if all(code == 0 for code in codes.values()):
             if progress is not None:
                 progress(progress_line(run_dir, plan, time.monotonic() - start))
@@ -292,17 +297,75 @@ def _watch(
         time.sleep(_POLL_S)
 
 
-def _failure(run_dir: Path, failed: list[int], codes: Mapping[int, int | None]) -> RunError:
-    # When several ranks fail in one poll, blame one whose failure is not the consequence of
-    # another rank's abort.
-    def consequence(rank: int) -> bool:
-        return "aborted the run" in _tail(log_paths(run_dir, rank)[1])
+def _caused_by(status: Mapping[str, object], world_size: int) -> list[int]:
+    """The ranks a failed rank blamed for its failure (it timed out waiting for them, or they
+    aborted the run), from the status it published before exiting; [] for a failure of its own."""
+    blamed = status.get("caused_by")
+    if status.get("phase") != "failed" or not isinstance(blamed, list):
+        return []
+    return [r for r in blamed if isinstance(r, int) and 0 <= r < world_size]
 
-    culprit = sorted(failed, key=lambda r: (consequence(r), r))[0]
+
+def _failure(
+    run_dir: Path, ranks: _Ranks, failed: list[int], codes: Mapping[int, int | None]
+) -> RunError:
+    """The error that names the rank to blame, before the others are stopped.
+
+    A rank that exits because another one aborted the barrier can exit before the aborting rank
+    does (the latter is still closing its files), and a rank that times out at a barrier exits
+    while the rank it waited for is hung: the first rank seen to fail is then not the culprit.
+    Ranks that failed of their own accord come first; otherwise the launcher waits briefly for
+    a rank named by the failed ones to exit, or blames it as hung.
+    """
+    statuses = {r: read_status(run_dir, r) for r in failed}
+    blamed = {r: _caused_by(statuses[r], len(ranks.procs)) for r in failed}
+    own = [r for r in failed if not blamed[r]]
+    if own:
+        return _exit_error(run_dir, own[0], codes[own[0]])
+    suspects = sorted({c for r in failed for c in blamed[r]})
+    deadline = time.monotonic() + _BLAME_WAIT_S
+    while True:
+        for rank in suspects:
+            code = ranks.procs[rank].poll()
+            if code not in (None, 0):
+                return _exit_error(run_dir, rank, code)
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(_POLL_S)
+    witness = failed[0]
+    culprit = next(r for r in suspects if r in blamed[witness])
+    cause = statuses[witness].get("cause", "held up the others")
+    state = _process_state(ranks.procs[culprit].pid)
     err_path = log_paths(run_dir, culprit)[1]
-    code = codes[culprit]
+    tail = _tail(err_path).replace("\n", "\n    ")
+    return RunError(
+        f"rank {culprit} {cause} and is still running ({state}); the other ranks were "
+        f"stopped; rank {witness} exited {codes[witness]}: {statuses[witness].get('error', '')}; "
+        f"end of {err_path}:\n    {tail}"
+    )
+
+
+def _exit_error(run_dir: Path, rank: int, code: int | None) -> RunError:
+    err_path = log_paths(run_dir, rank)[1]
     how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited {code}"
     tail = _tail(err_path).replace("\n", "\n    ")
     return RunError(
-        f"rank {culprit} {how}; the other ranks were stopped; end of {err_path}:\n    {tail}"
+        f"rank {rank} {how}; the other ranks were stopped; end of {err_path}:\n    {tail}"
     )
+
+
+def _process_state(pid: int) -> str:
+    """How a live rank's process is doing, from /proc (a stopped process cannot make progress).
+
+    >>> _process_state(os.getpid())
+    'process running'
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "process state unknown"
+    # The command name (field 2) may contain spaces and parentheses: the state follows the last ')'.
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    if state in ("T", "t"):
+        return "process stopped, e.g. by SIGSTOP or a debugger"
+    return "process sleeping" if state in ("S", "D") else "process running"

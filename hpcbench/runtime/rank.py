@@ -24,7 +24,7 @@ from typing import Any
 
 from hpcbench import __version__
 from hpcbench.backends.base import load_backend
-from hpcbench.errors import ConfigError, HpcbenchError, RunError
+from hpcbench.errors import BarrierError, ConfigError, HpcbenchError, RunError
 from hpcbench.jsonfile import read_json, write_json_atomic
 from hpcbench.metrics import RankMetricsWriter
 from hpcbench.plan.model import Plan, RankPlacement
@@ -238,7 +238,12 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
             writer.close(complete=False)
         except HpcbenchError as close_error:
             log.error("%s", close_error)
-        publish({"phase": "failed", "error": str(exc)})
+        failed: dict[str, Any] = {"phase": "failed", "error": str(exc)}
+        if isinstance(exc, BarrierError):
+            # A consequence of other ranks' failure: the launcher blames them, not this rank.
+            failed["caused_by"] = [r for r in exc.culprits if r != identity.rank]
+            failed["cause"] = exc.cause
+        publish(failed)
         raise
     _finish_telemetry(writer, sampler, no_telemetry)
     barrier.close()
