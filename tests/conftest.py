@@ -1,4 +1,5 @@
-"""Shared fixtures. Topology snapshots live in ``tests/fixtures/`` (vendored: a clone stands alone)."""
+"""Shared fixtures. Topology snapshots live in ``tests/fixtures/`` (vendored: a clone stands
+alone)."""
 
 from __future__ import annotations
 
