@@ -104,6 +104,37 @@ def test_format_summary_mentions_the_figures(tmp_path: Path) -> None:
     assert "10 291.5" in text and "9 102.2" in text
 
 
+def test_format_summary_speaks_the_models_unit_and_counts_in_words(tmp_path: Path) -> None:
+    """One format for every figure, the unit of the model's samples, "1 rank" not "1 ranks"."""
+    worked_example(tmp_path)
+    summary = aggregate_run(tmp_path)
+    text = format_summary(summary)
+    assert "2 ranks on 1 node," in text and "(s)" not in text
+    assert "19 883.5 img/s" in text and "seq/s" not in text and "images/s" not in text
+    bert = json.loads(json.dumps(summary))
+    bert["run"].update(model="bert_base", world_size=1)
+    text = format_summary(bert)
+    assert "1 rank on 1 node," in text
+    assert "19 883.5 seq/s" in text and "img/s" not in text
+    assert "own seq/s" in text and "sequences" in text and "images" not in text
+
+
+def test_format_summary_prints_each_binding_that_differs_from_the_plan(tmp_path: Path) -> None:
+    worked_example(tmp_path)
+    summary = aggregate_run(tmp_path)
+    assert "binding differs" not in format_summary(summary)
+    summary["ranks"][1]["binding_mismatches"] = [
+        "memory: planned bind to node 1, got bind to 0",
+        "cpus: planned 4-7, got 0-7",
+    ]
+    lines = format_summary(summary).splitlines()
+    assert lines[-1] == (
+        "rank 1: binding differs from the plan: memory: planned bind to node 1, got bind to 0; "
+        "cpus: planned 4-7, got 0-7"
+    )
+    assert sum("binding differs" in line for line in lines) == 1
+
+
 # ---------------------------------------------------------------------------- common window
 def test_offset_windows_and_straddling_batches(tmp_path: Path) -> None:
     # Rank 0: 10 batches of 100 ms on one device from T0; rank 1 starts 250 ms later.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
+from hpcbench.aggregate import aggregate_run, format_summary
 from hpcbench.errors import RunError
 from hpcbench.metrics import RankMetricsWriter, read_rank_file
 from hpcbench.plan.model import Plan, RankPlacement
@@ -275,6 +277,12 @@ def test_binding_mismatch_is_recorded_and_fails_under_strict_binding(tmp_path: P
     assert data.json_attr("binding_json")["mismatches"] == [
         f"cpus: planned {cpus[0]}, got {cpus[1]}"
     ]
+    # The result printed by run, submit and aggregate names every such rank, one line each.
+    printed = format_summary(aggregate_run(run_dir)).splitlines()
+    assert [line for line in printed if "binding differs" in line] == [
+        f"rank {r}: binding differs from the plan: cpus: planned {cpus[r]}, got {cpus[1 - r]}"
+        for r in (0, 1)
+    ]
     strict_dir, _, _ = make_run(tmp_path / "strict", strict_binding=True)
     for rank, proc in enumerate(_swapped_ranks(strict_dir)):
         _, err = proc.communicate(timeout=60)
@@ -296,10 +304,20 @@ def test_hpcbench_run_cli_two_ranks(tmp_path: Path) -> None:
                "--duration-s", "3", "--out", str(out)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert f"run directory: {out}" in done.stdout
-    assert "rank 0:" in done.stdout and "rank 1:" in done.stdout
+    # What a person reads: the run directory once, every figure in one format and unit, counts
+    # in words, and progress in a log that ends with the true counts of timed batches.
+    assert done.stdout.strip().splitlines()[-1] == f"run directory: {out}"
+    assert (done.stdout + done.stderr).count("run directory") == 1
+    assert "2 ranks on 1 node," in done.stdout and "(s)" not in done.stdout
+    assert "img/s" in done.stdout and "images/s" not in done.stdout
+    assert not re.search(r"\d,\d{3}\.\d", done.stdout), done.stdout  # "3,328.6": another format
+    assert done.stderr.startswith("hpcbench: 2 ranks, backend cpu, model mlp")
+    progress = [line for line in done.stderr.splitlines() if line.startswith("[")]
+    assert len(progress) >= 3, done.stderr  # not just "starting": the phases as they change
     files = [read_rank_file(out / f"rank-{r:05d}.h5") for r in (0, 1)]
     assert all(f.complete for f in files)
+    counts = " | ".join(f"rank {r}: done {len(files[r].timed)} batches" for r in (0, 1))
+    assert progress[-1].endswith("] " + counts), progress
     begins = [f.t_begin_ns or 0 for f in files]
     finishes = [f.t_finish_ns or 0 for f in files]
     assert min(finishes) - max(begins) > 2.5e9

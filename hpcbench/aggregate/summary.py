@@ -24,6 +24,8 @@ from hpcbench.aggregate.validity import Rules, format_verdict, judge, rules_name
 from hpcbench.cpulist import format_cpulist
 from hpcbench.errors import MetricsError
 from hpcbench.metrics import RankFile
+from hpcbench.text import figure, plural
+from hpcbench.units import IMAGES, SampleUnit, summary_unit
 
 SUMMARY_SCHEMA = "hpcbench.summary"
 SUMMARY_SCHEMA_VERSION = 1
@@ -341,16 +343,25 @@ def run_block(run: LoadedRun) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ printing
 def format_summary(summary: Mapping[str, Any]) -> str:
-    """A readable, multi-line rendering of a summary for a terminal."""
+    """A readable, multi-line rendering of a summary for a terminal.
+
+    Figures are in the unit of the model's samples (images, or sequences for a language model)
+    and end with one line per rank whose binding differed from the plan.
+    """
     run = summary.get("run", {})
     tp = summary["throughput"]
     window = summary["window"]
     skew = summary["skew"]
     lat = summary["latency_ms"]
+    unit = summary_unit(summary)
+    rate = unit.rate
+    world_size = run.get("world_size")
+    ranks = plural(world_size, "rank") if isinstance(world_size, int) else "? ranks"
+    nodes = plural(run["nodes"], "node") if isinstance(run.get("nodes"), int) else "? nodes"
     lines = [
         f"run {run.get('run_id')}: {run.get('backend')}/{run.get('model')} "
-        f"batch {run.get('batch_size')} {run.get('precision')}, {run.get('world_size')} rank(s) "
-        f"on {run.get('nodes')} node(s), layout {run.get('layout') or '-'}",
+        f"batch {run.get('batch_size')} {run.get('precision')}, {ranks} on {nodes}, "
+        f"layout {run.get('layout') or '-'}",
     ]
     if not summary.get("complete", True):
         lines.append(
@@ -361,25 +372,25 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(f"{'common-window throughput':<26}undefined ({tp['common_window_reason']})")
     else:
         lines.append(
-            f"{'common-window throughput':<26}{_num(tp['common_window_img_s'])} img/s "
-            f"({_num(tp['per_device_img_s'])} per device) over {window['length_s']:.3f} s"
+            f"{'common-window throughput':<26}{figure(tp['common_window_img_s'])} {rate} "
+            f"({figure(tp['per_device_img_s'])} per device) over {window['length_s']:.3f} s"
         )
-    lines.append(f"{'sum of own throughputs':<26}{_num(tp['sum_own_img_s'])} img/s")
+    lines.append(f"{'sum of own throughputs':<26}{figure(tp['sum_own_img_s'])} {rate}")
     adjusted = (
-        f"{_num(tp['dlbs_adjusted_img_s'])} img/s"
+        f"{figure(tp['dlbs_adjusted_img_s'])} {rate}"
         if tp["dlbs_adjusted_img_s"] is not None
         else f"undefined ({tp['dlbs_adjusted_reason']})"
     )
     lines.append(f"{'DLBS adjusted (N=' + str(tp['dlbs_trim']) + ')':<26}{adjusted}")
     effective = (
-        f"{_num(tp['dlbs_effective_sum_img_s'])} img/s"
+        f"{figure(tp['dlbs_effective_sum_img_s'])} {rate}"
         if tp["dlbs_effective_sum_img_s"] is not None
         else f"undefined ({tp['dlbs_effective_reason']})"
     )
     lines.append(f"{'DLBS sum of effective':<26}{effective}")
     if tp.get("dlbs_reported_img_s") is not None:
         lines.append(
-            f"{'DLBS reported':<26}{_num(tp['dlbs_reported_img_s'])} img/s "
+            f"{'DLBS reported':<26}{figure(tp['dlbs_reported_img_s'])} {rate} "
             "(max of adjusted and sum of effective)"
         )
     lines.append(
@@ -395,27 +406,43 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     if eff:
         value = "undefined" if eff["value"] is None else f"{100 * eff['value']:.1f} %"
         lines.append(
-            f"efficiency vs {run.get('world_size')} × single-rank "
-            f"{_num(eff['reference_img_s'])} img/s: {value}"
+            f"efficiency vs {world_size} × single-rank "
+            f"{figure(eff['reference_img_s'])} {rate}: {value}"
         )
-    lines.extend(format_telemetry(summary.get("telemetry")))
+    lines.extend(format_telemetry(summary.get("telemetry"), unit))
     any_gpus = any(row.get("gpus") for row in summary["ranks"])
     lines.append(
-        f"rank  host          {'gpus' if any_gpus else 'devices':<8}  images      own img/s  "
-        "effective img/s"
+        f"rank  host          {'gpus' if any_gpus else 'devices':<8}  {unit.plural:>10}  "
+        f"{'own ' + rate:>13}  {'effective ' + rate:>15}"
     )
     for row in summary["ranks"]:
         gpus = ",".join(str(g) for g in row["gpus"]) if row.get("gpus") else str(row["num_devices"])
         lines.append(
             f"{row['rank']:>4}  {str(row.get('host') or '-')[:12]:<12}  {gpus:<8}  "
-            f"{row['images']:>10}  {_num(row['own_img_s']):>13}  "
-            f"{_num(row['dlbs_effective_img_s']):>15}"
+            f"{row['images']:>10}  {figure(row['own_img_s']):>13}  "
+            f"{figure(row['dlbs_effective_img_s']):>15}"
         )
+    lines.extend(binding_lines(summary))
     lines.extend(format_verdict(summary.get("validity")))
     return "\n".join(lines)
 
 
-def format_telemetry(telemetry: Mapping[str, Any] | None) -> list[str]:
+def binding_lines(summary: Mapping[str, Any]) -> list[str]:
+    """One line per rank whose actual binding differed from the plan, saying what it got.
+
+    >>> binding_lines({"ranks": [{"rank": 0, "binding_mismatches": []}, {"rank": 1,
+    ...     "binding_mismatches": ["memory: planned 1, got 0", "cpus: planned 2, got 3"]}]})
+    ['rank 1: binding differs from the plan: memory: planned 1, got 0; cpus: planned 2, got 3']
+    """
+    return [
+        f"rank {row['rank']}: binding differs from the plan: "
+        + "; ".join(row["binding_mismatches"])
+        for row in summary.get("ranks", [])
+        if row.get("binding_mismatches")
+    ]
+
+
+def format_telemetry(telemetry: Mapping[str, Any] | None, unit: SampleUnit = IMAGES) -> list[str]:
     """The telemetry block in a line or two (nothing for a summary written without it)."""
     if not telemetry:
         return []
@@ -425,20 +452,17 @@ def format_telemetry(telemetry: Mapping[str, Any] | None) -> list[str]:
     energy = total["energy_j"]
     per_j = total["images_per_j"]
     clock = total["median_sm_clock_mhz"]
+    per_joule = unit.rate.removesuffix("/s") + "/J"
     line = (
         f"{'telemetry (window)':<26}"
-        + (f"{_num(energy)} J, {per_j:.2f} img/J, " if energy is not None and per_j else "")
-        + (f"mean {_num(total['mean_power_w'])} W, " if total["mean_power_w"] is not None else "")
-        + f"max {_num(total['max_device_power_w'])} W per device, "
-        + f"median SM clock {_num(clock)} MHz"
+        + (f"{figure(energy)} J, {per_j:.2f} {per_joule}, " if energy is not None and per_j else "")
+        + (f"mean {figure(total['mean_power_w'])} W, " if total["mean_power_w"] is not None else "")
+        + f"max {figure(total['max_device_power_w'])} W per device, "
+        + f"median SM clock {figure(clock)} MHz"
     )
     reasons = total["throttle_reasons"]
     throttled = ", ".join(f"{name} {100 * share:.0f} %" for name, share in reasons.items())
     return [line, f"{'throttle reasons':<26}{throttled or 'none'} (share of samples)"]
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.1f}".replace(",", " ")
 
 
 def _secs(value: float | None) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from hpcbench.cpulist import CpuListError, format_cpulist, is_decimal, parse_cpulist
 from hpcbench.errors import PlanError
 from hpcbench.plan.index import Granularity, TopologyIndex
+from hpcbench.text import plural
 
 # No node has anywhere near this many GPUs; the bound keeps a typo from expanding forever.
 MAX_GPU_INDEX = 4095
@@ -154,15 +155,6 @@ def format_gpu_layout(layout: Sequence[Sequence[int]]) -> str:
     return ";".join(",".join(str(g) for g in gpus) for gpus in layout)
 
 
-def _plural(count: int, word: str) -> str:
-    """``1 core``, ``2 cores``.
-
-    >>> _plural(1, "core"), _plural(18, "physical core")
-    ('1 core', '18 physical cores')
-    """
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
 def _span(ids: Sequence[int] | set[int]) -> str:
     """A short list of ids: ``0-3,8``."""
     return format_cpulist(ids)
@@ -278,7 +270,7 @@ def check_cpu_rules(
                         rank,
                         RULE_NO_OVERSUBSCRIPTION,
                         f"CPUs {_span(mine_s)} are hardware threads of the same "
-                        f"{_plural(len(sibling_cores), 'physical core')} as rank {other}'s "
+                        f"{plural(len(sibling_cores), 'physical core')} as rank {other}'s "
                         f"CPUs {_span(theirs_s)}",
                     )
                 )

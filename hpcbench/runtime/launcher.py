@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -110,6 +111,15 @@ def _tail(path: Path, lines: int = _TAIL_LINES) -> str:
     return "\n".join(kept) if kept else "(stderr is empty)"
 
 
+def progress_phases(line: str) -> str:
+    """A progress line without its clock and counts: equal for two lines in the same phases.
+
+    >>> progress_phases("[   2.0 s] rank 0: timed 12 batches | rank 1: warmup")
+    'rank 0: timed | rank 1: warmup'
+    """
+    return re.sub(r" \d+ batches|\[.*?\] ", "", line)
+
+
 def progress_line(run_dir: Path, plan: Plan, elapsed_s: float) -> str:
     """One line of progress from the ranks' status files."""
     parts = []
@@ -171,13 +181,16 @@ def launch_local(
     plan: Plan,
     info: RunInfo,
     *,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str, bool], None] | None = None,
     progress_interval_s: float = 1.0,
     use_numactl: bool | None = None,
     python: str = sys.executable,
     base_env: Mapping[str, str] | None = None,
 ) -> LaunchResult:
     """Run every rank of ``plan`` on this machine; return when all exited 0.
+
+    ``progress(line, final)`` gets a progress line every ``progress_interval_s``, and one with
+    ``final`` true, the ranks' true counts, once all of them finished.
 
     Raises RunError naming the first rank that failed (with its stderr tail) after stopping
     the others, and re-raises KeyboardInterrupt after stopping every rank. Barrier state is
@@ -274,7 +287,7 @@ def _watch(
     run_dir: Path,
     plan: Plan,
     ranks: _Ranks,
-    progress: Callable[[str], None] | None,
+    progress: Callable[[str, bool], None] | None,
     interval_s: float,
     start: float,
 ) -> None:
@@ -288,11 +301,11 @@ def _watch(
             raise error
         if all(code == 0 for code in codes.values()):
             if progress is not None:
-                progress(progress_line(run_dir, plan, time.monotonic() - start))
+                progress(progress_line(run_dir, plan, time.monotonic() - start), True)
             return
         now = time.monotonic()
         if progress is not None and now - last >= interval_s:
-            progress(progress_line(run_dir, plan, now - start))
+            progress(progress_line(run_dir, plan, now - start), False)
             last = now
         time.sleep(_POLL_S)
 

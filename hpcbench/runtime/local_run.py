@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -13,11 +15,10 @@ import click
 
 from hpcbench.backends.base import load_backend
 from hpcbench.cpulist import CpuListError, format_cpulist, parse_cpulist
-from hpcbench.errors import ConfigError, MetricsError, UsageError
-from hpcbench.metrics import rank_file_name, read_rank_file
+from hpcbench.errors import ConfigError, HpcbenchError, UsageError
 from hpcbench.plan.model import Plan
 from hpcbench.plan.planner import PlanRequest, make_plan, plan_request_from_options
-from hpcbench.runtime.launcher import LaunchResult, launch_local
+from hpcbench.runtime.launcher import LaunchResult, launch_local, progress_phases
 from hpcbench.runtime.options import (
     choose_backend,
     describe_spec,
@@ -27,22 +28,12 @@ from hpcbench.runtime.options import (
 from hpcbench.runtime.rundir import RunInfo, create_run_dir, site_record
 from hpcbench.site import resolve_site_path
 from hpcbench.spec import RunSpec
+from hpcbench.text import plural
 from hpcbench.topology.model import Topology
 from hpcbench.topology.sources import topology_from_options
 
-
-@dataclass(frozen=True, slots=True)
-class RankThroughput:
-    """One rank's own throughput, read from its rank file."""
-
-    rank: int
-    images: int
-    seconds: float
-    devices: int
-
-    @property
-    def images_per_s(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else 0.0
+# In a log (not a terminal), a progress line at least this often while no phase changes.
+_LOG_PROGRESS_EVERY_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +44,8 @@ class LocalRunOutcome:
     plan: Plan
     spec: RunSpec
     launch: LaunchResult
-    ranks: tuple[RankThroughput, ...]
-    summary: dict[str, Any] | None
-    summary_text: str | None
+    summary: dict[str, Any]
+    summary_text: str
 
 
 def default_rank_count(topology: Topology, request: PlanRequest) -> PlanRequest:
@@ -143,24 +133,28 @@ def run_local(
     for warning in plan.warnings:
         click.echo(f"hpcbench: warning: {warning}", err=True)
     click.echo(
-        f"hpcbench: {plan.world_size} ranks, {describe_spec(spec)}, run directory {run_dir}",
+        f"hpcbench: {plural(plan.world_size, 'rank')}, {describe_spec(spec)}",
         err=True,
     )
     on_gpus = any(r.gpus for r in plan.ranks)
     defaults = gpu_defaults_in_use(spec, **kwargs) if on_gpus else []
     if defaults:
         click.echo(f"hpcbench: GPU defaults (flag to change): {', '.join(defaults)}", err=True)
-    progress = None if quiet else _progress_printer()
+    tty = sys.stderr.isatty()
+    progress = None if quiet else _progress_printer(tty)
     try:
         launch = launch_local(run_dir, plan, info, progress=progress, use_numactl=use_numactl)
     except KeyboardInterrupt:
         click.echo(f"\nhpcbench: stopped every rank; unfinished rank files in {run_dir}", err=True)
         raise
-    if progress is not None and sys.stderr.isatty():
-        click.echo("", err=True)
-    ranks = tuple(rank_throughput(run_dir, r.rank) for r in plan.ranks)
-    summary, text = _aggregate(run_dir)
-    return LocalRunOutcome(run_dir, plan, spec, launch, ranks, summary, text)
+    except HpcbenchError:
+        if progress is not None and tty:
+            click.echo("", err=True)  # the error goes below the progress line, not over it
+        raise
+    from hpcbench.aggregate import aggregate_run, format_summary
+
+    summary = aggregate_run(run_dir)
+    return LocalRunOutcome(run_dir, plan, spec, launch, summary, format_summary(summary))
 
 
 def _site_extra(kwargs: Mapping[str, Any]) -> dict[str, str]:
@@ -239,57 +233,27 @@ def check_plan_fits_host(
             )
 
 
-def rank_throughput(run_dir: Path, rank: int) -> RankThroughput:
-    """Images and timed-phase length of one rank (its own throughput)."""
-    data = read_rank_file(Path(run_dir) / rank_file_name(rank))
-    if data.t_begin_ns is None or data.t_finish_ns is None:
-        raise MetricsError(f"{data.path}: the timed phase has no bounds")
-    return RankThroughput(
-        rank=rank,
-        images=int(data.timed.images.sum()),
-        seconds=(data.t_finish_ns - data.t_begin_ns) / 1e9,
-        devices=int(data.attrs.get("num_devices", 1)),
-    )
+def _progress_printer(tty: bool) -> Callable[[str, bool], None]:
+    """Progress lines on stderr: redrawn in place on a terminal; in a log, a line at every
+    change of phase, at most every 5 s otherwise, and always the last (with the true counts)."""
+    last_phases, last_at = "", -math.inf
 
-
-def _aggregate(run_dir: Path) -> tuple[dict[str, Any] | None, str | None]:
-    try:
-        from hpcbench.aggregate import aggregate_run, format_summary
-    except ImportError:  # pragma: no cover - the aggregation package ships with hpcbench
-        return None, None
-    summary = aggregate_run(run_dir)
-    return summary, format_summary(summary)
-
-
-def _progress_printer() -> Any:
-    tty = sys.stderr.isatty()
-    state = {"printed": 0.0}
-
-    def show(line: str) -> None:
+    def show(line: str, final: bool) -> None:
+        nonlocal last_phases, last_at
         if tty:
-            click.echo("\r" + line[:200], err=True, nl=False)
+            # Erase to the end of the line: the previous one may have been longer.
+            click.echo("\r\x1b[K" + line[:200], err=True, nl=final)
             return
-        # Not a terminal (a log file): one line every 5 s is enough.
-        import time
-
         now = time.monotonic()
-        if now - state["printed"] >= 5.0:
-            state["printed"] = now
+        phases = progress_phases(line)
+        if final or phases != last_phases or now - last_at >= _LOG_PROGRESS_EVERY_S:
+            last_phases, last_at = phases, now
             click.echo(line, err=True)
 
     return show
 
 
 def print_result(outcome: LocalRunOutcome) -> None:
-    """Per-rank throughput, the aggregate summary when available, and the run directory."""
+    """The aggregate (with any binding that differed from the plan), then the run directory."""
+    click.echo(outcome.summary_text.rstrip("\n"))
     click.echo(f"run directory: {outcome.run_dir}")
-    total = 0.0
-    for r in outcome.ranks:
-        total += r.images_per_s
-        click.echo(
-            f"rank {r.rank}: {r.images} images in {r.seconds:.3f} s = "
-            f"{r.images_per_s:,.1f} images/s ({r.devices} device{'s' if r.devices != 1 else ''})"
-        )
-    click.echo(f"sum of per-rank throughput: {total:,.1f} images/s")
-    if outcome.summary_text:
-        click.echo(outcome.summary_text.rstrip("\n"))

@@ -51,6 +51,7 @@ from hpcbench.runtime.pipeline import Pipeline, PipelineResult
 from hpcbench.runtime.rundir import LOGS_DIR, PLAN_FILE, SPEC_FILE, TOPOLOGY_FILE, read_run_info
 from hpcbench.spec import RunSpec
 from hpcbench.telemetry import TelemetrySampler, start_sampler, write_disabled
+from hpcbench.units import sample_unit
 
 log = logging.getLogger("hpcbench.rank")
 
@@ -259,11 +260,14 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
             "images_per_s": result.images_per_s,
         }
     )
+    unit = sample_unit(spec.model)
     log.info(
-        "done: %d images in %.3f s = %.1f images/s -> %s",
+        "done: %d %s in %.3f s = %.1f %s -> %s",
         result.timed_images,
+        unit.plural,
         (result.t_finish_ns - result.t_begin_ns) / 1e9,
         result.images_per_s,
+        unit.rate,
         path,
     )
     return result

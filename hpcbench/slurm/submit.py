@@ -190,7 +190,7 @@ def wait_for_job(
     does not answer is retried; only a controller silent for ``controller_timeout_s`` ends the
     wait (the job itself may still be running).
     """
-    from hpcbench.runtime.launcher import progress_line
+    from hpcbench.runtime.launcher import progress_line, progress_phases
 
     start = time.monotonic()
     deadline = start + timeout_s
@@ -215,7 +215,7 @@ def wait_for_job(
         if state.state == "RUNNING" and plan is not None:
             now = time.monotonic()
             progress = progress_line(run_dir, plan, now - start)
-            phases = re.sub(r"\d+ batches|\[.*?\] ", "", progress)
+            phases = progress_phases(progress)
             if phases != last_phases or now - last_progress >= progress_every_s:
                 echo(f"job {tracker.job_id}: {progress}")
                 last_phases, last_progress = phases, now

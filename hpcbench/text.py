@@ -1,0 +1,22 @@
+"""Words and numbers as a person reads them: counts with their plural, figures in one format."""
+
+from __future__ import annotations
+
+
+def plural(count: int, word: str) -> str:
+    """``1 core``, ``2 cores``.
+
+    >>> plural(1, "rank"), plural(2, "rank"), plural(18, "physical core")
+    ('1 rank', '2 ranks', '18 physical cores')
+    """
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def figure(value: float | None) -> str:
+    """A throughput or any other measured figure: one decimal, thousands grouped by a space
+    (the SI way, unambiguous whatever the reader's decimal mark); ``-`` when there is none.
+
+    >>> figure(6382.84), figure(12.0), figure(None)
+    ('6 382.8', '12.0', '-')
+    """
+    return "-" if value is None else f"{value:,.1f}".replace(",", " ")
