@@ -19,6 +19,7 @@ from hpcbench.aggregate.load import RESULT_FILE, load_run, read_result_ranks
 from hpcbench.aggregate.summary import summarize
 from hpcbench.errors import MetricsError, UsageError
 from hpcbench.metrics import RankFile
+from hpcbench.resources import install_hint
 from hpcbench.units import summary_unit
 
 NS_PER_S = figures.NS_PER_S
@@ -97,9 +98,7 @@ def _pyplot() -> Any:
     try:
         import matplotlib
     except ImportError as exc:
-        raise UsageError(
-            "plots need matplotlib: pip install 'hpcbench[plot]' (or drop --plot)"
-        ) from exc
+        raise UsageError(f"plots need matplotlib: {install_hint('plot')} (or drop --plot)") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -6,4 +6,5 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$repo/scripts/setup.sh"
 cd "$repo"
+echo "quickstart: hpcbench run $* (probe this host, plan, run the pinned ranks, print the result)" >&2
 exec "$repo/.venv/bin/hpcbench" run "$@"

@@ -4,12 +4,14 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+echo "== set-up (scripts/setup.sh with the test extras)"
 HPCBENCH_EXTRAS=test bash scripts/setup.sh
 py="$repo/.venv/bin"
 # The torch backend's CPU tests need PyTorch: the CPU build that lies on the CI machines (an
 # unpinned torch would pull a multi-GB CUDA build). torchvision from PyPI does not import beside
 # it, so the image-model tests run on the GPU machine (tests/test_torch_gpu.py).
 if ! "$py/python" -c 'import torch' 2>/dev/null; then
+    echo "test.sh: installing PyTorch 2.13.0 (CPU build) for the torch backend's tests (pip)" >&2
     "$py/python" -m pip install -q torch==2.13.0 2> >(grep -v "^WARNING: Location" >&2)
 fi
 
@@ -37,7 +39,7 @@ if [[ "${HPCBENCH_SLURM:-1}" != 0 ]]; then
         eval "$(bash scripts/slurm-cluster env)"
     fi
 fi
-echo "== pytest"
+echo "== pytest (several minutes: real ranks, a real Slurm cluster)"
 set +e
 "$py/python" -m pytest "$@"
 rc=$?

@@ -522,8 +522,9 @@ def _pyplot() -> Any:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         from hpcbench.errors import UsageError
+        from hpcbench.resources import install_hint
 
-        raise UsageError("--plot needs matplotlib: pip install 'hpcbench[plot]'") from exc
+        raise UsageError(f"--plot needs matplotlib: {install_hint('plot')}") from exc
     return plt
 
 

@@ -117,8 +117,10 @@ def load_backend(name: str) -> Backend:
         try:
             from hpcbench.backends.torch_backend import TorchBackend
         except ImportError as exc:
+            from hpcbench.resources import install_hint
+
             raise ConfigError(
-                f"backend 'torch' needs PyTorch ({exc}); install with pip install 'hpcbench[torch]'"
+                f"backend 'torch' needs PyTorch ({exc}); install with {install_hint('torch')}"
             ) from exc
         return TorchBackend()
     raise ConfigError(f"backend: unknown backend {name!r} (valid: cpu, torch)")

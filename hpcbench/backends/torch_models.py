@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hpcbench.errors import ConfigError, closest
+from hpcbench.resources import install_hint
 from hpcbench.spec import RunSpec
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class ModelEntry:
         except ImportError as exc:
             raise ConfigError(
                 f"model {self.name!r} needs torchvision ({exc}); "
-                "install with pip install 'hpcbench[torch]' or use model bert_base"
+                f"install with {install_hint('torch')} or use model bert_base"
             ) from exc
         if self.name == "inception_v3":
             return tvm.inception_v3(weights=None, aux_logits=False, init_weights=True)

@@ -10,6 +10,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from hpcbench.resources import install_hint
 from hpcbench.runtime.options import spec_options
 from hpcbench.slurm.options import wait_options
 from hpcbench.topology.sources import topology_source_options
@@ -233,7 +234,7 @@ def explore(ctx: click.Context, **kwargs: Any) -> int:
     click.echo(format_table(exploration, rate))
     picture = write_picture(exploration, outcome.result_file.with_name("explore.png"), rate)
     if picture is None:
-        echo("explore: no picture: matplotlib is not installed (pip install 'hpcbench[plot]')")
+        echo(f"explore: no picture: matplotlib is not installed ({install_hint('plot')})")
     else:
         click.echo(f"picture: {picture}")
     click.echo(f"results: {outcome.result_file}")

@@ -18,6 +18,7 @@ from hpcbench.cpulist import CpuListError, format_cpulist, parse_cpulist
 from hpcbench.errors import ConfigError, HpcbenchError, UsageError
 from hpcbench.plan.model import Plan
 from hpcbench.plan.planner import PlanRequest, make_plan, plan_request_from_options
+from hpcbench.resources import install_hint
 from hpcbench.runtime.launcher import LaunchResult, launch_local, progress_phases
 from hpcbench.runtime.options import (
     choose_backend,
@@ -174,7 +175,7 @@ def preflight(spec: RunSpec, plan: Plan) -> None:
     if spec.backend == "torch" and importlib.util.find_spec("torch") is None:
         raise ConfigError(
             "backend 'torch' needs PyTorch, which is not installed; install it with "
-            "pip install 'hpcbench[torch]' or use --backend cpu"
+            f"{install_hint('torch')} or use --backend cpu"
         )
     if spec.backend == "torch":
         from hpcbench.backends.torch_models import TorchSettings
