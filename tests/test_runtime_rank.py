@@ -18,12 +18,14 @@ import pytest
 
 from hpcbench.aggregate import aggregate_run, format_summary
 from hpcbench.errors import RunError
+from hpcbench.jsonfile import write_json_atomic
 from hpcbench.metrics import RankMetricsWriter, read_rank_file
 from hpcbench.plan.model import Plan, RankPlacement
 from hpcbench.runtime.barrier import FILE_DIR, SHM_DIR
 from hpcbench.runtime.identity import LOCAL_VARS
-from hpcbench.runtime.launcher import launch_local
-from hpcbench.runtime.rundir import create_run_dir
+from hpcbench.runtime.launcher import _failure, _Ranks, launch_local
+from hpcbench.runtime.rank import status_path
+from hpcbench.runtime.rundir import LOGS_DIR, create_run_dir
 from hpcbench.spec import RunSpec
 from tests.rankwatch import wait_timed
 
@@ -202,6 +204,38 @@ def test_rank_that_aborted_is_named_though_another_exits_first(tmp_path: Path) -
     assert message.startswith("rank 1 exited 2; the other ranks were stopped"), message
     assert "cannot create metrics file" in message
     _no_barrier_state(run_dir)
+
+
+@pytest.mark.parametrize(
+    ("partner_code", "expected"),
+    [
+        (2, "rank 1 exited 2; the other ranks were stopped"),
+        # The rank it blamed finished cleanly: the failure is the blaming rank's own.
+        (0, "rank 0 exited 1; the other ranks were stopped"),
+    ],
+)
+def test_blame_follows_what_the_blamed_rank_did(
+    tmp_path: Path, partner_code: int, expected: str
+) -> None:
+    """Rank 0 exited 1 blaming rank 1 (caused_by in its status); rank 1 exits a moment later."""
+    (tmp_path / LOGS_DIR).mkdir()
+    write_json_atomic(
+        status_path(tmp_path, 0),
+        {"rank": 0, "phase": "failed", "error": "x", "caused_by": [1], "cause": "aborted the run"},
+    )
+    ranks = _Ranks()
+    exits = {
+        0: "raise SystemExit(1)",
+        1: f"import time; time.sleep(1); raise SystemExit({partner_code})",
+    }
+    for rank, code in exits.items():
+        ranks.procs[rank] = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        assert ranks.procs[0].wait(30) == 1
+        error = _failure(tmp_path, ranks, [0], {0: 1, 1: None})
+    finally:
+        ranks.stop()
+    assert str(error).startswith(expected), error
 
 
 def _spawn_rank(run_dir: Path, rank: int, env_extra: dict[str, str]) -> subprocess.Popen[bytes]:

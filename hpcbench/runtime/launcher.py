@@ -336,17 +336,21 @@ def _failure(
     if own:
         return _exit_error(run_dir, own[0], codes[own[0]])
     suspects = sorted({c for r in failed for c in blamed[r]})
+    witness = failed[0]
     deadline = time.monotonic() + _BLAME_WAIT_S
     while True:
-        for rank in suspects:
-            code = ranks.procs[rank].poll()
+        codes_now = {rank: ranks.procs[rank].poll() for rank in suspects}
+        for rank, code in codes_now.items():
             if code not in (None, 0):
                 return _exit_error(run_dir, rank, code)
+        running = [rank for rank, code in codes_now.items() if code is None]
+        if not running:
+            # The ranks it blamed finished cleanly: the failure is the witness's own.
+            return _exit_error(run_dir, witness, codes[witness])
         if time.monotonic() >= deadline:
             break
         time.sleep(_POLL_S)
-    witness = failed[0]
-    culprit = next(r for r in suspects if r in blamed[witness])
+    culprit = next((r for r in running if r in blamed[witness]), running[0])
     cause = statuses[witness].get("cause", "held up the others")
     state = _process_state(ranks.procs[culprit].pid)
     err_path = log_paths(run_dir, culprit)[1]
