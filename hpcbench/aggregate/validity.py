@@ -20,6 +20,8 @@ from hpcbench.aggregate import figures
 from hpcbench.aggregate.load import LoadedRun
 from hpcbench.errors import UsageError
 from hpcbench.metrics import clock_step_limit_ns
+from hpcbench.text import figure
+from hpcbench.units import summary_unit
 
 CHECKS = (
     "enough_work",
@@ -196,14 +198,15 @@ def steady_state(run: LoadedRun, summary: Mapping[str, Any], rules: Rules) -> di
         return _check("steady_state", False, None, limit, "the common window is empty")
     rates = window_rates(run, int(window["start_ns"]), int(window["end_ns"]))
     ratio = steady_ratio(rates)
-    shown = " / ".join(f"{rate:,.1f}".replace(",", " ") for rate in rates)
+    shown = " / ".join(figure(rate) for rate in rates)
+    unit = summary_unit(summary).rate
     if ratio is None:
         return _check(
             "steady_state", False, None, limit,
-            f"a third of the common window completed no batch (img/s per third: {shown})",
+            f"a third of the common window completed no batch ({unit} per third: {shown})",
         )  # fmt: skip
     passed = ratio <= limit
-    why = f"img/s per third of the window {shown}: max/min {ratio:.3f}" + (
+    why = f"{unit} per third of the window {shown}: max/min {ratio:.3f}" + (
         f" ≤ {limit:g}" if passed else f" > {limit:g} (still warming up, sliding or unsteady)"
     )
     return _check("steady_state", passed, ratio, limit, why)
