@@ -116,6 +116,11 @@ def test_submit_two_ranks_summary_agrees(slurm_site: Path, tmp_path: Path) -> No
         "--archive", str(archive),
     )  # fmt: skip
     assert "COMPLETED" in done.stderr
+    # submit prints the verdict, then each failed check on a line of its own.
+    verdict = next(x for x in done.stdout.splitlines() if x.startswith("validity ("))
+    assert verdict.startswith("validity (default rules): "), done.stdout
+    if "INVALID" in verdict:
+        assert done.stdout.split(verdict, 1)[1].splitlines()[1].startswith("  "), done.stdout
     listed = json.loads(_hpcbench("archive", "list", "-a", str(archive), "--json").stdout)
     assert len(listed) == 1 and listed[0]["complete"] is True, listed
     summary = json.loads((out / "summary.json").read_text())
