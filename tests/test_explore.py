@@ -303,6 +303,45 @@ def test_bad_explore_flags_are_one_line(tmp_path: Path, args: list[str], message
     assert not (tmp_path / "x").exists()  # checked before the folder is claimed
 
 
+def _fake_slurm(bin_dir: Path, sinfo_nodes: str) -> Path:
+    """``sinfo`` that logs its arguments and lists ``sinfo_nodes``; ``sbatch`` that refuses."""
+    bin_dir.mkdir()
+    log = bin_dir / "sinfo.args"
+    (bin_dir / "sinfo").write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {log}\n'
+        'if [ "$1" = "--version" ]; then echo "slurm 22.05.8"; exit 0; fi\n'
+        f"printf '{sinfo_nodes}'\n"
+    )
+    (bin_dir / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: test refuses' >&2\nexit 1\n")
+    for tool in ("sinfo", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    return log
+
+
+def test_slurm_node_is_picked_in_the_sites_slurm_partition(tmp_path: Path) -> None:
+    log = _fake_slurm(tmp_path / "bin", "gpu01 drain\\ngpu02 mix\\ngpu03 idle\\n")
+    env_path = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
+    out = tmp_path / "x"
+    done = subprocess.run(
+        [sys.executable, "-m", "hpcbench", "explore", "--slurm", "--site", "hpe-apollo6500-gen10",
+         "--backend", "cpu", "--num-batches", "3", "--out", str(out)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "PATH": env_path,
+             "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )  # fmt: skip
+    # The node type is 'gpu' in the site config; its Slurm partition is 'gpu' too, named by the
+    # site's slurm block: sinfo is asked about that partition, and the idle node wins.
+    assert "-h -N -o %N %t -p gpu" in log.read_text()
+    assert "explore: every run on node gpu03, one at a time" in done.stderr
+    assert done.returncode == 1 and "sbatch refused" in done.stderr
+    script = next(out.glob("array-*.sbatch")).read_text()
+    assert (
+        "#SBATCH --nodelist=gpu03" in script
+        and "#SBATCH --array=0,1,2,3,4,5,6,7,8,9,10,11%1" in script
+    )
+
+
 @pytest.mark.slurm
 @pytest.mark.timeout(300)
 def test_slurm_exploration_is_one_job_array_on_one_node(slurm_site: Path, tmp_path: Path) -> None:

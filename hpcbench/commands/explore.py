@@ -211,6 +211,7 @@ def explore(ctx: click.Context, **kwargs: Any) -> int:
         slurm = SlurmChoice(
             site=kwargs["site"],
             partition=kwargs["partition"],
+            slurm_partition=node_type.slurm.partition if node_type is not None else None,
             nodelist=kwargs["nodelist"],
             python=kwargs["python"],
             time_limit_min=kwargs["time_limit_min"],

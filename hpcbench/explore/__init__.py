@@ -37,7 +37,8 @@ class SlurmChoice:
     """How to run the points as a job array (``--slurm``)."""
 
     site: str
-    partition: str | None
+    partition: str | None  # the site config's node type (``--partition``)
+    slurm_partition: str | None  # the Slurm partition its nodes are in (to pick a node)
     nodelist: str | None
     python: str | None
     time_limit_min: int | None
@@ -93,7 +94,7 @@ def run_exploration(
             echo=echo,
         )
     elif todo and slurm is not None:
-        node = slurm.nodelist or old_node or pick_node(slurm.partition)
+        node = slurm.nodelist or old_node or pick_node(slurm.slurm_partition)
         check_same_exploration(out, record, node=node)
         echo(f"explore: every run on node {node}, one at a time")
         spec_settings = {
