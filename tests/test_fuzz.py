@@ -316,3 +316,128 @@ def test_sweep_specs(scratch: Path, data: Any) -> None:
         return
     assert points
     event("accepted")
+
+
+# ------------------------------------------------------------------------------ rank files
+# Root and timed-group attributes the readers rely on, plus one they do not know.
+_RANK_ATTRS = ["schema_version", "rank", "world_size", "run_id", "launch_id", "host",
+               "complete", "batch_size", "num_devices", "local_rank", "node", "pid",
+               "flops_per_image", "tail_batches", "plan_json", "binding_json", "config_json",
+               "slurm_json", "devices_json", "identity_json", "unknown"]  # fmt: skip
+_TIMED_ATTRS = ["t_begin_ns", "t_finish_ns", "clock_step_ns"]
+_COLUMNS = ["t_start_ns", "t_end_ns", "images", "device", "data_wait_ns"]
+_INT64 = st.integers(-(2**63), 2**63 - 1)
+_ATTR_VALUES = (
+    _INT64 | st.booleans() | st.floats(allow_nan=True)
+    | st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12)
+    | st.sampled_from(["null", "{}", "[]", '{"cpus": [-1]}', '{"gpus": "x"}', "{not json"])
+)  # fmt: skip
+_COLUMN_DTYPES = ["int8", "int16", "int32", "int64", "uint64", "float64"]
+
+
+@st.composite
+def rank_file_edits(draw: st.DrawFn) -> list[tuple[str, Any]]:
+    """1-3 edits of a finished rank file: attributes set or deleted, columns replaced or one
+    of their rows set (to extremes as well as plausible values)."""
+    edits: list[tuple[str, Any]] = []
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["attr", "del attr", "timed attr", "column", "row"]))
+        if kind == "attr":
+            edits.append((kind, (draw(st.sampled_from(_RANK_ATTRS)), draw(_ATTR_VALUES))))
+        elif kind == "del attr":
+            edits.append((kind, draw(st.sampled_from(_RANK_ATTRS))))
+        elif kind == "timed attr":
+            edits.append((kind, (draw(st.sampled_from(_TIMED_ATTRS)), draw(_INT64))))
+        else:
+            phase = draw(st.sampled_from(["timed", "warmup"]))
+            name = draw(st.sampled_from(_COLUMNS))
+            if kind == "column":
+                dtype = draw(st.sampled_from(_COLUMN_DTYPES))
+                values = draw(st.lists(_INT64, max_size=30))
+                edits.append((kind, (phase, name, dtype, values)))
+            else:
+                edits.append((kind, (phase, name, draw(st.integers(0, 39)), draw(_INT64))))
+    return edits
+
+
+def _apply_edit(f: Any, kind: str, what: Any) -> None:
+    import numpy as np
+
+    if kind == "attr":
+        f.attrs[what[0]] = what[1]
+    elif kind == "del attr":
+        if what in f.attrs:
+            del f.attrs[what]
+    elif kind == "timed attr":
+        f["timed"].attrs[what[0]] = np.int64(what[1])
+    elif kind == "column":
+        phase, name, dtype, values = what
+        del f[phase][name]
+        info = np.iinfo(dtype) if dtype != "float64" else None
+        data = np.asarray(
+            values if info is None else [min(max(v, info.min), info.max) for v in values],
+            dtype=dtype,
+        )
+        f[phase].create_dataset(name, data=data)
+    else:
+        phase, name, row, value = what
+        dataset = f[phase][name]
+        if row < dataset.shape[0] and dataset.dtype.kind == "f":
+            dataset[row] = float(value)
+        elif row < dataset.shape[0]:
+            info = np.iinfo(dataset.dtype)
+            dataset[row] = min(max(value, info.min), info.max)
+
+
+@pytest.fixture(scope="module")
+def rank_run(scratch: Path) -> Path:
+    """A finished two-rank run (40 batches of 50 ms a rank) to copy and damage."""
+    from tests.rankfiles import T0_NS, iteration_batches, write_rank
+
+    run_dir = scratch / "rank-run"
+    run_dir.mkdir()
+    batches = iteration_batches(T0_NS, [50.0] * 40, num_devices=1, batch_size=8)
+    for rank in (0, 1):
+        write_rank(run_dir, rank, 2, batches, warmup=batches)
+    return run_dir
+
+
+@FUZZ
+@given(rank_file_edits())
+@example([("row", ("timed", "images", 0, -5))])
+@example([("row", ("timed", "t_start_ns", 0, -(2**63)))])
+@example([("attr", ("complete", "False"))])
+@example([("timed attr", ("clock_step_ns", 3600 * 10**9))])
+def test_rank_file_attributes_and_columns(
+    scratch: Path, rank_run: Path, edits: list[tuple[str, Any]]
+) -> None:
+    """Damaged rank files: summarised with sane figures, or refused in one line naming the
+    file; never another exception, never a negative or infinite throughput."""
+    import math
+    import shutil
+
+    import h5py
+
+    from hpcbench.aggregate import summarize_run
+    from hpcbench.errors import MetricsError
+
+    run_dir = scratch / "damaged-run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.copytree(rank_run, run_dir)
+    with h5py.File(run_dir / "rank-00001.h5", "r+") as f:
+        for kind, what in edits:
+            _apply_edit(f, kind, what)
+    try:
+        summary = summarize_run(run_dir, allow_partial=True)
+    except MetricsError as exc:
+        message = one_line(exc)
+        assert str(run_dir) in message, message
+        event("refused")
+        return
+    event("accepted")
+    for key in ("common_window_img_s", "dlbs_adjusted_img_s"):
+        value = summary["throughput"].get(key)
+        assert value is None or (math.isfinite(value) and value >= 0), (key, value)
+    for row in summary["ranks"]:
+        own = row["own_img_s"]
+        assert row["images"] >= 0 and (own is None or (math.isfinite(own) and own >= 0)), row
