@@ -21,6 +21,7 @@ from hpcbench.explore import runs
 from hpcbench.explore.verdict import RunRecord, format_table, judge
 from hpcbench.plan.candidates import enumerate_candidates
 from hpcbench.site import load_site
+from hpcbench.spec import RunSpec
 from hpcbench.stats import t_quantile
 from tests.topologies import flat_vm
 
@@ -323,9 +324,10 @@ def test_slurm_node_is_picked_in_the_sites_slurm_partition(tmp_path: Path) -> No
     log = _fake_slurm(tmp_path / "bin", "gpu01 drain\\ngpu02 mix\\ngpu03 idle\\n")
     env_path = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
     out = tmp_path / "x"
+    (tmp_path / "spec.json").write_text(json.dumps(RunSpec(backend="cpu", model="mlp").to_json()))
     done = subprocess.run(
         [sys.executable, "-m", "hpcbench", "explore", "--slurm", "--site", "hpe-apollo6500-gen10",
-         "--backend", "cpu", "--num-batches", "3", "--out", str(out)],
+         "--spec", "spec.json", "--num-batches", "3", "--out", str(out)],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
         env={**os.environ, "PATH": env_path,
              "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
@@ -335,6 +337,12 @@ def test_slurm_node_is_picked_in_the_sites_slurm_partition(tmp_path: Path) -> No
     assert "-h -N -o %N %t -p gpu" in log.read_text()
     assert "explore: every run on node gpu03, one at a time" in done.stderr
     assert done.returncode == 1 and "sbatch refused" in done.stderr
+    # A path (--spec) is recorded as an absolute string; flags not given are left out.
+    assert json.loads((out / "sweep.json").read_text())["base"] == {
+        "spec_file": str(tmp_path / "spec.json"),
+        "num_batches": 3,
+        "backend_options": [],
+    }
     script = next(out.glob("array-*.sbatch")).read_text()
     assert (
         "#SBATCH --nodelist=gpu03" in script

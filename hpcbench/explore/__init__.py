@@ -97,11 +97,13 @@ def run_exploration(
         node = slurm.nodelist or old_node or pick_node(slurm.slurm_partition)
         check_same_exploration(out, record, node=node)
         echo(f"explore: every run on node {node}, one at a time")
+        # The sweep records its settings as JSON: a path (--spec) as an absolute string.
         spec_settings = {
-            k: v
+            k: str(v.resolve()) if isinstance(v, Path) else v
             for k, v in settings.items()
             if k not in ("site", "partition", "sysfs_root", "from_hwloc")
             and k not in request_options(candidates.baseline.request)
+            and v is not None
         }
         failures = run_slurm_points(
             candidates,
