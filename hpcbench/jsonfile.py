@@ -1,13 +1,52 @@
-"""JSON files of a run: written atomically, read with one clear error naming the file."""
+"""Files written atomically (JSON and any bytes), JSON read with one clear error naming the file.
+
+Every temp-file-then-rename write in hpcbench goes through :func:`write_atomic`, so a reader
+sees the old file or the new one, never half of one.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hpcbench.errors import ConfigError, HpcbenchError
+
+
+def write_atomic(
+    path: Path,
+    data: bytes | str,
+    *,
+    mode: int = 0o600,
+    durable: bool = False,
+    check: Callable[[Path], object] | None = None,
+) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The file gets ``mode`` whatever the umask. ``durable`` fsyncs the bytes before the rename
+    (archive records must survive a crash; run files are rewritten by the next run anyway).
+    ``check`` is called with the temporary path before the rename: when it raises, ``path`` is
+    left as it was. On any failure the temporary file is removed.
+    """
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    # mkstemp, not a pid-derived name: two threads of one process may write the same file.
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.chmod(tmp_name, mode)
+        if check is not None:
+            check(Path(tmp_name))
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -15,11 +54,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
     A reader sees the old file or the new one, never half of one.
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcbench.errors import ArchiveError, excerpt
-from hpcbench.jsonfile import read_json
+from hpcbench.jsonfile import read_json, write_atomic
 
 ARCHIVE_FORMAT = "hpcbench-archive"
 ARCHIVE_VERSION = 1
@@ -141,20 +141,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _write_atomic(path: Path, text: str, mode: int) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
 
 
 def _copy_file(src: Path, dst: Path, mode: int) -> tuple[int, str]:
@@ -262,7 +248,7 @@ class Archive:
             sub.mkdir(exist_ok=True)
         if not marker.exists():
             text = dump_json({"format": ARCHIVE_FORMAT, "version": ARCHIVE_VERSION}) + "\n"
-            _write_atomic(marker, text, self._file_mode())
+            write_atomic(marker, text, mode=self._file_mode(), durable=True)
         # Never add into an archive its own readers refuse (a damaged archive.json).
         self.check()
 
@@ -330,7 +316,7 @@ class Archive:
                 "content_sha256": _content_digest(files),
             }
             text = json.dumps(record, indent=2) + "\n"
-            _write_atomic(staging / RECORD, text, self._file_mode())
+            write_atomic(staging / RECORD, text, mode=self._file_mode(), durable=True)
             # Derive the index entry now: a run whose files cannot be read (a damaged
             # spec.json, say) is refused here rather than published and then unlistable.
             entry = entry_from_folder(
@@ -404,7 +390,8 @@ class Archive:
 
     def _write_entry(self, entry: Mapping[str, Any]) -> None:
         self.index_dir.mkdir(exist_ok=True)
-        _write_atomic(self._entry_path(entry["run_id"]), dump_json(entry) + "\n", self._file_mode())
+        text = dump_json(entry) + "\n"
+        write_atomic(self._entry_path(entry["run_id"]), text, mode=self._file_mode(), durable=True)
 
     def entries(self, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
         """Every readable run's index entry, sorted by run id (see :meth:`_entries`).

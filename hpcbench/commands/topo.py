@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
 from hpcbench.errors import UsageError
+from hpcbench.jsonfile import write_atomic
 from hpcbench.topology.model import Topology
 from hpcbench.topology.sources import topology_from_options, topology_source_options
 
@@ -62,12 +61,5 @@ def _write_site_config(topology: Topology, path: Path, name: str | None) -> None
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise UsageError(f"--write {path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        load_site(tmp)  # what we write must load back and validate
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # What we write must load back and validate before it replaces anything.
+    write_atomic(path, text, check=load_site)

@@ -18,7 +18,7 @@ from typing import Any
 
 from hpcbench import __version__
 from hpcbench.errors import ConfigError, UsageError
-from hpcbench.jsonfile import read_json, write_json_atomic
+from hpcbench.jsonfile import read_json, write_atomic, write_json_atomic
 from hpcbench.plan.model import Plan
 from hpcbench.runtime.identity import hostname
 from hpcbench.spec import RunSpec
@@ -223,12 +223,7 @@ def _copy_private(src: Path, dst: Path) -> None:
         data = Path(src).read_bytes()
     except OSError as exc:
         raise UsageError(f"--site: cannot read {src} ({exc.strerror or exc})") from exc
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, dst)
+    write_atomic(dst, data)
 
 
 def read_run_info(run_dir: Path) -> RunInfo:
