@@ -36,8 +36,8 @@ FIGURES: dict[str, str] = {
     "telemetry.total.mean_power_w": "lower",
 }
 HEADLINE = "throughput.common_window_img_s"
-# Parameters that describe a run's configuration; runs equal on all of them (and on the spec,
-# less SPEC_IGNORED) are repeats of one another.
+# Parameters that describe a run's configuration: runs equal on all of them (and on the spec,
+# less SPEC_IGNORED) are repeats of one another, and a reference file's `match:` takes these keys.
 PARAM_KEYS = (
     "site",
     "partition",
@@ -45,9 +45,9 @@ PARAM_KEYS = (
     "model",
     "precision",
     "batch_size",
+    "layout",
     "world_size",
     "nodes",
-    "layout",
     "gpus_total",
 )
 # Spec fields that do not change what is measured, so runs differing only there are repeats.

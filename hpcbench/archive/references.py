@@ -30,21 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcbench.archive.query import FIGURES, MISSING, lookup
+from hpcbench.archive.query import FIGURES, MISSING, PARAM_KEYS, lookup
 from hpcbench.errors import ConfigError, closest
 
-MATCH_KEYS = (
-    "site",
-    "partition",
-    "backend",
-    "model",
-    "precision",
-    "batch_size",
-    "layout",
-    "world_size",
-    "nodes",
-    "gpus_total",
-)
 DIRECTIONS = ("higher", "lower")
 DEFAULT_TOLERANCE_PCT = 5.0
 
@@ -83,7 +71,7 @@ SCHEMA: dict[str, Any] = {
                     "match": {
                         "type": "object",
                         "additionalProperties": False,
-                        "properties": {key: {"type": ["string", "integer"]} for key in MATCH_KEYS},
+                        "properties": {key: {"type": ["string", "integer"]} for key in PARAM_KEYS},
                     },
                     "figures": {
                         "type": "object",
