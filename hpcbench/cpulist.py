@@ -6,7 +6,7 @@ are always OS CPU ids (what ``/sys/devices/system/cpu/cpuN`` and ``sched_getaffi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 class CpuListError(ValueError):
@@ -157,3 +157,29 @@ def parse_sysfs_mask(text: str) -> tuple[int, ...]:
         return mask_to_cpus(int(digits, 16))
     except ValueError as exc:
         raise CpuListError(f"{text.strip()!r} is not a hex CPU mask") from exc
+
+
+def row_ranges(rows: int, parts: int) -> list[tuple[int, int]]:
+    """Split ``rows`` into ``parts`` contiguous, near-equal ``(start, stop)`` ranges.
+
+    >>> row_ranges(64, 3)
+    [(0, 22), (22, 43), (43, 64)]
+    """
+    size, extra = divmod(rows, parts)
+    out, start = [], 0
+    for i in range(parts):
+        stop = start + size + (1 if i < extra else 0)
+        out.append((start, stop))
+        start = stop
+    return out
+
+
+def split_cpus(cpus: Sequence[int], parts: int) -> list[tuple[int, ...]]:
+    """Split a rank's cores into ``parts`` contiguous, near-equal slices (some empty when short).
+
+    >>> split_cpus((0, 1, 2, 3, 4), 2)
+    [(0, 1, 2), (3, 4)]
+    >>> split_cpus((), 2)
+    [(), ()]
+    """
+    return [tuple(cpus[a:b]) for a, b in row_ranges(len(cpus), parts)]

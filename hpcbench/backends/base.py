@@ -59,6 +59,16 @@ class Ticket(ABC):
         """Block until the batch is complete on the device; return that time in ns (epoch)."""
 
 
+class DoneTicket(Ticket):
+    """A batch already complete when submitted (computed synchronously)."""
+
+    def __init__(self, t_end_ns: int) -> None:
+        self._t_end_ns = t_end_ns
+
+    def wait(self) -> int:
+        return self._t_end_ns
+
+
 class Engine(ABC):
     """One model instance on one device."""
 

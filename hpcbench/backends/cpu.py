@@ -33,8 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from hpcbench.backends.base import Backend, BatchSource, DeviceInfo, Engine, HostBatch, Ticket
-from hpcbench.cpulist import format_cpulist
+from hpcbench.backends.base import (
+    Backend,
+    BatchSource,
+    DeviceInfo,
+    DoneTicket,
+    Engine,
+    HostBatch,
+    Ticket,
+)
+from hpcbench.cpulist import format_cpulist, row_ranges, split_cpus
 from hpcbench.errors import ConfigError, RunError, closest
 from hpcbench.plan.model import RankPlacement
 from hpcbench.spec import RunSpec
@@ -118,23 +126,15 @@ def shape_of(spec: RunSpec) -> MlpShape:
 def split_cores(cpus: Sequence[int], groups: int) -> list[tuple[int, ...]]:
     """Split a rank's cores into ``groups`` contiguous, near-equal groups.
 
-    >>> split_cores((0, 1, 2, 3, 4), 2)
-    [(0, 1, 2), (3, 4)]
+    The backend's devices are these groups, so each must have a core (unlike torch's GPUs,
+    whose feeding threads may share).
     """
     if groups > len(cpus):
         raise ConfigError(
             f"options.devices: {groups} devices need at least {groups} cores, the rank has "
             f"{len(cpus)} ({format_cpulist(cpus)})"
         )
-    return [tuple(cpus[a:b]) for a, b in row_ranges(len(cpus), groups)]
-
-
-class _DoneTicket(Ticket):
-    def __init__(self, t_end_ns: int) -> None:
-        self._t_end_ns = t_end_ns
-
-    def wait(self) -> int:
-        return self._t_end_ns
+    return split_cpus(cpus, groups)
 
 
 class _SplitTicket(Ticket):
@@ -257,7 +257,7 @@ class MlpEngine(Engine):
         if not self._rows:
             self._forward(x, 0, x.shape[0])
             self.checksum = self._first_output()
-            return _DoneTicket(time.time_ns())
+            return DoneTicket(time.time_ns())
         ticket = _SplitTicket(self.device.label, self.device.cpus, self._timeout_s)
         for inbox in self._inboxes:
             inbox.put((x, ticket))
@@ -286,21 +286,6 @@ class _ChecksumTicket(Ticket):
         t_end_ns = self._inner.wait()
         self._engine.checksum = self._engine._first_output()
         return t_end_ns
-
-
-def row_ranges(rows: int, parts: int) -> list[tuple[int, int]]:
-    """Split ``rows`` into ``parts`` contiguous, near-equal ``(start, stop)`` ranges.
-
-    >>> row_ranges(64, 3)
-    [(0, 22), (22, 43), (43, 64)]
-    """
-    size, extra = divmod(rows, parts)
-    out, start = [], 0
-    for i in range(parts):
-        stop = start + size + (1 if i < extra else 0)
-        out.append((start, stop))
-        start = stop
-    return out
 
 
 class SyntheticSource(BatchSource):

@@ -37,12 +37,14 @@ from hpcbench.backends.base import (
     Backend,
     BatchSource,
     DeviceInfo,
+    DoneTicket,
     Engine,
     HostBatch,
     Ticket,
 )
 from hpcbench.backends.torch_models import MODELS as MODELS  # re-exported: the model list
 from hpcbench.backends.torch_models import ModelEntry, TorchSettings, model_entry
+from hpcbench.cpulist import split_cpus
 from hpcbench.errors import ConfigError, RunError
 from hpcbench.plan.model import RankPlacement
 from hpcbench.spec import RunSpec
@@ -223,14 +225,6 @@ def _stage_dir(data_dir: str, dataset: Path, placement: RankPlacement) -> Path:
     return base / f"hpcbench-{os.getuid()}-{os.getpid()}-rank{placement.rank:05d}"
 
 
-class _DoneTicket(Ticket):
-    def __init__(self, t_end_ns: int) -> None:
-        self._t_end_ns = t_end_ns
-
-    def wait(self) -> int:
-        return self._t_end_ns
-
-
 class _EventTicket(Ticket):
     def __init__(self, event: Any) -> None:
         self._event = event
@@ -304,7 +298,7 @@ class CpuEngine(Engine):
                 if self._channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
             self._output = self._model(x)
-        return _DoneTicket(time.time_ns())
+        return DoneTicket(time.time_ns())
 
     def last_output(self) -> torch.Tensor:
         """The model's output for the last submitted batch."""
@@ -436,7 +430,7 @@ class TorchBackend(Backend):
             cpus = placement.cpus or tuple(sorted(os.sched_getaffinity(0)))
             return [DeviceInfo(0, f"cpu ({len(cpus)} cores)", _cpu_label(cpus), cpus)]
         ordinals = cuda_ordinals(placement)
-        slices = _split(placement.cpus, len(ordinals))
+        slices = split_cpus(placement.cpus, len(ordinals))
         out = []
         for local, (ordinal, physical) in enumerate(zip(ordinals, placement.gpus)):
             name = torch.cuda.get_device_name(ordinal)
@@ -489,23 +483,6 @@ class TorchBackend(Backend):
         except ImportError:
             facts["torchvision_version"] = None
         return facts
-
-
-def _split(cpus: tuple[int, ...], parts: int) -> list[tuple[int, ...]]:
-    """Split a rank's cores into ``parts`` contiguous, nearly equal slices.
-
-    >>> _split((0, 1, 2, 3, 4), 2)
-    [(0, 1, 2), (3, 4)]
-    >>> _split((), 2)
-    [(), ()]
-    """
-    base, extra = divmod(len(cpus), parts)
-    out, at = [], 0
-    for i in range(parts):
-        n = base + (1 if i < extra else 0)
-        out.append(tuple(cpus[at : at + n]))
-        at += n
-    return out
 
 
 def _cpu_label(cpus: tuple[int, ...]) -> str:
