@@ -147,8 +147,24 @@ def nvml_gpu_refs(nvml: Any, physical: Sequence[int]) -> list[GpuRef]:
     return refs
 
 
+def next_tick_s(next_s: float, now_s: float, period_s: float) -> float:
+    """When the sampler reads next: a fixed-rate schedule that skips the ticks a stall missed.
+
+    >>> next_tick_s(1.0, 1.125, 0.25)  # on time: one period after the last tick
+    1.25
+    >>> next_tick_s(1.0, 2.0, 0.25)  # late by three ticks: one period from now, no burst
+    2.25
+    """
+    scheduled = next_s + period_s
+    return scheduled if scheduled >= now_s else now_s + period_s
+
+
 class TelemetrySampler:
-    """A daemon thread sampling every GPU of ``refs`` at ``hz`` until :meth:`stop`."""
+    """A daemon thread sampling every GPU of ``refs`` at ``hz`` until :meth:`stop`.
+
+    ``monotonic_s`` and ``wait_s`` (sleep that many seconds; True means stop) are the sampler's
+    clock and sleep, injectable so a test can count the samples a schedule must produce.
+    """
 
     def __init__(
         self,
@@ -156,6 +172,8 @@ class TelemetrySampler:
         hz: float,
         reader: TelemetryReader,
         clock_ns: Callable[[], int] = time.time_ns,
+        monotonic_s: Callable[[], float] = time.monotonic,
+        wait_s: Callable[[float], bool] | None = None,
     ) -> None:
         if hz <= 0:
             raise ValueError(f"telemetry rate must be positive, got {hz}")
@@ -164,6 +182,8 @@ class TelemetrySampler:
         self._reader = reader
         self._clock_ns = clock_ns
         self._stop = threading.Event()
+        self._monotonic_s = monotonic_s
+        self._wait_s = wait_s if wait_s is not None else self._stop.wait
         self._t_ns: list[int] = []
         self._device: list[int] = []
         self._rows: list[Reading] = []
@@ -177,7 +197,7 @@ class TelemetrySampler:
 
     def _loop(self) -> None:
         period_s = 1.0 / self.hz
-        next_s = time.monotonic()
+        next_s = self._monotonic_s()
         try:
             while not self._stop.is_set():
                 t0 = time.perf_counter_ns()
@@ -187,12 +207,10 @@ class TelemetrySampler:
                     self._device.append(ref.local_index)
                     self._rows.append(reading)
                 self._read_ns += time.perf_counter_ns() - t0
-                # Fixed-rate schedule; after a stall, skip missed ticks instead of bursting.
-                next_s += period_s
-                now = time.monotonic()
-                if next_s < now:
-                    next_s = now + period_s
-                self._stop.wait(next_s - now)
+                now = self._monotonic_s()
+                next_s = next_tick_s(next_s, now, period_s)
+                if self._wait_s(next_s - now):
+                    break
         except Exception as exc:  # a telemetry failure must not kill the benchmark
             self._error = f"{type(exc).__name__}: {exc}"
             log.error("telemetry stopped: %s", self._error)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import time
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -86,14 +86,42 @@ def test_refs_renumber_when_a_cgroup_hides_other_gpus() -> None:
         telemetry.nvml_gpu_refs(FakeNvml(2), [4, 6, 7])
 
 
-def test_sampler_samples_at_its_rate_and_writes_the_group(tmp_path: Path) -> None:
+class FakeClock:
+    """The sampler's monotonic clock and sleep: sleeping advances the clock, until ``end_s``."""
+
+    def __init__(self, end_s: float) -> None:
+        self.now_s = 0.0
+        self.end_s = end_s
+        self.waits_s: list[float] = []
+        self.done = threading.Event()
+
+    def monotonic_s(self) -> float:
+        return self.now_s
+
+    def wait_s(self, seconds: float) -> bool:
+        self.waits_s.append(seconds)
+        self.now_s += seconds
+        if self.now_s >= self.end_s:
+            self.done.set()
+        return self.done.is_set()
+
+
+def test_sampler_samples_on_its_schedule_and_writes_the_group(tmp_path: Path) -> None:
     nvml = FakeNvml()
     refs = telemetry.nvml_gpu_refs(nvml, [1, 2])
-    sampler = telemetry.TelemetrySampler(refs, 50.0, telemetry.TelemetryReader(nvml)).start()
-    time.sleep(0.5)
+    clock = FakeClock(end_s=0.5)
+    sampler = telemetry.TelemetrySampler(
+        refs,
+        50.0,
+        telemetry.TelemetryReader(nvml),
+        monotonic_s=clock.monotonic_s,
+        wait_s=clock.wait_s,
+    ).start()
+    assert clock.done.wait(10), "the sampler did not reach the end of its schedule"
     sampler.stop()
-    per_gpu = sampler.samples / 2
-    assert 15 <= per_gpu <= 30  # 50 Hz for 0.5 s, with start-up slack on a busy CI host
+    # 50 Hz for 0.5 s of the sampler's clock: ticks at 0, 20, ..., 480 ms, each reading both GPUs.
+    assert sampler.samples == 2 * 25
+    assert clock.waits_s == pytest.approx([0.02] * 25)
     cols = sampler.columns()
     assert list(cols["device"][:4]) == [0, 1, 0, 1]
     assert np.all(np.diff(cols["t_ns"]) >= 0)
@@ -117,14 +145,38 @@ def test_sampler_samples_at_its_rate_and_writes_the_group(tmp_path: Path) -> Non
     assert np.array_equal(back["sm_clock_mhz"], cols["sm_clock_mhz"])
 
 
+def test_sampler_skips_the_ticks_a_slow_read_missed() -> None:
+    nvml = FakeNvml()
+    clock = FakeClock(end_s=0.2)
+
+    class Slow(telemetry.TelemetryReader):
+        def read(self, handle: Any) -> telemetry.Reading:
+            if clock.now_s == 0.0:
+                clock.now_s = 0.07  # the first read stalls 3.5 periods
+            return super().read(handle)
+
+    refs = telemetry.nvml_gpu_refs(nvml, [0])
+    sampler = telemetry.TelemetrySampler(
+        refs, 50.0, Slow(nvml), monotonic_s=clock.monotonic_s, wait_s=clock.wait_s
+    ).start()
+    assert clock.done.wait(10), "the sampler did not reach the end of its schedule"
+    sampler.stop()
+    # Ticks at 0, then 0.09, 0.11, ..., 0.19: the missed ticks are not made up in a burst.
+    assert sampler.samples == 7
+    assert clock.waits_s == pytest.approx([0.02] * 7)
+
+
 def test_sampler_survives_a_failing_reader(tmp_path: Path) -> None:
+    tried = threading.Event()
+
     class Broken(telemetry.TelemetryReader):
         def read(self, handle: Any) -> telemetry.Reading:
+            tried.set()
             raise RuntimeError("driver went away")
 
     refs = telemetry.nvml_gpu_refs(FakeNvml(), [0])
     sampler = telemetry.TelemetrySampler(refs, 100.0, Broken(FakeNvml())).start()
-    time.sleep(0.05)
+    assert tried.wait(10), "the sampler never read"
     sampler.stop()
     with h5py.File(tmp_path / "r.h5", "w") as f:
         sampler.write(f)
