@@ -207,7 +207,10 @@ def test_file_barrier_state_is_owner_only(tmp_path: Path) -> None:
 
     def inspect() -> None:
         root = tmp_path / FILE_DIR / namespace
-        time.sleep(0.3)
+        arrival = root / "g000001" / "a00000"
+        deadline = time.monotonic() + 0.9  # inside the barrier's 1 s timeout
+        while not arrival.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
         modes["root"] = stat.S_IMODE(root.stat().st_mode)
         modes["gen"] = stat.S_IMODE((root / "g000001").stat().st_mode)
         modes["arrival"] = stat.S_IMODE((root / "g000001" / "a00000").stat().st_mode)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from hpcbench.errors import SlurmError
 from hpcbench.metrics import read_rank_file
 from hpcbench.plan.launch import cuda_visible_devices
 from hpcbench.plan.model import Plan
@@ -245,12 +244,25 @@ def test_cancelled_job_says_cancelled(slurm_site: Path, tmp_path: Path) -> None:
     )
     run_dir, script = prepare(inputs, tmp_path / "r", ["test"])
     job_id = sbatch(script)
-    time.sleep(1.0)
+    _wait_running(job_id)
     subprocess.run(["scancel", job_id], check=True)
     state = _wait(job_id, run_dir, 2)
     assert state.state == "CANCELLED"
-    with pytest.raises(SlurmError, match=f"job {job_id} ended CANCELLED"):
-        raise SlurmError(explain_failure(state, run_dir, 2))
+    assert explain_failure(state, run_dir, 2).startswith(f"job {job_id} ended CANCELLED")
+
+
+def _wait_running(job_id: str, timeout_s: float = 60.0) -> None:
+    """Return once Slurm reports the job RUNNING, so that cancelling it stops started ranks."""
+    deadline = time.monotonic() + timeout_s
+    state = ""
+    while time.monotonic() < deadline:
+        state = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        if state == "RUNNING":
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} not RUNNING within {timeout_s:g} s (last state {state!r})")
 
 
 def test_numactl_wrapper_variant_in_a_real_job(slurm_site: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcbench.errors import ConfigError
+from hpcbench.errors import ConfigError, UsageError
 from hpcbench.slurm.sweep import format_table, load_sweep, run_sweep
 
 
@@ -170,7 +170,7 @@ def test_resume_refuses_a_different_grid(tmp_path: Path) -> None:
     first = _write(tmp_path / "a.yaml", f"site: {site}\ngrid: {{batch_size: [4]}}\n")
     run_sweep(load_sweep(first, out=tmp_path / "out"), local=True, echo=lambda _: None)
     other = _write(tmp_path / "b.yaml", f"name: a\nsite: {site}\ngrid: {{batch_size: [8]}}\n")
-    with pytest.raises(Exception, match="holds another sweep"):
+    with pytest.raises(UsageError, match="holds another sweep"):
         run_sweep(load_sweep(other, out=tmp_path / "out"), local=True, echo=lambda _: None)
 
 
