@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcbench.errors import ConfigError, closest
+from hpcbench.errors import ConfigError, closest, excerpt
 from hpcbench.jsonfile import read_json, write_json_atomic
 
 BACKENDS = ("cpu", "torch")
@@ -20,6 +20,8 @@ PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 BARRIERS = ("shm", "file")
 # Validity rule sets (hpcbench.aggregate.validity.RULES): how the run's result is judged.
 VALIDITY_RULES = ("default", "strict")
+# The longest timed phase or wait a spec may ask for: 30 days (no batch job runs longer).
+MAX_DURATION_S = 30 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +65,8 @@ class RunSpec:
             raise ConfigError(f"batch_size: must be at least 1, got {self.batch_size}")
         if (self.duration_s is None) == (self.num_batches is None):
             raise ConfigError("give exactly one of duration_s and num_batches")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise ConfigError(f"duration_s: must be positive, got {self.duration_s}")
+        if self.duration_s is not None:
+            _check_seconds("duration_s", self.duration_s, MAX_DURATION_S)
         if self.num_batches is not None and self.num_batches < 1:
             raise ConfigError(f"num_batches: must be at least 1, got {self.num_batches}")
         if self.until_stable and self.duration_s is None:
@@ -82,10 +84,13 @@ class RunSpec:
             raise ConfigError(f"prefetchers: must be at least 1, got {self.prefetchers}")
         if self.queue_depth < 1:
             raise ConfigError(f"queue_depth: must be at least 1, got {self.queue_depth}")
-        if self.barrier_timeout_s <= 0:
-            raise ConfigError(f"barrier_timeout_s: must be positive, got {self.barrier_timeout_s}")
-        if self.telemetry_hz < 0:
-            raise ConfigError(f"telemetry_hz: must be 0 (off) or more, got {self.telemetry_hz}")
+        if self.max_duration_s is not None:
+            _check_seconds("max_duration_s", self.max_duration_s, MAX_DURATION_S)
+        _check_seconds("barrier_timeout_s", self.barrier_timeout_s, MAX_DURATION_S)
+        if not _is_number(self.telemetry_hz) or not 0 <= self.telemetry_hz <= 1000:
+            raise ConfigError(
+                f"telemetry_hz: must be 0 (off) to 1000, got {excerpt(self.telemetry_hz)}"
+            )
 
     @property
     def stable_limit_s(self) -> float | None:
@@ -120,6 +125,23 @@ class RunSpec:
     @classmethod
     def read(cls, path: Path) -> RunSpec:
         return cls.from_json(read_json(path, "spec file"), where=str(path))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_seconds(name: str, value: object, high: float) -> None:
+    """A time in seconds: a finite number in (0, high]; NaN, inf and 1e300 reach here from
+    the command line (click's FloatRange lets NaN through) and crash ranks later.
+
+    >>> _check_seconds("duration_s", float("nan"), 86400)
+    Traceback (most recent call last):
+    ...
+    hpcbench.errors.ConfigError: duration_s: must be a number of seconds in (0, 86400], got nan
+    """
+    if not _is_number(value) or not 0 < value <= high:  # type: ignore[operator]
+        raise ConfigError(f"{name}: must be a number of seconds in (0, {high:g}], got {value!r}")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -426,3 +426,34 @@ def test_hpcbench_run_refuses_a_plan_for_another_node(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("hpcbench: error: rank 0: the plan"), lines
     assert "hpe-apollo6500-gen10" in lines[0]
     assert not out.exists()
+
+
+def test_a_timed_phase_shorter_than_a_batch_still_measures_one(tmp_path: Path) -> None:
+    # --duration-s 0.0005: the deadline passes before a device thread starts its first batch;
+    # before the fix the rank files had no timed batch (t_finish_ns 0) and were refused.
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "hpcbench", "run", "--ranks", "1", "--backend", "cpu",
+               "--duration-s", "0.0005", "--out", str(out), "-q"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rank = read_rank_file(out / "rank-00000.h5")
+    assert len(rank.timed) >= 1 and rank.t_finish_ns is not None
+    assert rank.t_finish_ns > (rank.t_begin_ns or 0)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--duration-s", "nan"), ("--duration-s", "inf"), ("--duration-s", "1e300"),
+     ("--barrier-timeout-s", "nan"), ("--max-duration-s", "inf")],
+)  # fmt: skip
+def test_non_finite_or_absurd_times_are_refused_before_anything_starts(
+    tmp_path: Path, flag: str, value: str
+) -> None:
+    out = tmp_path / "run"
+    extra = ["--until-stable"] if flag == "--max-duration-s" else []
+    command = [sys.executable, "-m", "hpcbench", "run", "--ranks", "1", "--backend", "cpu",
+               *extra, flag, value, "--out", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "must be a number of seconds" in done.stderr
+    assert not out.exists()

@@ -326,3 +326,39 @@ def test_split_cores_groups_and_limits() -> None:
     assert split_cores((0, 1, 2, 3), 2) == [(0, 1), (2, 3)]
     with pytest.raises(ConfigError, match="3 devices need at least 3 cores"):
         split_cores((0, 1), 3)
+
+
+def test_a_device_that_reaches_a_passed_deadline_still_times_one_batch() -> None:
+    # A device thread scheduled after the shared deadline (a loaded node, --duration-s 0.0005)
+    # used to record no timed batch: t_finish_ns 0, rank files the reader refuses.
+    import queue
+    import threading
+    import time
+
+    from hpcbench.backends.base import HostBatch
+    from hpcbench.runtime.pipeline import Pipeline, _DeviceState
+
+    recorded: list[tuple[Any, ...]] = []
+
+    class Ticket:
+        def wait(self) -> int:
+            return time.time_ns()
+
+    class Engine:
+        def submit(self, batch: HostBatch) -> Ticket:
+            return Ticket()
+
+    pipeline = Pipeline.__new__(Pipeline)
+    pipeline.spec = RunSpec(duration_s=0.0005)
+    pipeline.placement = PLAN.ranks[0]
+    pipeline.writer = SimpleNamespace(add_batch=lambda *row: recorded.append(row))  # type: ignore[assignment]
+    pipeline._states = [_DeviceState()]
+    pipeline._stop = threading.Event()
+    pipeline._queue = queue.Queue()
+    for sequence in range(3):
+        pipeline._queue.put(HostBatch(sequence, 4, None, time.time_ns()))
+    passed = time.monotonic_ns() - 1_000_000
+    pipeline._deadline_mono_ns = passed
+    pipeline._run_phase(0, Engine(), "timed", deadline_mono_ns=passed)  # type: ignore[arg-type]
+    assert len(recorded) == 1 and recorded[0][0] == "timed"
+    assert pipeline._states[0].timed_batches == 1 and pipeline._states[0].last_t_end_ns > 0

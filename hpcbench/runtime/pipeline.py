@@ -423,8 +423,12 @@ class Pipeline:
             if count is not None:
                 return done < count
             if deadline_mono_ns is not None:
-                # The shared deadline, read each time: --until-stable moves it earlier.
-                return time.monotonic_ns() < (self._deadline_mono_ns or deadline_mono_ns)
+                # The shared deadline, read each time: --until-stable moves it earlier. Every
+                # device times at least one batch, so a phase shorter than a batch (or one the
+                # thread reached late) still has a measured end.
+                return done == 0 or time.monotonic_ns() < (
+                    self._deadline_mono_ns or deadline_mono_ns
+                )
             return until is not None and not until.is_set()
 
         def finish(item: tuple[Any, int, int, int]) -> None:
@@ -448,8 +452,10 @@ class Pipeline:
                 break
             batch, wait_ns = got
             t_start_ns = time.time_ns()
-            if deadline_mono_ns is not None and time.monotonic_ns() >= (
-                self._deadline_mono_ns or deadline_mono_ns
+            if (
+                deadline_mono_ns is not None
+                and done > 0
+                and time.monotonic_ns() >= (self._deadline_mono_ns or deadline_mono_ns)
             ):
                 break  # the input arrived after the deadline: the phase is over
             ticket = engine.submit(batch)
