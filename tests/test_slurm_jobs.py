@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -234,7 +235,8 @@ def test_dead_rank_is_named_with_its_stderr(slurm_site: Path, tmp_path: Path) ->
     assert state.state == "FAILED"
     message = explain_failure(state, run_dir, 2)
     assert f"job {job_id} ended FAILED" in message
-    assert "rank 1 on node1: Exited with exit code 2" in message, message
+    # Whichever node Slurm picked (node1 may be busy with another job on a shared cluster).
+    assert re.search(r"rank 1 on node\d+: Exited with exit code 2", message), message
     assert "its stderr ends:" in message and "rank 1" in message
 
 
