@@ -15,6 +15,7 @@ from typing import Any
 from hpcbench.aggregate import read_summary
 from hpcbench.aggregate.summary import format_telemetry
 from hpcbench.aggregate.validity import format_verdict, verdict_word
+from hpcbench.text import format_figure
 from hpcbench.units import samples_of
 
 
@@ -151,7 +152,7 @@ def _cell(value: Any, kind: str) -> str:
         text = str(value)
         return text if len(text) <= _LAYOUT_WIDTH else text[: _LAYOUT_WIDTH - 1] + "…"
     if kind == "img_s":
-        return f"{float(value):,.1f}".replace(",", " ")
+        return format_figure(float(value))
     if kind == "verdict":
         return verdict_word(value)
     if kind == "img_j":

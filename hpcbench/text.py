@@ -12,11 +12,11 @@ def plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def figure(value: float | None) -> str:
+def format_figure(value: float | None) -> str:
     """A throughput or any other measured figure: one decimal, thousands grouped by a space
     (the SI way, unambiguous whatever the reader's decimal mark); ``-`` when there is none.
 
-    >>> figure(6382.84), figure(12.0), figure(None)
+    >>> format_figure(6382.84), format_figure(12.0), format_figure(None)
     ('6 382.8', '12.0', '-')
     """
     return "-" if value is None else f"{value:,.1f}".replace(",", " ")

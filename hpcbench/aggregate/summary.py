@@ -24,7 +24,7 @@ from hpcbench.aggregate.validity import Rules, format_verdict, judge, rules_name
 from hpcbench.cpulist import format_cpulist
 from hpcbench.errors import MetricsError
 from hpcbench.metrics import RankFile
-from hpcbench.text import figure, plural
+from hpcbench.text import format_figure, plural
 from hpcbench.units import IMAGES, SampleUnit, summary_unit
 
 SUMMARY_SCHEMA = "hpcbench.summary"
@@ -372,25 +372,25 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         lines.append(f"{'common-window throughput':<26}undefined ({tp['common_window_reason']})")
     else:
         lines.append(
-            f"{'common-window throughput':<26}{figure(tp['common_window_img_s'])} {rate} "
-            f"({figure(tp['per_device_img_s'])} per device) over {window['length_s']:.3f} s"
+            f"{'common-window throughput':<26}{format_figure(tp['common_window_img_s'])} {rate} "
+            f"({format_figure(tp['per_device_img_s'])} per device) over {window['length_s']:.3f} s"
         )
-    lines.append(f"{'sum of own throughputs':<26}{figure(tp['sum_own_img_s'])} {rate}")
+    lines.append(f"{'sum of own throughputs':<26}{format_figure(tp['sum_own_img_s'])} {rate}")
     adjusted = (
-        f"{figure(tp['dlbs_adjusted_img_s'])} {rate}"
+        f"{format_figure(tp['dlbs_adjusted_img_s'])} {rate}"
         if tp["dlbs_adjusted_img_s"] is not None
         else f"undefined ({tp['dlbs_adjusted_reason']})"
     )
     lines.append(f"{'DLBS adjusted (N=' + str(tp['dlbs_trim']) + ')':<26}{adjusted}")
     effective = (
-        f"{figure(tp['dlbs_effective_sum_img_s'])} {rate}"
+        f"{format_figure(tp['dlbs_effective_sum_img_s'])} {rate}"
         if tp["dlbs_effective_sum_img_s"] is not None
         else f"undefined ({tp['dlbs_effective_reason']})"
     )
     lines.append(f"{'DLBS sum of effective':<26}{effective}")
     if tp.get("dlbs_reported_img_s") is not None:
         lines.append(
-            f"{'DLBS reported':<26}{figure(tp['dlbs_reported_img_s'])} {rate} "
+            f"{'DLBS reported':<26}{format_figure(tp['dlbs_reported_img_s'])} {rate} "
             "(max of adjusted and sum of effective)"
         )
     lines.append(
@@ -407,7 +407,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         value = "undefined" if eff["value"] is None else f"{100 * eff['value']:.1f} %"
         lines.append(
             f"efficiency vs {world_size} × single-rank "
-            f"{figure(eff['reference_img_s'])} {rate}: {value}"
+            f"{format_figure(eff['reference_img_s'])} {rate}: {value}"
         )
     lines.extend(format_telemetry(summary.get("telemetry"), unit))
     any_gpus = any(row.get("gpus") for row in summary["ranks"])
@@ -419,8 +419,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         gpus = ",".join(str(g) for g in row["gpus"]) if row.get("gpus") else str(row["num_devices"])
         lines.append(
             f"{row['rank']:>4}  {str(row.get('host') or '-')[:12]:<12}  {gpus:<8}  "
-            f"{row['images']:>10}  {figure(row['own_img_s']):>13}  "
-            f"{figure(row['dlbs_effective_img_s']):>15}"
+            f"{row['images']:>10}  {format_figure(row['own_img_s']):>13}  "
+            f"{format_figure(row['dlbs_effective_img_s']):>15}"
         )
     lines.extend(binding_lines(summary))
     lines.extend(format_verdict(summary.get("validity")))
@@ -453,12 +453,17 @@ def format_telemetry(telemetry: Mapping[str, Any] | None, unit: SampleUnit = IMA
     per_j = total["images_per_j"]
     clock = total["median_sm_clock_mhz"]
     per_joule = unit.rate.removesuffix("/s") + "/J"
+    mean_w = total["mean_power_w"]
     line = (
         f"{'telemetry (window)':<26}"
-        + (f"{figure(energy)} J, {per_j:.2f} {per_joule}, " if energy is not None and per_j else "")
-        + (f"mean {figure(total['mean_power_w'])} W, " if total["mean_power_w"] is not None else "")
-        + f"max {figure(total['max_device_power_w'])} W per device, "
-        + f"median SM clock {figure(clock)} MHz"
+        + (
+            f"{format_figure(energy)} J, {per_j:.2f} {per_joule}, "
+            if energy is not None and per_j
+            else ""
+        )
+        + (f"mean {format_figure(mean_w)} W, " if mean_w is not None else "")
+        + f"max {format_figure(total['max_device_power_w'])} W per device, "
+        + f"median SM clock {format_figure(clock)} MHz"
     )
     reasons = total["throttle_reasons"]
     throttled = ", ".join(f"{name} {100 * share:.0f} %" for name, share in reasons.items())

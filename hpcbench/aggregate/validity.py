@@ -20,7 +20,7 @@ from hpcbench.aggregate import figures
 from hpcbench.aggregate.load import LoadedRun
 from hpcbench.errors import UsageError
 from hpcbench.metrics import clock_step_limit_ns
-from hpcbench.text import figure
+from hpcbench.text import format_figure
 from hpcbench.units import summary_unit
 
 CHECKS = (
@@ -198,7 +198,7 @@ def steady_state(run: LoadedRun, summary: Mapping[str, Any], rules: Rules) -> di
         return _check("steady_state", False, None, limit, "the common window is empty")
     rates = window_rates(run, int(window["start_ns"]), int(window["end_ns"]))
     ratio = steady_ratio(rates)
-    shown = " / ".join(figure(rate) for rate in rates)
+    shown = " / ".join(format_figure(rate) for rate in rates)
     unit = summary_unit(summary).rate
     if ratio is None:
         return _check(

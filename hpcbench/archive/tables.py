@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcbench.archive.query import FIGURES, HEADLINE, config_signature, figure
+from hpcbench.text import format_figure
 from hpcbench.units import sample_unit, samples_of
 
 
@@ -45,10 +46,10 @@ class Table:
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """Plain aligned columns: text left, numbers right.
 
-    >>> print(format_table(["model", "img/s"], [["resnet50", "1,234.5"]]))
+    >>> print(format_table(["model", "img/s"], [["resnet50", "1 234.5"]]))
     model       img/s
     --------  -------
-    resnet50  1,234.5
+    resnet50  1 234.5
     """
     rows = [list(map(str, r)) for r in rows]
     widths = [len(h) for h in headers]
@@ -82,13 +83,13 @@ def format_number(value: float | None) -> str:
     """A figure with as many digits as its size needs.
 
     >>> [format_number(v) for v in (40123.456, 12.3456, 0.0000388, 0.0, None)]
-    ['40,123.5', '12.346', '3.88e-05', '0', '-']
+    ['40 123.5', '12.346', '3.88e-05', '0', '-']
     """
     if value is None:
         return "-"
     size = abs(value)
     if size >= 100:
-        return f"{value:,.1f}"
+        return format_figure(value)
     if size >= 0.01:
         return f"{value:.3f}"
     return f"{value:.3g}"

@@ -105,6 +105,7 @@ def list_runs(
     from hpcbench.aggregate.validity import verdict_word
     from hpcbench.archive.query import HEADLINE, figure, sort_entries
     from hpcbench.archive.tables import format_table
+    from hpcbench.text import format_figure
 
     entries = sort_entries(_selected(archive_dir, where), sort_key)
     if as_json:
@@ -131,7 +132,7 @@ def list_runs(
                         "layout",
                     )
                 ),
-                "-" if value is None else f"{value:,.1f}",
+                format_figure(value),
                 verdict_word((e.get("summary") or {}).get("validity")),
             ]
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 from hpcbench.plan.candidates import Candidate, CandidateSet, display_label
 from hpcbench.stats import Ratio, mean, mean_ci, ratio_ci, sample_std
+from hpcbench.text import format_figure
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +213,7 @@ def explore_json(exploration: Exploration, command: str) -> dict[str, Any]:
 
 
 def _number(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
+    return "-" if value is None else f"{value:,.{digits}f}".replace(",", " ")
 
 
 def format_table(exploration: Exploration, rate: str = "img/s") -> str:
@@ -237,7 +238,7 @@ def format_table(exploration: Exploration, rate: str = "img/s") -> str:
                 f"{ok}/{len(result.runs)}",
                 _number(result.mean_img_s),
                 _number(result.std_img_s),
-                "-" if ci is None else f"{ci[0]:,.1f} – {ci[1]:,.1f}",
+                "-" if ci is None else f"{format_figure(ci[0])} – {format_figure(ci[1])}",
                 "-" if speedup is None else f"{speedup.value:.3f}",
                 "-" if speedup is None else f"{speedup.low:.3f} – {speedup.high:.3f}",
                 c.layout,

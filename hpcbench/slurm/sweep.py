@@ -39,6 +39,7 @@ from hpcbench.slurm.submit import (
     sbatch,
     slurm_version,
 )
+from hpcbench.text import format_figure
 
 SWEEP_FILE = "sweep.json"
 # Sweep keys that are spelled differently as command-line keyword arguments.
@@ -449,7 +450,7 @@ def format_table(spec: SweepSpec, points: Sequence[PointRun]) -> str:
                 f"p{point.index:03d}",
                 *(str(point.params[k]) for k in keys),
                 point.status,
-                f"{throughput:,.1f}" if isinstance(throughput, int | float) else "-",
+                format_figure(throughput) if isinstance(throughput, int | float) else "-",
                 verdict_word(point.summary.get("validity") if point.summary else None),
                 str(point.run_dir),
             ]
