@@ -131,8 +131,8 @@ def enough_work(summary: Mapping[str, Any], rules: Rules) -> dict[str, Any]:
         if timed_s < rules.min_timed_s:
             problems.append(f"timed phase {timed_s:.1f} s < {rules.min_timed_s:g} s")
     if problems:
-        source = " (MLPerf Offline minimums)" if rules.min_samples is not None else ""
-        why = "; ".join(problems) + source
+        mlperf = len(problems) > (fewest < rules.min_batches_per_device)
+        why = "; ".join(problems) + (" (MLPerf Offline minimums)" if mlperf else "")
     else:
         why = f"at least {fewest} timed batches per device" + (
             f", {measured['samples']} samples over {measured['timed_s']:.1f} s"
