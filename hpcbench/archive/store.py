@@ -29,7 +29,6 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -43,15 +42,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcbench.archive.entry import (
+    ENTRY_FORMAT,
+    SUMMARY,
+    check_entry,
+    completeness,
+    entry_from_folder,
+    read_json_object,
+    slurm_record,
+    utf8_text,
+)
 from hpcbench.errors import ArchiveError, excerpt
-from hpcbench.jsonfile import read_json, write_atomic
+from hpcbench.jsonfile import write_atomic
 
 ARCHIVE_FORMAT = "hpcbench-archive"
 ARCHIVE_VERSION = 1
-ENTRY_FORMAT = 1
 MARKER = "archive.json"
 RECORD = "record.json"
-SUMMARY = "summary.json"
 RUNS_DIR = "runs"
 INDEX_DIR = "index"
 STAGING_DIR = "staging"
@@ -113,13 +120,6 @@ def check_run_id(run_id: object, where: str) -> str:
     return run_id
 
 
-def _read_json_object(path: Path, what: str) -> dict[str, Any]:
-    data = read_json(path, what, ArchiveError)
-    if not isinstance(data, dict):
-        raise ArchiveError(f"{path}: {what} must be a JSON object, got {type(data).__name__}")
-    return data
-
-
 def dump_json(data: Any) -> str:
     """Deterministic JSON (sorted keys) so that equal contents give equal bytes.
 
@@ -168,7 +168,7 @@ def _selected_files(run_dir: Path) -> list[Path]:
     chosen: list[Path] = []
     for child in sorted(run_dir.iterdir()):
         name = child.name
-        if name.startswith(".") or _SKIPPED.match(name) or _text(name) != name:
+        if name.startswith(".") or _SKIPPED.match(name) or utf8_text(name) != name:
             continue  # hidden, ours to skip, or a name no JSON index can hold
         if name not in NAMED_FILES and not name.endswith(COPIED_SUFFIXES):
             continue
@@ -183,7 +183,7 @@ def run_id_of(run_dir: Path, summary: Mapping[str, Any]) -> str:
     """The run's stable id: ``run.json``'s ``run_id``, else the summary's ``run.run_id``."""
     run_json = run_dir / "run.json"
     if run_json.is_file():
-        data = _read_json_object(run_json, "run.json")
+        data = read_json_object(run_json, "run.json")
         if "run_id" in data:
             return check_run_id(data["run_id"], str(run_json))
     block = summary.get("run")
@@ -259,7 +259,7 @@ class Archive:
             raise ArchiveError(f"{self.root}: no such archive (create one with 'archive add')")
         if not marker.is_file():
             raise ArchiveError(f"{self.root}: not an hpcbench archive (no {MARKER})")
-        data = _read_json_object(marker, MARKER)
+        data = read_json_object(marker, MARKER)
         if data.get("format") != ARCHIVE_FORMAT or data.get("version") != ARCHIVE_VERSION:
             raise ArchiveError(
                 f"{marker}: format {data.get('format')!r} version {data.get('version')!r} "
@@ -285,7 +285,7 @@ class Archive:
                 f"{summary_path}: not found; aggregate the run first "
                 "('hpcbench aggregate RUN_DIR', with --allow-partial for an unfinished run)"
             )
-        summary = _read_json_object(summary_path, "summary")
+        summary = read_json_object(summary_path, "summary")
         run_id = run_id_of(run_dir, summary)
         self.create()
         mode = self._mode()
@@ -299,11 +299,11 @@ class Archive:
                 size, sha = _copy_file(src, staging / src.name, self._file_mode())
                 files[src.name] = {"bytes": size, "sha256": sha}
             # The copied summary is what the archive judges, not the (mutable) source file.
-            summary = _read_json_object(staging / SUMMARY, "summary")
-            complete, reason = completeness(summary, _slurm_record(staging))
+            summary = read_json_object(staging / SUMMARY, "summary")
+            complete, reason = completeness(summary, slurm_record(staging))
             archived_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             # A path that is not UTF-8 (bytes from another locale) is kept readable, escaped.
-            source = _text(str(run_dir.resolve()))
+            source = utf8_text(str(run_dir.resolve()))
             record = {
                 "format": ENTRY_FORMAT,
                 "run_id": run_id,
@@ -415,15 +415,15 @@ class Archive:
             try:
                 if not _is_run_id(name):
                     raise ArchiveError(
-                        f"{self.runs_dir / _text(name)!r}: not a run id (letters, digits, "
+                        f"{self.runs_dir / utf8_text(name)!r}: not a run id (letters, digits, "
                         "'.', '_', '+', '-'); move the folder out of the archive"
                     )
                 entries.append(self._load_entry(name))
             except (ArchiveError, OSError, ValueError) as exc:
                 # ValueError: UnicodeError from names or contents in another encoding.
-                why = _text(" ".join(str(exc).split()))
-                self.skipped.append((_text(name), why))
-                warn(f"skipped run {_text(name)!r}: {why}")
+                why = utf8_text(" ".join(str(exc).split()))
+                self.skipped.append((utf8_text(name), why))
+                warn(f"skipped run {utf8_text(name)!r}: {why}")
         return entries
 
     def entry(self, run_id: str) -> dict[str, Any]:
@@ -475,7 +475,7 @@ class Archive:
             try:
                 entry = self.entry_from_run(run_id)
             except (ArchiveError, OSError, ValueError) as exc:
-                skipped.append(f"{run_id}: {_text(' '.join(str(exc).split()))}")
+                skipped.append(f"{run_id}: {utf8_text(' '.join(str(exc).split()))}")
                 continue
             path = self._entry_path(run_id)
             text = dump_json(entry) + "\n"
@@ -536,72 +536,6 @@ class RebuildReport:
     skipped: tuple[str, ...] = ()
 
 
-def entry_from_folder(
-    folder: Path,
-    *,
-    run_id: str,
-    archived_at: str | None,
-    source: str | None,
-    file_names: Iterable[str],
-) -> dict[str, Any]:
-    """An index entry from a run's files (an archived run folder or a run directory)."""
-    from hpcbench.archive.query import run_params
-
-    summary = _read_json_object(folder / SUMMARY, "summary")
-    spec: dict[str, Any] | None = None
-    if (folder / "spec.json").is_file():
-        spec = _read_json_object(folder / "spec.json", "spec")
-    run_info: dict[str, Any] = {}
-    if (folder / "run.json").is_file():
-        run_info = _read_json_object(folder / "run.json", "run.json")
-    site_doc = _site_document(folder, file_names)
-    complete, reason = completeness(summary, _slurm_record(folder))
-    plan: dict[str, Any] | None = None
-    if (folder / "plan.json").is_file():
-        plan = _read_json_object(folder / "plan.json", "plan")
-    entry = {
-        "format": ENTRY_FORMAT,
-        "run_id": run_id,
-        "archived_at": archived_at,
-        "source": source,
-        "complete": complete,
-        "incomplete_reason": reason,
-        "params": run_params(summary, spec, run_info, site_doc, plan),
-        "summary": summary,
-        "spec": spec,
-    }
-    # NaN/Infinity parse from a foreign summary.json but are not JSON: the index says null;
-    # strings that are not UTF-8 (a path in another encoding) are escaped.
-    safe: dict[str, Any] = _json_safe(entry)
-    return safe
-
-
-def _json_safe(value: Any) -> Any:
-    r"""``value`` with every non-finite float replaced by None and every string valid UTF-8.
-
-    >>> _json_safe({"a": [float("nan"), 1.5], "b": float("inf"), "c": "x\udcff"})
-    {'a': [None, 1.5], 'b': None, 'c': 'x\\udcff'}
-    """
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, str):
-        return _text(value)
-    if isinstance(value, dict):
-        return {_text(str(k)): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _text(value: str) -> str:
-    r"""``value`` as valid UTF-8: lone surrogates (undecodable bytes of a file name) escaped.
-
-    >>> _text("runs/caf\udce9")
-    'runs/caf\\udce9'
-    """
-    return value.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def _is_run_id(name: str) -> bool:
     return bool(_RUN_ID.fullmatch(name)) and not name.endswith(".tmp")
 
@@ -612,7 +546,7 @@ def _warn_stderr(message: str) -> None:
 
 def read_record(path: Path) -> dict[str, Any]:
     """A run's ``record.json``, checked: ArchiveError naming the file and field otherwise."""
-    record = _read_json_object(path, "archive record")
+    record = read_json_object(path, "archive record")
     files = record.get("files")
     if not isinstance(files, dict) or not all(
         isinstance(name, str)
@@ -630,50 +564,6 @@ def read_record(path: Path) -> dict[str, Any]:
     return record
 
 
-# What an index entry holds and the type of each field (None allowed where the tuple says).
-_ENTRY_FIELDS: dict[str, tuple[type, ...]] = {
-    "format": (int,),
-    "run_id": (str,),
-    "archived_at": (str, type(None)),
-    "source": (str, type(None)),
-    "complete": (bool,),
-    "incomplete_reason": (str, type(None)),
-    "params": (dict,),
-    "summary": (dict,),
-    "spec": (dict, type(None)),
-}
-
-
-def check_entry(data: Any, where: Path, run_id: str) -> dict[str, Any]:
-    """An index entry read back, checked against its schema: ArchiveError naming the field.
-
-    >>> check_entry([], Path("i/r.json"), "r")
-    Traceback (most recent call last):
-    ...
-    hpcbench.errors.ArchiveError: i/r.json: damaged index entry (a JSON list, not an object); ...
-    """
-    hint = "; run 'hpcbench archive rebuild-index'"
-    if not isinstance(data, dict):
-        kind = "null" if data is None else f"a JSON {type(data).__name__}"
-        raise ArchiveError(f"{where}: damaged index entry ({kind}, not an object){hint}")
-    for key, kinds in _ENTRY_FIELDS.items():
-        if key not in data:
-            raise ArchiveError(f"{where}: damaged index entry (no {key!r}){hint}")
-        value = data[key]
-        if not isinstance(value, kinds) or (kinds == (int,) and isinstance(value, bool)):
-            raise ArchiveError(
-                f"{where}: damaged index entry ({key}: {excerpt(value)} is not "
-                f"{' or '.join('null' if k is type(None) else k.__name__ for k in kinds)}){hint}"
-            )
-    if data["format"] != ENTRY_FORMAT:
-        raise ArchiveError(f"{where}: index entry format {data['format']} is not {ENTRY_FORMAT}")
-    if data["run_id"] != run_id:
-        raise ArchiveError(
-            f"{where}: index entry names run {excerpt(data['run_id'])}, not {run_id!r}{hint}"
-        )
-    return data
-
-
 def entry_from_run_dir(run_dir: Path | str) -> dict[str, Any]:
     """An index-style entry for a run directory that is not archived (for ``check``)."""
     run_dir = Path(run_dir)
@@ -682,7 +572,7 @@ def entry_from_run_dir(run_dir: Path | str) -> dict[str, Any]:
         raise ArchiveError(
             f"{summary_path}: not found; aggregate the run first ('hpcbench aggregate RUN_DIR')"
         )
-    summary = _read_json_object(summary_path, "summary")
+    summary = read_json_object(summary_path, "summary")
     return entry_from_folder(
         run_dir,
         run_id=run_id_of(run_dir, summary),
@@ -692,85 +582,11 @@ def entry_from_run_dir(run_dir: Path | str) -> dict[str, Any]:
     )
 
 
-# Slurm job states after which a run is not a complete measurement, even when every rank
-# file happens to be finished (e.g. a TIMEOUT after the timed phase, during aggregation).
-FAILED_JOB_STATES = frozenset(
-    {
-        "CANCELLED",
-        "TIMEOUT",
-        "FAILED",
-        "NODE_FAIL",
-        "PREEMPTED",
-        "OUT_OF_MEMORY",
-        "BOOT_FAIL",
-        "DEADLINE",
-    }
-)
-
-
-def _slurm_record(folder: Path) -> Mapping[str, Any] | None:
-    """``slurm.json`` (written by ``hpcbench submit``) when present and readable."""
-    path = folder / "slurm.json"
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def completeness(
-    summary: Mapping[str, Any], slurm_record: Mapping[str, Any] | None
-) -> tuple[bool, str | None]:
-    """Whether a run is a complete measurement, and why not.
-
-    >>> completeness({"complete": True}, {"state": "TIMEOUT"})
-    (False, 'Slurm job ended TIMEOUT')
-    >>> completeness({"complete": True}, None)
-    (True, None)
-    >>> completeness({}, None)
-    (False, 'summary.json does not say complete: true')
-    """
-    if summary.get("complete") is not True:
-        excluded = summary.get("excluded_ranks")
-        if isinstance(excluded, list) and excluded:
-            ranks = ", ".join(str(e.get("rank")) for e in excluded if isinstance(e, Mapping))
-            return False, f"aggregated without rank(s) {ranks}"
-        return False, "summary.json does not say complete: true"
-    jobs = [slurm_record]
-    run = summary.get("run")
-    if isinstance(run, Mapping):
-        jobs.append(run.get("slurm_job"))
-    for job in jobs:
-        if isinstance(job, Mapping):
-            state = str(job.get("state") or "").split()[0:1]
-            if state and state[0] in FAILED_JOB_STATES:
-                return False, f"Slurm job ended {state[0]}"
-    return True, None
-
-
 def _content_digest(files: Mapping[str, Mapping[str, Any]]) -> str:
     digest = hashlib.sha256()
     for name in sorted(files):
         digest.update(f"{name}\0{files[name]['sha256']}\n".encode())
     return digest.hexdigest()
-
-
-def _site_document(folder: Path, files: Iterable[str]) -> dict[str, Any] | None:
-    """The site config copied with the run (a YAML file with ``node_types``), if any."""
-    import yaml
-
-    for name in sorted(files):
-        if not name.endswith((".yaml", ".yml")):
-            continue
-        try:
-            data = yaml.safe_load((folder / name).read_text(encoding="utf-8"))
-        except (yaml.YAMLError, OSError, UnicodeDecodeError):
-            continue
-        if isinstance(data, dict) and "node_types" in data:
-            return data
-    return None
 
 
 def add_run(archive_dir: Path | str, run_dir: Path | str, *, replace: bool = False) -> str:
