@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -52,103 +53,11 @@ def summarize(
     window_start_ns, window_end_ns = figures.common_window(begins, finishes)
     window_ns = window_end_ns - window_start_ns
 
-    rank_rows: list[dict[str, Any]] = []
-    iteration_times: list[np.ndarray] = []
-    devices_per_rank: list[int] = []
-    batch_sizes: list[int | None] = []
-    window_images_total = 0.0
-    latencies: list[np.ndarray] = []
-    effective_missing: list[int] = []
-    for rank_file in ranks:
-        num_devices = _num_devices(rank_file, run.plan_json)
-        batch_size = _batch_size(rank_file)
-        timed = rank_file.timed
-        # load_run checked that both bounds exist.
-        t_begin_ns, t_finish_ns = int(rank_file.t_begin_ns or 0), int(rank_file.t_finish_ns or 0)
-        duration_ns = t_finish_ns - t_begin_ns
-        images = int(timed.images.sum(dtype=np.int64))
-        rank_window_images = figures.images_in_window(
-            timed.t_start_ns, timed.t_end_ns, timed.images, window_start_ns, window_end_ns
-        )
-        window_images_total += rank_window_images
-        latency_ns = timed.t_end_ns - timed.t_start_ns
-        rank_latency = figures.latency_ms(latency_ns, in_place=True)
-        latencies.append(latency_ns)
-        iterations = figures.dlbs_iteration_times_ms(timed.t_end_ns, t_begin_ns, num_devices)
-        iteration_times.append(iterations)
-        devices_per_rank.append(num_devices)
-        batch_sizes.append(batch_size)
-
-        start = _barrier(rank_file, START_BARRIER, first=True)
-        end = _barrier(rank_file, END_BARRIER, first=False)
-        effective = None
-        if start is not None and end is not None:
-            effective = figures.rate_img_s(images, end[1] - start[0])
-        if effective is None:
-            effective_missing.append(rank_file.rank)
-
-        plan = rank_file.json_attr("plan_json") or _plan_entry(run.plan_json, rank_file.rank)
-        binding = rank_file.json_attr("binding_json") or {}
-        gpus = [int(g) for g in plan.get("gpus", [])] if plan else None
-        rank_rows.append(
-            {
-                "rank": rank_file.rank,
-                "host": rank_file.attrs.get("host"),
-                "node": rank_file.attrs.get("node", plan.get("node") if plan else None),
-                "local_rank": rank_file.attrs.get(
-                    "local_rank", plan.get("local_rank") if plan else None
-                ),
-                "gpus": gpus,
-                "gpus_visible": binding.get("cuda_visible_devices"),
-                "cpus": [int(c) for c in plan.get("cpus", [])] if plan else None,
-                "cpus_actual": [int(c) for c in binding["cpus"]] if "cpus" in binding else None,
-                "binding_mismatches": list(binding.get("mismatches", [])),
-                "gpu_identity": binding.get("gpu_identity"),
-                "num_devices": num_devices,
-                "batch_size": batch_size,
-                "batches": len(timed),
-                "images": images,
-                "own_img_s": figures.rate_img_s(images, duration_ns),
-                "window_images": rank_window_images,
-                "window_img_s": figures.rate_img_s(rank_window_images, window_ns),
-                "dlbs_effective_img_s": effective,
-                "dlbs_iterations": int(iterations.shape[0]),
-                "t_begin_ns": rank_file.t_begin_ns,
-                "t_finish_ns": rank_file.t_finish_ns,
-                "start_barrier_ns": _barrier_json(start),
-                "end_barrier_ns": _barrier_json(end),
-                "latency_ms": rank_latency,
-                "devices": _device_rows(rank_file, num_devices, gpus, duration_ns),
-            }
-        )
-
-    adjusted = figures.dlbs_adjusted(
-        iteration_times, devices_per_rank, batch_sizes, dlbs_trim, [r.rank for r in ranks]
-    )
-    effective_sum = None
-    effective_reason = None
-    if effective_missing:
-        effective_reason = (
-            f"rank(s) {_short_list(effective_missing)} recorded no '{START_BARRIER}'/"
-            f"'{END_BARRIER}' barrier events"
-        )
-    else:
-        effective_sum = float(sum(row["dlbs_effective_img_s"] for row in rank_rows))
-    dlbs_candidates = [v for v in (adjusted.img_s, effective_sum) if v is not None]
-
+    per_rank = [_rank_figures(run, r, window_start_ns, window_end_ns) for r in ranks]
+    rank_rows = [p.row for p in per_rank]
+    window_images_total = sum((p.window_images for p in per_rank), 0.0)
     common_img_s = figures.rate_img_s(window_images_total, window_ns)
-    window_reason = None
-    if common_img_s is None:
-        window_reason = (
-            "the ranks' timed phases do not overlap: a rank finished "
-            f"{-window_ns / figures.NS_PER_S:.3f} s before the last one began"
-        )
-    own_values = [row["own_img_s"] for row in rank_rows]
-    sum_own = float(sum(v for v in own_values if v is not None))
-    total_devices = sum(devices_per_rank)
-
-    starts = [row["start_barrier_ns"] for row in rank_rows]
-    ends = [row["end_barrier_ns"] for row in rank_rows]
+    total_devices = sum(p.num_devices for p in per_rank)
 
     summary: dict[str, Any] = {
         "schema": SUMMARY_SCHEMA,
@@ -156,21 +65,7 @@ def summarize(
         "complete": run.complete,
         "excluded_ranks": [{"rank": r, "reason": why} for r, why in run.excluded],
         "run": run_block(run),
-        "throughput": {
-            "common_window_img_s": common_img_s,
-            "common_window_reason": window_reason,
-            "per_device_img_s": (
-                common_img_s / total_devices if common_img_s and total_devices else None
-            ),
-            "sum_own_img_s": sum_own,
-            "dlbs_adjusted_img_s": adjusted.img_s,
-            "dlbs_adjusted_reason": adjusted.reason,
-            "dlbs_trim": dlbs_trim,
-            "dlbs_mean_iteration_ms": adjusted.mean_iteration_ms,
-            "dlbs_effective_sum_img_s": effective_sum,
-            "dlbs_effective_reason": effective_reason,
-            "dlbs_reported_img_s": max(dlbs_candidates) if dlbs_candidates else None,
-        },
+        "throughput": _throughput_block(per_rank, common_img_s, window_ns, dlbs_trim),
         "window": {
             "start_ns": window_start_ns,
             "end_ns": window_end_ns,
@@ -179,18 +74,9 @@ def summarize(
         },
         "images": int(sum(row["images"] for row in rank_rows)),
         "devices": total_devices,
-        "skew": {
-            "start_s": figures.spread_s(
-                [s["release"] if s else None for s in starts]
-                if all(starts)
-                else [row["t_begin_ns"] for row in rank_rows]
-            ),
-            "end_s": figures.spread_s([e["release"] if e else None for e in ends]),
-            "begin_s": figures.spread_s([row["t_begin_ns"] for row in rank_rows]),
-            "finish_s": figures.spread_s([row["t_finish_ns"] for row in rank_rows]),
-        },
-        # Each rank's latencies were sorted in place above.
-        "latency_ms": figures.pooled_latency_ms(latencies),
+        "skew": _skew_block(rank_rows),
+        # Each rank's latencies were sorted in place by _rank_figures.
+        "latency_ms": figures.pooled_latency_ms([p.latency_ns for p in per_rank]),
         "efficiency": _efficiency(common_img_s, run.world_size, reference),
         "ranks": rank_rows,
     }
@@ -199,6 +85,142 @@ def summarize(
     )
     summary["validity"] = judge(run, summary, rules or rules_named(_spec_rules(run)))
     return summary
+
+
+@dataclass(slots=True)
+class _RankFigures:
+    """One rank's summary row and what the run-wide figures need from it."""
+
+    row: dict[str, Any]
+    window_images: float
+    num_devices: int
+    batch_size: int | None
+    iterations_ms: np.ndarray  # DLBS iteration times
+    latency_ns: np.ndarray  # sorted in place
+
+
+def _rank_figures(
+    run: LoadedRun, rank_file: RankFile, window_start_ns: int, window_end_ns: int
+) -> _RankFigures:
+    num_devices = _num_devices(rank_file, run.plan_json)
+    batch_size = _batch_size(rank_file)
+    timed = rank_file.timed
+    # load_run checked that both bounds exist.
+    t_begin_ns, t_finish_ns = int(rank_file.t_begin_ns or 0), int(rank_file.t_finish_ns or 0)
+    duration_ns = t_finish_ns - t_begin_ns
+    images = int(timed.images.sum(dtype=np.int64))
+    window_images = figures.images_in_window(
+        timed.t_start_ns, timed.t_end_ns, timed.images, window_start_ns, window_end_ns
+    )
+    latency_ns = timed.t_end_ns - timed.t_start_ns
+    rank_latency = figures.latency_ms(latency_ns, in_place=True)
+    iterations = figures.dlbs_iteration_times_ms(timed.t_end_ns, t_begin_ns, num_devices)
+
+    start = _barrier(rank_file, START_BARRIER, first=True)
+    end = _barrier(rank_file, END_BARRIER, first=False)
+    effective = None
+    if start is not None and end is not None:
+        effective = figures.rate_img_s(images, end[1] - start[0])
+
+    plan = rank_file.json_attr("plan_json") or _plan_entry(run.plan_json, rank_file.rank)
+    binding = rank_file.json_attr("binding_json") or {}
+    gpus = [int(g) for g in plan.get("gpus", [])] if plan else None
+    row = {
+        "rank": rank_file.rank,
+        "host": rank_file.attrs.get("host"),
+        "node": rank_file.attrs.get("node", plan.get("node") if plan else None),
+        "local_rank": rank_file.attrs.get("local_rank", plan.get("local_rank") if plan else None),
+        "gpus": gpus,
+        "gpus_visible": binding.get("cuda_visible_devices"),
+        "cpus": [int(c) for c in plan.get("cpus", [])] if plan else None,
+        "cpus_actual": [int(c) for c in binding["cpus"]] if "cpus" in binding else None,
+        "binding_mismatches": list(binding.get("mismatches", [])),
+        "gpu_identity": binding.get("gpu_identity"),
+        "num_devices": num_devices,
+        "batch_size": batch_size,
+        "batches": len(timed),
+        "images": images,
+        "own_img_s": figures.rate_img_s(images, duration_ns),
+        "window_images": window_images,
+        "window_img_s": figures.rate_img_s(window_images, window_end_ns - window_start_ns),
+        "dlbs_effective_img_s": effective,
+        "dlbs_iterations": int(iterations.shape[0]),
+        "t_begin_ns": rank_file.t_begin_ns,
+        "t_finish_ns": rank_file.t_finish_ns,
+        "start_barrier_ns": _barrier_json(start),
+        "end_barrier_ns": _barrier_json(end),
+        "latency_ms": rank_latency,
+        "devices": _device_rows(rank_file, num_devices, gpus, duration_ns),
+    }
+    return _RankFigures(row, window_images, num_devices, batch_size, iterations, latency_ns)
+
+
+def _throughput_block(
+    per_rank: Sequence[_RankFigures], common_img_s: float | None, window_ns: int, dlbs_trim: int
+) -> dict[str, Any]:
+    """The ``throughput`` block: the headline, the sum of own rates and the DLBS figures."""
+    adjusted = figures.dlbs_adjusted(
+        [p.iterations_ms for p in per_rank],
+        [p.num_devices for p in per_rank],
+        [p.batch_size for p in per_rank],
+        dlbs_trim,
+        [p.row["rank"] for p in per_rank],
+    )
+    effective_missing = [p.row["rank"] for p in per_rank if p.row["dlbs_effective_img_s"] is None]
+    effective_sum = None
+    effective_reason = None
+    if effective_missing:
+        effective_reason = (
+            f"rank(s) {_short_list(effective_missing)} recorded no '{START_BARRIER}'/"
+            f"'{END_BARRIER}' barrier events"
+        )
+    else:
+        effective_sum = float(sum(p.row["dlbs_effective_img_s"] for p in per_rank))
+    dlbs_candidates = [v for v in (adjusted.img_s, effective_sum) if v is not None]
+    window_reason = None
+    if common_img_s is None:
+        window_reason = (
+            "the ranks' timed phases do not overlap: a rank finished "
+            f"{-window_ns / figures.NS_PER_S:.3f} s before the last one began"
+        )
+    own_values = [p.row["own_img_s"] for p in per_rank]
+    total_devices = sum(p.num_devices for p in per_rank)
+    return {
+        "common_window_img_s": common_img_s,
+        "common_window_reason": window_reason,
+        "per_device_img_s": (
+            common_img_s / total_devices if common_img_s and total_devices else None
+        ),
+        "sum_own_img_s": float(sum(v for v in own_values if v is not None)),
+        "dlbs_adjusted_img_s": adjusted.img_s,
+        "dlbs_adjusted_reason": adjusted.reason,
+        "dlbs_trim": dlbs_trim,
+        "dlbs_mean_iteration_ms": adjusted.mean_iteration_ms,
+        "dlbs_effective_sum_img_s": effective_sum,
+        "dlbs_effective_reason": effective_reason,
+        "dlbs_reported_img_s": max(dlbs_candidates) if dlbs_candidates else None,
+    }
+
+
+def _skew_block(rank_rows: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """Spreads of the barrier releases and of the timed phases' bounds.
+
+    ``begin_s`` equals ``start_s`` by construction (a rank's timed phase begins at its start
+    barrier's release); both stay because summary.json is read by archives and reference files
+    that name either (dropping one would need a schema version bump; docs/concepts.md says so).
+    """
+    starts = [row["start_barrier_ns"] for row in rank_rows]
+    ends = [row["end_barrier_ns"] for row in rank_rows]
+    return {
+        "start_s": figures.spread_s(
+            [s["release"] if s else None for s in starts]
+            if all(starts)
+            else [row["t_begin_ns"] for row in rank_rows]
+        ),
+        "end_s": figures.spread_s([e["release"] if e else None for e in ends]),
+        "begin_s": figures.spread_s([row["t_begin_ns"] for row in rank_rows]),
+        "finish_s": figures.spread_s([row["t_finish_ns"] for row in rank_rows]),
+    }
 
 
 def _spec_rules(run: LoadedRun) -> str | None:
