@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from hpcbench.errors import ConfigError, RunError
-from hpcbench.jsonfile import read_json
+from hpcbench.jsonfile import read_json, write_atomic
 
 MANIFEST = "manifest.json"
 FORMAT = "hpcbench-tensors"
@@ -176,9 +176,8 @@ def make_dataset(
         shard_images=tuple(counts),
         seed=seed,
     )
-    tmp = out / (MANIFEST + ".part")
-    tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
-    tmp.replace(out / MANIFEST)
+    # Other users may read a shared data set: the manifest gets the umask's mode.
+    write_atomic(out / MANIFEST, json.dumps(manifest.to_json(), indent=2) + "\n", mode=None)
     return manifest
 
 

@@ -20,14 +20,16 @@ def write_atomic(
     path: Path,
     data: bytes | str,
     *,
-    mode: int = 0o600,
+    mode: int | None = 0o600,
     durable: bool = False,
     check: Callable[[Path], object] | None = None,
 ) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
 
-    The file gets ``mode`` whatever the umask. ``durable`` fsyncs the bytes before the rename
-    (archive records must survive a crash; run files are rewritten by the next run anyway).
+    The file gets ``mode`` whatever the umask; ``None`` gives what ``open`` would (0666 less
+    the umask), for files other users may read (a shared data set). ``durable`` fsyncs the
+    bytes before the rename (archive records must survive a crash; run files are rewritten by
+    the next run anyway).
     ``check`` is called with the temporary path before the rename: when it raises, ``path`` is
     left as it was. On any failure the temporary file is removed.
     """
@@ -40,13 +42,24 @@ def write_atomic(
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())
-        os.chmod(tmp_name, mode)
+        os.chmod(tmp_name, _default_mode() if mode is None else mode)
         if check is not None:
             check(Path(tmp_name))
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _default_mode() -> int:
+    """0666 less the umask, read without changing it (``os.umask`` would, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from hpcbench.errors import UsageError
+from hpcbench.jsonfile import write_atomic
 from hpcbench.slurm.options import all_job_options
 
 
@@ -49,10 +50,7 @@ def render(out: Path | None, output: Path | None, **kwargs: Any) -> None:
     if output is None:
         click.echo(text, nl=False)
     else:
-        tmp = output.with_name(output.name + ".part")
-        tmp.write_text(text)
-        tmp.chmod(0o700)
-        tmp.replace(output)
+        write_atomic(output, text, mode=0o700)
         click.echo(f"wrote {output}", err=True)
     click.echo(
         f"run directory {run_dir} (plan.json, spec.json, job.sbatch); submit with: "

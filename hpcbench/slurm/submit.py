@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcbench.errors import SlurmError, UsageError
-from hpcbench.jsonfile import read_json, write_json_atomic
+from hpcbench.jsonfile import read_json, write_atomic, write_json_atomic
 from hpcbench.plan.model import Plan
 from hpcbench.runtime.rundir import LOGS_DIR, create_run_dir, site_record
 from hpcbench.slurm.nodelist import expand_nodelist
@@ -401,10 +401,7 @@ def prepare(inputs: JobInputs, out: Path | None, argv: Sequence[str]) -> tuple[P
     run_dir = run_dir.resolve()
     text = render_job(inputs.request(run_dir), inputs.site.templates_dir)
     script = run_dir / JOB_SCRIPT
-    tmp = script.with_name(script.name + ".part")
-    tmp.write_text(text)
-    tmp.chmod(0o700)
-    tmp.replace(script)
+    write_atomic(script, text, mode=0o700)
     return run_dir, script
 
 

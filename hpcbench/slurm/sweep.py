@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcbench.errors import ConfigError, HpcbenchError, RunError, UsageError, closest
-from hpcbench.jsonfile import read_json, write_json_atomic
+from hpcbench.jsonfile import read_json, write_atomic, write_json_atomic
 from hpcbench.runtime.local_run import LocalInputs, plan_local
 from hpcbench.slurm.options import JobInputs, inputs_from_options
 from hpcbench.slurm.render import ArrayPoint, render_array
@@ -377,9 +377,7 @@ def _run_array(
     )
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     script = sweep_dir / f"array-{stamp}.sbatch"
-    tmp = script.with_name(script.name + ".part")
-    tmp.write_text(text)
-    tmp.replace(script)
+    write_atomic(script, text, mode=None)
     version = slurm_version()
     submitted_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     array_id = sbatch(script)
