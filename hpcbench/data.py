@@ -34,6 +34,9 @@ FORMAT_VERSION = 1
 DTYPES = ("float16", "float32")
 # Write shards in chunks of this many images so that a large dataset never sits in memory whole.
 _CHUNK_IMAGES = 256
+# Bounds of what `data make` accepts: numpy and the manifest hold any of these.
+MAX_IMAGES = 1 << 31
+MAX_SIZE = 8192
 
 
 def shard_name(index: int) -> str:
@@ -135,17 +138,23 @@ def make_dataset(
     preprocessing pipeline would produce. Each shard is written to a temporary name and renamed;
     the manifest is written last, so a folder with a manifest is complete.
     """
-    if images < 1:
-        raise ConfigError(f"data make: --images must be at least 1, got {images}")
-    if size < 1:
-        raise ConfigError(f"data make: --size must be at least 1, got {size}")
+    if not 1 <= images <= MAX_IMAGES:
+        raise ConfigError(f"data make: --images must be 1 to {MAX_IMAGES}, got {images}")
+    if not 1 <= size <= MAX_SIZE:
+        raise ConfigError(f"data make: --size must be 1 to {MAX_SIZE} pixels, got {size}")
+    if seed < 0:
+        raise ConfigError(f"data make: --seed must be 0 or more, got {seed}")
     if not 1 <= shards <= images:
         raise ConfigError(f"data make: --shards must be between 1 and {images}, got {shards}")
     if dtype not in DTYPES:
         raise ConfigError(f"data make: --dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     if (out / MANIFEST).exists():
         raise ConfigError(f"data make: {out} already holds a dataset; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    _check_room(out, images * size * size * 3 * np.dtype(dtype).itemsize)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"data make: cannot create {out} ({exc.strerror or exc})") from exc
     rng = np.random.default_rng(seed)
     mean = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255.0
     std = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255.0
@@ -154,19 +163,27 @@ def make_dataset(
     for index, count in enumerate(counts):
         final = out / shard_name(index)
         tmp = final.with_name(final.name + ".part")
-        array = np.lib.format.open_memmap(
-            tmp, mode="w+", dtype=np.dtype(dtype), shape=(count, size, size, 3)
-        )
-        for first in range(0, count, _CHUNK_IMAGES):
-            n = min(_CHUNK_IMAGES, count - first)
-            pixels = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
-            array[first : first + n] = ((pixels.astype(np.float32) - mean) / std).astype(dtype)
-            written += n
-            if progress is not None:
-                progress(written)
-        array.flush()
-        del array
-        tmp.replace(final)
+        try:
+            array = np.lib.format.open_memmap(
+                tmp, mode="w+", dtype=np.dtype(dtype), shape=(count, size, size, 3)
+            )
+            for first in range(0, count, _CHUNK_IMAGES):
+                n = min(_CHUNK_IMAGES, count - first)
+                pixels = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+                array[first : first + n] = ((pixels.astype(np.float32) - mean) / std).astype(dtype)
+                written += n
+                if progress is not None:
+                    progress(written)
+            array.flush()
+            del array
+            tmp.replace(final)
+        except (OSError, ValueError, MemoryError) as exc:
+            # No half shard is left to be taken for a whole one.
+            tmp.unlink(missing_ok=True)
+            raise RunError(f"data make: writing {final} failed ({exc})") from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     manifest = Manifest(
         images=images,
         size=size,
@@ -179,6 +196,23 @@ def make_dataset(
     # Other users may read a shared data set: the manifest gets the umask's mode.
     write_atomic(out / MANIFEST, json.dumps(manifest.to_json(), indent=2) + "\n", mode=None)
     return manifest
+
+
+def _check_room(out: Path, needed_bytes: int) -> None:
+    """Refuse a dataset that cannot fit where it would go, before writing any of it."""
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        stats = os.statvfs(probe)
+    except OSError:
+        return  # nothing to measure: the writes themselves will say
+    free = stats.f_bavail * stats.f_frsize
+    if needed_bytes > free:
+        raise ConfigError(
+            f"data make: the dataset needs {needed_bytes / 2**30:,.1f} GiB, {probe} has "
+            f"{free / 2**30:,.1f} GiB free; fewer --images, a smaller --size or another --out"
+        )
 
 
 def rank_shard(folder: Path, rank: int) -> tuple[Manifest, Path]:

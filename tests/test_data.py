@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ from click.testing import CliRunner
 
 from hpcbench import data
 from hpcbench.cli import cli
-from hpcbench.errors import ConfigError
+from hpcbench.errors import ConfigError, RunError
 
 
 def test_make_dataset_writes_shards_and_manifest(tmp_path: Path) -> None:
@@ -58,6 +60,39 @@ def test_make_dataset_rejects_bad_arguments(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         data.make_dataset(tmp_path / "x", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--images", str(10**12)], "--images must be 1 to 2147483648"),
+        (["--images", "1000000000"], "the dataset needs 280,380.2 GiB"),
+        (["--images", "2", "--size", str(10**9)], "--size must be 1 to 8192 pixels"),
+        (["--images", "2", "--seed", "-1"], "--seed must be 0 or more"),
+    ],
+)
+def test_make_with_huge_values_is_one_line_and_leaves_nothing(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    out = tmp_path / "ds"
+    command = [sys.executable, "-m", "hpcbench", "data", "make", *args, "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert not out.exists()
+
+
+def test_a_failed_shard_write_leaves_no_part_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full_disk(path: Path, **kwargs: object) -> None:
+        Path(path).write_bytes(b"\x93NUMPY half a header")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np.lib.format, "open_memmap", full_disk)
+    with pytest.raises(RunError, match=r"shard-00000\.npy failed \(\[Errno 28\]"):
+        data.make_dataset(tmp_path / "ds", images=2, size=4)
+    assert list((tmp_path / "ds").iterdir()) == []
 
 
 def test_make_dataset_refuses_to_overwrite(tmp_path: Path) -> None:

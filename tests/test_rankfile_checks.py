@@ -195,3 +195,25 @@ def test_schema_version_2_requires_a_launch_id(tmp_path: Path) -> None:
     with h5py.File(paths[0], "r+") as f:
         del f.attrs["launch_id"]
     assert _refusal(tmp_path).startswith(f"{paths[0]}: launch_id")
+
+
+# ------------------------------------------------------------------- efficiency references
+@pytest.mark.parametrize(
+    "value", ['"fast"', "-1234.5", "[1000]", "0", "true", "{}"], ids=lambda v: v
+)
+def test_a_reference_with_an_impossible_throughput_is_one_line(
+    tmp_path: Path, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_archive import cli
+
+    (tmp_path / "run").mkdir()
+    _two_ranks(tmp_path / "run")
+    reference = tmp_path / "ref.json"
+    reference.write_text(
+        '{"complete": true, "run": {"world_size": 1}, '
+        f'"throughput": {{"common_window_img_s": {value}}}}}'
+    )
+    code, _, err = cli(capsys, "aggregate", str(tmp_path / "run"), "--reference", str(reference))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "common_window_img_s must be a positive number" in err
+    assert not (tmp_path / "run" / "summary.json").exists()

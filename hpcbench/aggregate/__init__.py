@@ -8,6 +8,7 @@ The figures themselves are pure functions in :mod:`hpcbench.aggregate.figures`.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from hpcbench.aggregate.load import RESULT_FILE, SUMMARY_FILE, LoadedRun, load_r
 from hpcbench.aggregate.result import write_result, write_summary
 from hpcbench.aggregate.summary import dumps, format_summary, summarize
 from hpcbench.aggregate.validity import rules_named
-from hpcbench.errors import MetricsError, UsageError
+from hpcbench.errors import MetricsError, UsageError, excerpt
 from hpcbench.jsonfile import read_json
 
 __all__ = [
@@ -98,17 +99,29 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def _reference_summary(reference: Path | None) -> dict[str, Any] | None:
+    """The single-rank run efficiency is measured against, checked (UsageError otherwise)."""
     if reference is None:
         return None
     summary = read_summary(Path(reference))
-    world_size = summary.get("run", {}).get("world_size")
+    where = f"--reference {reference}"
+    run = summary.get("run") if isinstance(summary, dict) else None
+    throughput = summary.get("throughput") if isinstance(summary, dict) else None
+    if not isinstance(run, dict) or not isinstance(throughput, dict):
+        raise UsageError(f"{where}: not an hpcbench summary (no 'run' and 'throughput' objects)")
+    world_size = run.get("world_size")
     if world_size != 1:
         raise UsageError(
-            f"--reference {reference}: a single-rank run is needed for efficiency, "
-            f"this one has {world_size} ranks"
+            f"{where}: a single-rank run is needed for efficiency, "
+            f"this one has {excerpt(world_size)} ranks"
         )
-    if not summary.get("complete", True):
-        raise UsageError(f"--reference {reference}: the reference run is incomplete")
-    if summary["throughput"].get("common_window_img_s") is None:
-        raise UsageError(f"--reference {reference}: the reference run has no throughput figure")
+    if summary.get("complete", True) is not True:
+        raise UsageError(f"{where}: the reference run is incomplete")
+    img_s = throughput.get("common_window_img_s")
+    if img_s is None:
+        raise UsageError(f"{where}: the reference run has no throughput figure")
+    if isinstance(img_s, bool) or not isinstance(img_s, (int, float)) or not (0 < img_s < math.inf):
+        raise UsageError(
+            f"{where}: throughput.common_window_img_s must be a positive number, "
+            f"got {excerpt(img_s)}"
+        )
     return summary
