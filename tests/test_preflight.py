@@ -42,3 +42,15 @@ def test_the_torch_check_does_not_import_torch() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["ConfigError", "False"], done.stderr
+
+
+@pytest.mark.parametrize("command", ["render", "submit"])
+def test_a_job_the_backend_would_refuse_is_refused_before_its_run_directory(
+    tmp_path: Path, command: str
+) -> None:
+    """On Slurm the ranks would fail on a compute node; say it here, before anything exists."""
+    out = tmp_path / "run"
+    argv = [command, "--site", "hpe-apollo6500-gen10", "--model", "resnet5", "--out", str(out)]
+    code, _, err = run_cli(argv)
+    assert "did you mean 'resnet50'?" in assert_refused_in_one_line(code, err)
+    assert not out.exists()

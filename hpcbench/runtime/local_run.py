@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from hpcbench.backends.base import load_backend
+from hpcbench.backends.spec_check import check_spec
 from hpcbench.cpulist import CpuListError, format_cpulist, parse_cpulist
 from hpcbench.errors import ConfigError, HpcbenchError, UsageError
 from hpcbench.plan.model import Plan
@@ -177,14 +177,7 @@ def preflight(spec: RunSpec, plan: Plan) -> None:
             "backend 'torch' needs PyTorch, which is not installed; install it with "
             f"{install_hint('torch')} or use --backend cpu"
         )
-    if spec.backend == "torch":
-        from hpcbench.backends.torch_models import TorchSettings
-
-        TorchSettings.from_spec(spec)  # the model's name and the options, without import torch
-    if spec.backend == "cpu":
-        backend = load_backend("cpu")
-        for placement in plan.ranks:
-            backend.devices(placement, spec)
+    check_spec(spec, plan)
 
 
 def host_numa_nodes(sysfs_root: Path = Path("/")) -> set[int]:

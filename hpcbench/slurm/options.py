@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
+from hpcbench.backends.spec_check import check_spec
 from hpcbench.errors import UsageError
 from hpcbench.plan.model import Plan
 from hpcbench.plan.planner import make_plan, plan_request_from_options, plan_request_options
@@ -132,6 +133,8 @@ def inputs_from_options(**kwargs: Any) -> JobInputs:
         on_gpus=any(r.gpus for r in plan.ranks),
         **kwargs,
     )
+    # What the ranks' backend would refuse is refused here, before a run directory exists.
+    check_spec(spec, plan)
     if plan.nodes > 1 and spec.barrier == "shm":
         # A shared-memory barrier cannot span nodes; the file barrier lives in the run directory.
         if kwargs.get("barrier") == "shm":
