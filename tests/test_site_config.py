@@ -364,3 +364,18 @@ def test_the_documented_example_validates(tmp_path: Path, hwloc_fixtures: Path) 
     assert gpu.topology.numa_node(2).cpus == () and gpu.reserved_cores == (0, 36)
     assert site.templates_dir == (tmp_path / "templates").resolve()
     assert len(site.node_type("cpu").topology.numa_nodes) == 2
+
+
+def test_a_gpu_index_beyond_what_the_command_line_accepts_is_refused(tmp_path: Path) -> None:
+    # The command line caps GPU indices at 4 095 (plan.layout.MAX_GPU_INDEX); a site config
+    # accepted 10^20 and the index then reached CUDA_VISIBLE_DEVICES.
+    path = tmp_path / "big.yaml"
+    path.write_text(
+        "name: x\nnode_types:\n  a:\n    topology:\n"
+        '      numa_nodes: [{id: 0, package: 0, cpus: "0-3"}]\n'
+        f"      gpus: [{{index: {10**20}, numa_node: 0}}]\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"gpus\[0\]\.index: 1+0+ is greater than the maximum of 4095"
+    ):
+        load_site(path)
