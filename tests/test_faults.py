@@ -326,6 +326,31 @@ def _launch_id(pid: int) -> str:
     return found[0]
 
 
+def test_ranks_suspended_longer_than_the_timed_phase_make_the_run_invalid(
+    tmp_path: Path,
+) -> None:
+    """Both ranks stopped (as ``scontrol suspend`` does) for 2.5 s of a 1 s timed phase: the
+    run completes, but its verdict says so instead of a "complete" run 3x slower, no word."""
+    _cpus()
+    out = tmp_path / "run"
+    command = _run_command(out, "--barrier-timeout-s", "10")
+    cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with _reaped([cli]):
+        children, _ = _rank_processes(cli)
+        _wait_for("both ranks timing", lambda: all(reached_timed(out, r, 3) for r in (0, 1)))
+        for pid in children.values():
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(2.5)
+        for pid in children.values():
+            os.kill(pid, signal.SIGCONT)
+        _, err = cli.communicate(timeout=60)
+    assert cli.returncode == 0, err.decode()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is True and summary["validity"]["valid"] is False
+    failed = {c["name"] for c in summary["validity"]["checks"] if not c["passed"]}
+    assert "duration" in failed, summary["validity"]
+
+
 @pytest.mark.parametrize("phase", PHASES)
 def test_hpcbench_run_names_the_rank_killed_in_each_phase(tmp_path: Path, phase: str) -> None:
     """SIGKILL rank 1 (a child of ``hpcbench run``) in ``phase``: the command stops rank 0,
