@@ -15,6 +15,7 @@ import ast
 import os
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -244,8 +245,9 @@ def test_generated_shell_fragments_never_run(
     tmp_path: Path, stubs: dict[str, str], fragments: str
 ) -> None:
     """Hypothesis joins shell fragments into values; the rendered script runs none of them."""
-    work = Path(tmp_path) / f"w{abs(hash(fragments)) % 10**9}"
-    work.mkdir()
+    # One fresh folder per example: hypothesis runs every example in the same tmp_path and may
+    # try the same value twice (replaying a failure, or by chance).
+    work = Path(tempfile.mkdtemp(prefix="w", dir=tmp_path))
     marker = work / MARKER_NAME
     value = fragments.replace("MARKER", str(marker))
     try:
