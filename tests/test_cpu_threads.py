@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from hpcbench.backends.base import HostBatch, load_backend
+from hpcbench.backends.base import HostBatch
 from hpcbench.backends.cpu import MlpEngine, row_ranges
+from hpcbench.backends.registry import load_backend
 from hpcbench.metrics import read_rank_file
 from hpcbench.plan.model import RankPlacement
 from hpcbench.spec import RunSpec

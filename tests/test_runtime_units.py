@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hpcbench.backends.base import HostBatch, load_backend
+from hpcbench.backends.base import HostBatch
 from hpcbench.backends.cpu import MlpShape, split_cores
+from hpcbench.backends.registry import load_backend
 from hpcbench.errors import ConfigError, UsageError
 from hpcbench.plan.model import Plan, RankPlacement
 from hpcbench.runtime import rundir

@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 
 from hpcbench import data  # noqa: E402
 from hpcbench.backends import torch_backend as tb  # noqa: E402
-from hpcbench.backends.base import load_backend  # noqa: E402
+from hpcbench.backends.registry import load_backend  # noqa: E402
 from hpcbench.backends.transformer import Encoder, EncoderShape  # noqa: E402
 from hpcbench.errors import ConfigError, RunError  # noqa: E402
 from hpcbench.plan.model import RankPlacement  # noqa: E402

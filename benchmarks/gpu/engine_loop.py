@@ -17,7 +17,7 @@ import json
 import threading
 import time
 
-from hpcbench.backends.base import load_backend
+from hpcbench.backends.registry import load_backend
 from hpcbench.plan.model import RankPlacement
 from hpcbench.spec import RunSpec
 

@@ -113,24 +113,3 @@ class Backend(ABC):
     def describe(self, spec: RunSpec) -> dict[str, Any]:
         """Facts to store in the metrics file (model FLOPs per image, library versions...)."""
         return {}
-
-
-def load_backend(name: str) -> Backend:
-    """Import a backend by name; a missing optional dependency is one clear error."""
-    from hpcbench.errors import ConfigError
-
-    if name == "cpu":
-        from hpcbench.backends.cpu import CpuBackend
-
-        return CpuBackend()
-    if name == "torch":
-        try:
-            from hpcbench.backends.torch_backend import TorchBackend
-        except ImportError as exc:
-            from hpcbench.resources import install_hint
-
-            raise ConfigError(
-                f"backend 'torch' needs PyTorch ({exc}); install with {install_hint('torch')}"
-            ) from exc
-        return TorchBackend()
-    raise ConfigError(f"backend: unknown backend {name!r} (valid: cpu, torch)")

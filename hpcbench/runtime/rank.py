@@ -23,7 +23,7 @@ from types import FrameType
 from typing import Any
 
 from hpcbench import __version__
-from hpcbench.backends.base import load_backend
+from hpcbench.backends.registry import load_backend
 from hpcbench.errors import BarrierError, ConfigError, HpcbenchError, RunError
 from hpcbench.jsonfile import read_json, write_json_atomic
 from hpcbench.metrics import RankMetricsWriter
