@@ -17,11 +17,11 @@ import pytest
 
 from hpcbench.cpulist import format_cpulist
 from hpcbench.errors import RunError, UsageError
-from hpcbench.explore import runs
+from hpcbench.explore import LocalTarget, runs
 from hpcbench.explore.verdict import RunRecord, format_table, judge
 from hpcbench.plan.candidates import enumerate_candidates
 from hpcbench.site import load_site
-from hpcbench.spec import RunSpec
+from hpcbench.spec import RunSpec, SpecChoices
 from hpcbench.stats import t_quantile
 from tests.topologies import flat_vm
 
@@ -254,8 +254,9 @@ def test_a_first_round_failing_everywhere_stops_the_exploration(
     monkeypatch.setattr("hpcbench.runtime.local_run.run_local", _fail(calls))
     lines: list[str] = []
     todo = runs.points(APOLLO, 3, tmp_path)
+    local = LocalTarget(load_site("hpe-apollo6500-gen10").node_type(None).topology)
     failures = runs.run_local_points(
-        APOLLO, todo, run_kwargs={}, argv=[], use_numactl=None, echo=lines.append
+        APOLLO, todo, spec=SpecChoices(), local=local, argv=[], use_numactl=None, echo=lines.append
     )
     assert [p.name for p in calls] == ["p000", "p001", "p002", "p003"]
     assert sorted(failures) == [0, 1, 2, 3]
@@ -337,12 +338,10 @@ def test_slurm_node_is_picked_in_the_sites_slurm_partition(tmp_path: Path) -> No
     assert "-h -N -o %N %t -p gpu" in log.read_text()
     assert "explore: every run on node gpu03, one at a time" in done.stderr
     assert done.returncode == 1 and "sbatch refused" in done.stderr
-    # A path (--spec) is recorded as an absolute string; flags not given are left out.
-    assert json.loads((out / "sweep.json").read_text())["base"] == {
-        "spec_file": str(tmp_path / "spec.json"),
-        "num_batches": 3,
-        "backend_options": [],
-    }
+    # The --spec file's spec is recorded (as JSON); flags not given are left out.
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["base"] == {"num_batches": 3}
+    assert record["base_spec"] == RunSpec(backend="cpu", model="mlp").to_json()
     script = next(out.glob("array-*.sbatch")).read_text()
     assert (
         "#SBATCH --nodelist=gpu03" in script

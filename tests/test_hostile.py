@@ -277,10 +277,12 @@ def test_run_directory_is_owner_only_whatever_the_umask(tmp_path: Path) -> None:
 
 
 def test_job_script_is_owner_only(tmp_path: Path) -> None:
-    from hpcbench.slurm.options import inputs_from_options
+    from hpcbench.plan.planner import PlanRequest
+    from hpcbench.slurm.inputs import JobSettings, job_inputs
     from hpcbench.slurm.submit import prepare
+    from hpcbench.spec import SpecChoices
 
-    inputs = inputs_from_options(site_path=str(SITE), ranks=2)
+    inputs = job_inputs(JobSettings(site=SITE), PlanRequest(ranks=2), SpecChoices())
     _, script = prepare(inputs, tmp_path / "run", ["test"])
     assert stat.S_IMODE(script.stat().st_mode) & 0o077 == 0
 

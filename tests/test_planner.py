@@ -6,13 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hpcbench.commands.flags import PlacementFlags
 from hpcbench.cpulist import format_cpulist
 from hpcbench.errors import PlanError
 from hpcbench.plan.index import topology_index
 from hpcbench.plan.launch import cuda_visible_devices, numactl_args, slurm_gpu_bind
 from hpcbench.plan.layout import check_rules, format_cpu_layout, format_gpu_layout
 from hpcbench.plan.model import Plan
-from hpcbench.plan.planner import PlanRequest, make_plan, plan_request_from_options
+from hpcbench.plan.planner import PlanRequest, make_plan
 from hpcbench.resources import site_configs_dir
 from hpcbench.site import load_site
 from hpcbench.topology.model import Core, Gpu, NumaNode, Topology
@@ -378,11 +379,9 @@ def test_request_from_options_takes_site_values() -> None:
         reserved_cores = (0, 36)
         data_root = "/dev/shm/site"
 
-    request = plan_request_from_options(
-        ranks="2", gpus_per_rank=None, numa=False, node_type=NodeTypeStub(), backend="torch"
-    )
+    request = PlacementFlags(ranks="2", gpus_per_rank=None, numa=False).request(NodeTypeStub())
     assert request == PlanRequest(ranks=2, reserved_cores=(0, 36), data_root="/dev/shm/site")
-    assert plan_request_from_options(numa=True, hwthreads=True).granularity == "numa"
+    assert PlacementFlags(numa=True, hwthreads=True).request().granularity == "numa"
 
 
 # ----------------------------------------------------------------------------- invariants

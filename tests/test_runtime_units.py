@@ -17,13 +17,13 @@ from click.testing import CliRunner
 from hpcbench.backends.base import HostBatch
 from hpcbench.backends.cpu import MlpShape, split_cores
 from hpcbench.backends.registry import load_backend
+from hpcbench.commands.flags import SpecFlags, spec_options
 from hpcbench.errors import ConfigError, UsageError
 from hpcbench.plan.model import Plan, RankPlacement
 from hpcbench.runtime import rundir
 from hpcbench.runtime.binding import ActualBinding, compare_binding, read_actual_binding
 from hpcbench.runtime.identity import RankIdentity, identity_from_env, launch_id, local_env
-from hpcbench.runtime.options import spec_from_options, spec_options
-from hpcbench.spec import RunSpec
+from hpcbench.spec import RunSpec, SpecChoices
 
 PLAN = Plan((RankPlacement(0, 0, 0, 0, 0, (0,), (), (0,)),), (), "test")
 
@@ -73,22 +73,22 @@ def test_local_env_round_trips_and_launch_ids_differ() -> None:
 
 
 # ---------------------------------------------------------------------------- spec flags
-def _parse(args: list[str]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
+def _parse(args: list[str]) -> SpecFlags:
+    seen: dict[str, SpecFlags] = {}
 
     @click.command()
     @spec_options
-    def command(**kwargs: Any) -> None:
-        seen.update(kwargs)
+    def command(spec_flags: SpecFlags) -> None:
+        seen["flags"] = spec_flags
 
     result = CliRunner().invoke(command, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return seen
+    return seen["flags"]
 
 
-def test_spec_from_options_defaults_follow_the_backend() -> None:
-    assert spec_from_options(**_parse([])) == RunSpec(backend="cpu", model="mlp")
-    torch = spec_from_options(default_backend="torch", **_parse([]))
+def test_spec_flags_defaults_follow_the_backend() -> None:
+    assert _parse([]).choices().resolve() == RunSpec(backend="cpu", model="mlp")
+    torch = _parse([]).choices().resolve("torch")
     assert (torch.backend, torch.model) == ("torch", "resnet50")
 
 
@@ -108,39 +108,56 @@ def test_spec_from_options_defaults_follow_the_backend() -> None:
 def test_gpu_defaults_are_a_performance_engineers_and_overridable(
     args: list[str], on_gpus: bool, expected: tuple[Any, ...]
 ) -> None:
-    spec = spec_from_options(default_backend="torch", on_gpus=on_gpus, **_parse(args))
+    spec = _parse(args).choices().resolve("torch", on_gpus=on_gpus)
     assert (spec.precision, spec.channels_last, spec.cuda_graph, spec.batch_size) == expected
 
 
 def test_gpu_defaults_leave_the_cpu_backend_and_base_specs_alone(tmp_path: Path) -> None:
-    assert spec_from_options(on_gpus=True, **_parse(["--backend", "cpu"])) == RunSpec()
+    assert _parse(["--backend", "cpu"]).choices().resolve(on_gpus=True) == RunSpec()
     base = RunSpec(backend="torch", model="resnet50", batch_size=32)
     base.write(tmp_path / "spec.json")
-    spec = spec_from_options(on_gpus=True, **_parse(["--spec", str(tmp_path / "spec.json")]))
+    spec = _parse(["--spec", str(tmp_path / "spec.json")]).choices().resolve(on_gpus=True)
     assert spec == base
 
 
-def test_spec_from_options_overrides_and_ignores_other_keys() -> None:
-    kwargs = _parse(
+def test_spec_flags_override_the_defaults() -> None:
+    flags = _parse(
         ["--num-batches", "40", "--batch-size", "8", "--barrier", "file", "--strict-binding",
          "--option", "hidden=256", "--option", "layers=2", "--no-channels-last"]
     )  # fmt: skip
-    spec = spec_from_options(ranks="auto", gpus=None, **kwargs)
+    spec = flags.choices().resolve()
     assert (spec.num_batches, spec.duration_s, spec.batch_size) == (40, None, 8)
     assert (spec.barrier, spec.strict_binding, spec.channels_last) == ("file", True, False)
     assert dict(spec.options) == {"hidden": 256, "layers": 2}
 
 
-def test_spec_from_options_reads_a_base_spec(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("changes", "duration_s", "num_batches"),
+    [({}, 5.0, None), ({"duration_s": 2.0}, 2.0, None), ({"num_batches": 7}, None, 7)],
+)
+def test_spec_choices_pick_one_phase_length(
+    changes: dict[str, Any], duration_s: float | None, num_batches: int | None
+) -> None:
+    spec = SpecChoices(changes=changes).resolve()
+    assert (spec.duration_s, spec.num_batches) == (duration_s, num_batches)
+
+
+def test_spec_choices_refuse_an_unknown_setting() -> None:
+    # The library never drops a key it does not know (it used to ignore other flags' keys).
+    with pytest.raises(ConfigError, match=r"unknown setting 'batch_sise'.*'batch_size'"):
+        SpecChoices(changes={"batch_sise": 8})
+
+
+def test_spec_flags_read_a_base_spec(tmp_path: Path) -> None:
     base = RunSpec(backend="cpu", batch_size=3, warmup_batches=0)
     base.write(tmp_path / "spec.json")
-    spec = spec_from_options(**_parse(["--spec", str(tmp_path / "spec.json"), "--batch-size", "4"]))
+    spec = _parse(["--spec", str(tmp_path / "spec.json"), "--batch-size", "4"]).choices().resolve()
     assert (spec.batch_size, spec.warmup_batches) == (4, 0)
 
 
-def test_spec_from_options_rejects_two_phase_lengths() -> None:
+def test_spec_flags_reject_two_phase_lengths() -> None:
     with pytest.raises(UsageError, match="--duration-s or --num-batches, not both"):
-        spec_from_options(**_parse(["--duration-s", "2", "--num-batches", "3"]))
+        _parse(["--duration-s", "2", "--num-batches", "3"]).choices()
 
 
 # ------------------------------------------------------------------------------- binding

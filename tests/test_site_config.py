@@ -12,8 +12,8 @@ from hpcbench.errors import ConfigError, UsageError
 from hpcbench.resources import site_configs_dir
 from hpcbench.site import load_site, site_config_text, site_from_dict
 from hpcbench.topology.hwloc import read_hwloc_xml
-from hpcbench.topology.sources import load_topology, topology_from_options
 from hpcbench.topology.sysfs import read_sysfs
+from hpcbench.topology_source import TopologySource, load_topology
 from tests.sysfs_tree import PciFunction, make_sysfs, smt_cpus
 
 SHIPPED = sorted(site_configs_dir().glob("*.yaml"))
@@ -344,9 +344,9 @@ def test_sources_pick_exactly_one(tmp_path: Path) -> None:
         load_topology(sysfs_root=tmp_path, site="x")
     with pytest.raises(UsageError, match="--partition needs --site"):
         load_topology(partition="gpu")
-    topo, node_type = topology_from_options(None, None, "hpe-apollo6500-gen10", "gpu")
+    topo, node_type = TopologySource(site="hpe-apollo6500-gen10", partition="gpu").load()
     assert node_type is not None and node_type.topology is topo
-    topo, node_type = topology_from_options(None, None, None, None)  # this host
+    topo, node_type = TopologySource().load()  # this host
     assert node_type is None and topo.cpus
 
 

@@ -14,8 +14,9 @@ import pytest
 from hpcbench.metrics import read_rank_file
 from hpcbench.plan.launch import cuda_visible_devices
 from hpcbench.plan.model import Plan
+from hpcbench.plan.planner import PlanRequest
 from hpcbench.site import load_site
-from hpcbench.slurm.options import inputs_from_options
+from hpcbench.slurm.inputs import JobInputs, JobSettings, job_inputs
 from hpcbench.slurm.submit import (
     JobTracker,
     explain_failure,
@@ -23,6 +24,8 @@ from hpcbench.slurm.submit import (
     sbatch,
     wait_for_job,
 )
+from hpcbench.slurm.sweep import point_request, point_spec
+from hpcbench.spec import SpecChoices
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(240)]
 
@@ -49,8 +52,10 @@ LAYOUTS = {
 SPEC = {"backend": "cpu", "num_batches": 3, "warmup_batches": 1, "batch_size": 8}
 
 
-def _inputs(site: Path, **flags: object):  # type: ignore[no-untyped-def]
-    return inputs_from_options(site_path=str(site), **{**SPEC, **flags})
+def _inputs(site: Path, **settings: object) -> JobInputs:
+    """The job of ``settings`` (sweep keys: placement and spec in one flat mapping)."""
+    merged = {**SPEC, **settings}
+    return job_inputs(JobSettings(site=site), point_request(merged), point_spec(merged))
 
 
 def _wait(job_id: str, run_dir: Path, world_size: int):  # type: ignore[no-untyped-def]
@@ -241,8 +246,10 @@ def test_dead_rank_is_named_with_its_stderr(slurm_site: Path, tmp_path: Path) ->
 
 
 def test_cancelled_job_says_cancelled(slurm_site: Path, tmp_path: Path) -> None:
-    inputs = inputs_from_options(
-        site_path=str(slurm_site), backend="cpu", duration_s=120.0, ranks=2
+    inputs = job_inputs(
+        JobSettings(site=slurm_site),
+        PlanRequest(ranks=2),
+        SpecChoices(changes={"backend": "cpu", "duration_s": 120.0}),
     )
     run_dir, script = prepare(inputs, tmp_path / "r", ["test"])
     job_id = sbatch(script)

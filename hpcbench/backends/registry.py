@@ -31,8 +31,21 @@ def load_backend(name: str) -> Backend:
     raise ConfigError(f"backend: unknown backend {name!r} (valid: cpu, torch)")
 
 
+def node_backend(num_gpus: int) -> str:
+    """The backend a node type runs by default: "torch" when it has GPUs, else "cpu".
+
+    A function of the node being planned only, so ``render`` gives the same script on a login
+    node with or without PyTorch.
+
+    >>> node_backend(8), node_backend(0)
+    ('torch', 'cpu')
+    """
+    return "torch" if num_gpus > 0 else "cpu"
+
+
 def choose_backend(num_gpus: int) -> str:
-    """ "torch" when the node has GPUs and PyTorch is importable, else "cpu"."""
-    if num_gpus <= 0:
+    """For a run on this host: :func:`node_backend`, but "cpu" when PyTorch is not importable."""
+    backend = node_backend(num_gpus)
+    if backend == "torch" and importlib.util.find_spec("torch") is None:
         return "cpu"
-    return "torch" if importlib.util.find_spec("torch") is not None else "cpu"
+    return backend

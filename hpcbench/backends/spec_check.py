@@ -1,7 +1,7 @@
 """What a rank's backend would refuse in a spec, found before anything is written or started.
 
 ``run`` and ``sweep --local`` (through ``local_run.preflight``) and ``render``, ``submit`` and
-a Slurm ``sweep`` (through ``slurm.options.inputs_from_options``) call :func:`check_spec`, so
+a Slurm ``sweep`` (through ``slurm.inputs.job_inputs``) call :func:`check_spec`, so
 a misspelt model or option is one line and exit 2, never a run directory whose ranks fail.
 Pure: imports no PyTorch and looks at nothing on this machine.
 """

@@ -10,10 +10,14 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from hpcbench.commands.flags import (
+    SpecFlags,
+    spec_options,
+    topology_source_options,
+    wait_options,
+)
 from hpcbench.resources import install_hint
-from hpcbench.runtime.options import spec_options
-from hpcbench.slurm.options import wait_options
-from hpcbench.topology.sources import topology_source_options
+from hpcbench.topology_source import TopologySource
 
 # Flags of explore itself; every other flag is a run flag that each point shares.
 _EXPLORE_ONLY = frozenset(
@@ -128,7 +132,9 @@ def _jsonable(value: Any) -> Any:
 )
 @click.option("--dry-run", is_flag=True, help="List the candidates and the run order; run nothing.")
 @click.pass_context
-def explore(ctx: click.Context, **kwargs: Any) -> int:
+def explore(
+    ctx: click.Context, source: TopologySource, spec_flags: SpecFlags, **kwargs: Any
+) -> int:
     """Find the fastest layout of this node: whole node, per socket, per NUMA node, per PCIe
     switch, per GPU (on a node without GPUs: splits of the cores), each run --repeats times,
     interleaved (A B C A B C ...).
@@ -138,31 +144,26 @@ def explore(ctx: click.Context, **kwargs: Any) -> int:
     the 'hpcbench run' (or, with --slurm, 'hpcbench render') command of the winner; writes
     OUT/explore.json and OUT/explore.png. Exits 1 when a run failed.
     """
+    from hpcbench.backends.registry import choose_backend
     from hpcbench.errors import UsageError
-    from hpcbench.explore import SlurmChoice, run_exploration
+    from hpcbench.explore import LocalTarget, SlurmChoice, run_exploration
     from hpcbench.explore.picture import write_picture
     from hpcbench.explore.verdict import Exploration, format_table
     from hpcbench.plan.candidates import enumerate_candidates, request_flags
-    from hpcbench.plan.planner import plan_request_from_options
+    from hpcbench.plan.planner import PlanRequest
     from hpcbench.runtime.local_run import preflight
-    from hpcbench.runtime.options import choose_backend, spec_from_options
-    from hpcbench.topology.sources import topology_from_options
     from hpcbench.units import sample_unit
 
     echo = lambda line: click.echo(line, err=True)  # noqa: E731
-    if kwargs["slurm"] and not kwargs["site"]:
+    if kwargs["slurm"] and not source.site:
         raise UsageError("--slurm needs --site (the site config describes the nodes to use)")
     for flag in ("nodelist", "python", "time_limit_min"):
         if kwargs[flag] is not None and not kwargs["slurm"]:
             raise UsageError(f"--{flag.replace('_limit_min', '-min')} is for --slurm runs")
-    topology, node_type = topology_from_options(
-        kwargs["sysfs_root"], kwargs["from_hwloc"], kwargs["site"], kwargs["partition"]
-    )
-    base = plan_request_from_options(
-        node_type=node_type,
-        hwthreads=kwargs["hwthreads"],
-        accept_warnings=kwargs["accept_warnings"],
-    )
+    topology, node_type, site = source.load_with_site()
+    base = PlanRequest(
+        use_hwthreads=kwargs["hwthreads"], accept_warnings=kwargs["accept_warnings"]
+    ).with_node_type(node_type)
     candidates = enumerate_candidates(topology, base, kwargs["layouts"])
     for line in candidates.skipped:
         echo(f"explore: not a candidate: {line}")
@@ -170,7 +171,8 @@ def explore(ctx: click.Context, **kwargs: Any) -> int:
         echo(f"explore: candidate {c.label}: {c.how}; layout {c.layout}")
     names = [p.name for p in ctx.command.params if p.name and p.name not in _EXPLORE_ONLY]
     spec_names = [n for n in names if n not in _TOPOLOGY]
-    settings = {n: kwargs[n] for n in names}
+    # The flag groups reach this function as typed values; ctx.params keeps every flag's value.
+    settings = {n: ctx.params[n] for n in names}
     if kwargs["dry_run"]:
         order = [c.label for c in candidates.candidates] * kwargs["repeats"]
         click.echo(f"run order ({len(order)} runs): {' '.join(order)}")
@@ -193,7 +195,8 @@ def explore(ctx: click.Context, **kwargs: Any) -> int:
         return " ".join(parts)
 
     # Reject a spec the ranks would reject before the folder is claimed or a rank started.
-    spec = spec_from_options(default_backend=choose_backend(len(topology.gpus)), **settings)
+    choices = spec_flags.choices()
+    spec = choices.resolve(choose_backend(len(topology.gpus)))
     if not kwargs["slurm"]:
         for c in candidates.candidates:
             preflight(spec, c.plan)
@@ -207,10 +210,10 @@ def explore(ctx: click.Context, **kwargs: Any) -> int:
         ],
     }
     slurm = None
-    if kwargs["slurm"]:
+    if kwargs["slurm"] and source.site is not None:
         slurm = SlurmChoice(
-            site=kwargs["site"],
-            partition=kwargs["partition"],
+            site=str(source.site),
+            partition=source.partition,
             slurm_partition=node_type.slurm.partition if node_type is not None else None,
             nodelist=kwargs["nodelist"],
             python=kwargs["python"],
@@ -222,7 +225,8 @@ def explore(ctx: click.Context, **kwargs: Any) -> int:
         candidates,
         out=kwargs["out"],
         repeats=kwargs["repeats"],
-        settings=settings,
+        spec=choices,
+        local=LocalTarget(topology, node_type, site),
         record=record,
         command=command,
         argv=sys.argv,

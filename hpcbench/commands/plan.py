@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
+from hpcbench.commands.flags import PlacementFlags, plan_request_options, topology_source_options
 from hpcbench.errors import UsageError
 from hpcbench.jsonfile import read_json
-from hpcbench.plan.planner import make_plan, plan_request_from_options, plan_request_options
+from hpcbench.plan.planner import make_plan
 from hpcbench.topology.model import Topology
-from hpcbench.topology.sources import topology_from_options, topology_source_options
+from hpcbench.topology_source import TopologySource
 
 if TYPE_CHECKING:
     from hpcbench.site import NodeType
@@ -38,14 +39,11 @@ if TYPE_CHECKING:
     "--json", "as_json", is_flag=True, help="Print the plan as JSON (the plan.json form)."
 )
 def plan(
-    sysfs_root: str | None,
-    from_hwloc: str | None,
-    site: str | None,
-    partition: str | None,
+    source: TopologySource,
     topology_json: str | None,
+    placement: PlacementFlags,
     data_root: str | None,
     as_json: bool,
-    **placement: Any,
 ) -> None:
     """Show where each rank runs: cores, GPUs, memory NUMA nodes and data directory.
 
@@ -55,8 +53,8 @@ def plan(
     """
     from hpcbench.plan.picture import render_plan
 
-    topology, node_type = _topology(sysfs_root, from_hwloc, site, partition, topology_json)
-    request = plan_request_from_options(**placement, node_type=node_type, data_root=data_root)
+    topology, node_type = _topology(source, topology_json)
+    request = placement.request(node_type, data_root=data_root)
     result = make_plan(topology, request)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
@@ -65,23 +63,11 @@ def plan(
 
 
 def _topology(
-    sysfs_root: str | None,
-    from_hwloc: str | None,
-    site: str | None,
-    partition: str | None,
-    topology_json: str | None,
+    source: TopologySource, topology_json: str | None
 ) -> tuple[Topology, NodeType | None]:
     if topology_json is None:
-        return topology_from_options(sysfs_root, from_hwloc, site, partition)
-    others = [
-        flag
-        for flag, value in (
-            ("--sysfs-root", sysfs_root),
-            ("--from-hwloc", from_hwloc),
-            ("--site", site),
-        )
-        if value is not None
-    ]
+        return source.load()
+    others = source.given()
     if others:
         raise UsageError(f"give one topology source, not --topology and {' and '.join(others)}")
     path = Path(topology_json)

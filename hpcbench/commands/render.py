@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
+from hpcbench.commands.flags import PlacementFlags, SpecFlags, all_job_options
 from hpcbench.errors import UsageError
 from hpcbench.jsonfile import write_atomic
-from hpcbench.slurm.options import all_job_options
+from hpcbench.slurm.inputs import JobSettings
 
 
 @click.command("render")
@@ -29,7 +29,13 @@ from hpcbench.slurm.options import all_job_options
     default=None,
     help="Also write the script here instead of printing it.",
 )
-def render(out: Path | None, output: Path | None, **kwargs: Any) -> None:
+def render(
+    job: JobSettings,
+    placement: PlacementFlags,
+    spec_flags: SpecFlags,
+    out: Path | None,
+    output: Path | None,
+) -> None:
     """Render the batch script for a site, a placement and a benchmark spec.
 
     Creates the run directory the script uses (run.json, plan.json, spec.json, topology.json,
@@ -38,10 +44,10 @@ def render(out: Path | None, output: Path | None, **kwargs: Any) -> None:
     Never runs sinfo, sbatch or any probe: the same flags give the same script on any host.
     'hpcbench submit' with the same flags submits exactly this script.
     """
-    from hpcbench.slurm.options import inputs_from_options
+    from hpcbench.slurm.inputs import job_inputs
     from hpcbench.slurm.submit import prepare
 
-    inputs = inputs_from_options(**kwargs)
+    inputs = job_inputs(job, placement.request(), spec_flags.choices())
     if output is not None and not output.parent.is_dir():
         # Checked before the run directory is made, so a typo leaves nothing behind.
         raise UsageError(f"--output {output}: folder {output.parent} does not exist")

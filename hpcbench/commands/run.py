@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from hpcbench.plan.planner import plan_request_options
-from hpcbench.runtime.options import spec_options
-from hpcbench.topology.sources import topology_source_options
+from hpcbench.commands.flags import (
+    PlacementFlags,
+    SpecFlags,
+    plan_request_options,
+    spec_options,
+    topology_source_options,
+)
+from hpcbench.topology_source import TopologySource
 
 
 @click.command("run")
@@ -30,7 +34,14 @@ from hpcbench.topology.sources import topology_source_options
     help="Pin ranks with numactl [default: when installed; else sched_setaffinity].",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines while the ranks run.")
-def run(out: Path | None, use_numactl: bool | None, quiet: bool, **kwargs: Any) -> None:
+def run(
+    source: TopologySource,
+    placement: PlacementFlags,
+    spec_flags: SpecFlags,
+    out: Path | None,
+    use_numactl: bool | None,
+    quiet: bool,
+) -> None:
     """Run a benchmark on this machine: one pinned process per rank, then the result.
 
     With no arguments: probe this host, one rank per socket (two on a one-socket machine), the
@@ -38,5 +49,16 @@ def run(out: Path | None, use_numactl: bool | None, quiet: bool, **kwargs: Any) 
     """
     from hpcbench.runtime.local_run import print_result, run_local
 
-    outcome = run_local(out=out, use_numactl=use_numactl, quiet=quiet, argv=sys.argv, **kwargs)
+    topology, node_type, site = source.load_with_site()
+    outcome = run_local(
+        topology=topology,
+        request=placement.request(node_type),
+        spec=spec_flags.choices(),
+        site=site,
+        node_type=node_type,
+        out=out,
+        use_numactl=use_numactl,
+        quiet=quiet,
+        argv=sys.argv,
+    )
     print_result(outcome)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
+from hpcbench.commands.flags import PlacementFlags, SpecFlags, all_job_options, wait_options
 from hpcbench.errors import UsageError
-from hpcbench.slurm.options import all_job_options, wait_options
+from hpcbench.slurm.inputs import JobSettings
 
 
 @click.command("submit")
@@ -32,6 +32,9 @@ from hpcbench.slurm.options import all_job_options, wait_options
     help="Add the finished run to this archive (see 'hpcbench archive').",
 )
 def submit(
+    job: JobSettings,
+    placement: PlacementFlags,
+    spec_flags: SpecFlags,
     out: Path | None,
     dry_run: bool,
     no_wait: bool,
@@ -39,17 +42,16 @@ def submit(
     wait_timeout_s: float | None,
     as_json: bool,
     archive_dir: Path | None,
-    **kwargs: Any,
 ) -> None:
     """Submit one run as a Slurm job and wait for its result.
 
     The run directory gets run.json, plan.json, spec.json, topology.json and job.sbatch, the
     script 'hpcbench render' shows for the same flags; that file is what sbatch runs.
     """
-    from hpcbench.slurm.options import inputs_from_options
+    from hpcbench.slurm.inputs import job_inputs
     from hpcbench.slurm.render import render_job
 
-    inputs = inputs_from_options(**kwargs)
+    inputs = job_inputs(job, placement.request(), spec_flags.choices())
     if archive_dir is not None and no_wait:
         raise UsageError("--archive needs the result: it cannot be combined with --no-wait")
     if dry_run:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hpcbench.slurm.options import wait_options
+from hpcbench.commands.flags import wait_options
 
 
 @click.command("sweep")

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 
+from hpcbench.commands.flags import topology_source_options
 from hpcbench.errors import UsageError
 from hpcbench.jsonfile import write_atomic
 from hpcbench.topology.model import Topology
-from hpcbench.topology.sources import topology_from_options, topology_source_options
+from hpcbench.topology_source import TopologySource
 
 
 @click.command("topo")
@@ -29,10 +30,7 @@ from hpcbench.topology.sources import topology_from_options, topology_source_opt
     help="Site name for --write (default: the file name without .yaml).",
 )
 def topo(
-    sysfs_root: str | None,
-    from_hwloc: str | None,
-    site: str | None,
-    partition: str | None,
+    source: TopologySource,
     as_json: bool,
     write_path: str | None,
     name: str | None,
@@ -43,7 +41,7 @@ def topo(
     """
     from hpcbench.topology.render import render_tree
 
-    topology, _ = topology_from_options(sysfs_root, from_hwloc, site, partition)
+    topology, _ = source.load()
     if write_path is not None:
         _write_site_config(topology, Path(write_path), name)
         click.echo(f"wrote {write_path}", err=True)

@@ -27,9 +27,21 @@ from hpcbench.explore.runs import (
 )
 from hpcbench.explore.verdict import Exploration, explore_json, judge
 from hpcbench.jsonfile import write_json_atomic
-from hpcbench.plan.candidates import CandidateSet, request_options
+from hpcbench.plan.candidates import CandidateSet
+from hpcbench.site import NodeType, SiteConfig
+from hpcbench.spec import SpecChoices
+from hpcbench.topology.model import Topology
 
-__all__ = ["ExploreOutcome", "SlurmChoice", "run_exploration"]
+__all__ = ["ExploreOutcome", "LocalTarget", "SlurmChoice", "run_exploration"]
+
+
+@dataclass(frozen=True, slots=True)
+class LocalTarget:
+    """The node the points run on without Slurm: its topology, and its site config if any."""
+
+    topology: Topology
+    node_type: NodeType | None = None
+    site: SiteConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +73,8 @@ def run_exploration(
     *,
     out: Path,
     repeats: int,
-    settings: Mapping[str, Any],
+    spec: SpecChoices,
+    local: LocalTarget,
     record: Mapping[str, Any],
     command: Callable[[Exploration], str],
     argv: Sequence[str] = (),
@@ -71,8 +84,8 @@ def run_exploration(
 ) -> ExploreOutcome:
     """Run every candidate ``repeats`` times, interleaved; write and return the verdict.
 
-    ``settings`` are the run flags every point shares (``hpcbench run`` keyword arguments:
-    topology source and benchmark spec); ``record`` describes the exploration for resuming
+    ``spec`` is the benchmark every point runs; ``local`` the node a point runs on without
+    Slurm (``slurm`` None); ``record`` describes the exploration for resuming
     (a folder holding another one is refused); ``command`` builds the winner's command line.
     """
     out = out.resolve()
@@ -88,7 +101,8 @@ def run_exploration(
         failures = run_local_points(
             candidates,
             todo,
-            run_kwargs=settings,
+            spec=spec,
+            local=local,
             argv=argv,
             use_numactl=use_numactl,
             echo=echo,
@@ -97,21 +111,13 @@ def run_exploration(
         node = slurm.nodelist or old_node or pick_node(slurm.slurm_partition)
         check_same_exploration(out, record, node=node)
         echo(f"explore: every run on node {node}, one at a time")
-        # The sweep records its settings as JSON: a path (--spec) as an absolute string.
-        spec_settings = {
-            k: str(v.resolve()) if isinstance(v, Path) else v
-            for k, v in settings.items()
-            if k not in ("site", "partition", "sysfs_root", "from_hwloc")
-            and k not in request_options(candidates.baseline.request)
-            and v is not None
-        }
         failures = run_slurm_points(
             candidates,
             all_points,
             out=out,
             site=slurm.site,
             partition=slurm.partition,
-            settings=spec_settings,
+            spec=spec,
             nodelist=node,
             python=slurm.python,
             time_limit_min=slurm.time_limit_min,

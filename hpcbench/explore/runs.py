@@ -16,12 +16,16 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcbench.errors import RunError, UsageError
 from hpcbench.explore.verdict import RunRecord
 from hpcbench.jsonfile import read_json, write_json_atomic
 from hpcbench.plan.candidates import CandidateSet, placement_key, request_options
+from hpcbench.spec import SpecChoices
+
+if TYPE_CHECKING:
+    from hpcbench.explore import LocalTarget
 
 REQUEST_FILE = "explore-request.json"
 RESULT_FILE = "explore.json"
@@ -113,7 +117,8 @@ def run_local_points(
     candidates: CandidateSet,
     todo: Sequence[Point],
     *,
-    run_kwargs: Mapping[str, Any],
+    spec: SpecChoices,
+    local: LocalTarget,
     argv: Sequence[str],
     use_numactl: bool | None,
     echo: Callable[[str], None],
@@ -127,14 +132,17 @@ def run_local_points(
         candidate = candidates.by_label(point.label)
         echo(f"explore: run {n}/{len(todo)}: {point.label} (run {point.repeat}) in {point.run_dir}")
         set_aside(point.run_dir)
-        kwargs = {**run_kwargs, **request_options(candidate.request)}
         try:
             outcome = run_local(
+                topology=local.topology,
+                request=candidate.request,
+                spec=spec,
+                site=local.site,
+                node_type=local.node_type,
                 out=point.run_dir,
                 argv=[*argv, f"(explore point {point.index}: {point.label} run {point.repeat})"],
                 use_numactl=use_numactl,
                 quiet=True,
-                **kwargs,
             )
         except RunError as exc:
             failures[point.index] = str(exc)
@@ -183,7 +191,7 @@ def run_slurm_points(
     out: Path,
     site: str,
     partition: str | None,
-    settings: Mapping[str, Any],
+    spec: SpecChoices,
     nodelist: str,
     python: str | None,
     time_limit_min: int | None,
@@ -203,11 +211,12 @@ def run_slurm_points(
         }
         for p in all_points
     )
-    spec = SweepSpec(
+    sweep = SweepSpec(
         name=f"explore-{out.name}" if out.name[:1].isalnum() else "explore",
         site=site,
         partition=partition,
-        base=dict(settings),
+        base=dict(spec.changes),
+        base_spec=spec.base,
         grid=(("candidate", tuple(c.label for c in candidates.candidates)),),
         out=out,
         # One task at a time: two runs on one node at once would disturb each other.
@@ -218,7 +227,7 @@ def run_slurm_points(
         label_keys=("candidate", "repeat"),
         nodelist=nodelist,
     )
-    done = run_sweep(spec, local=False, argv=argv, poll_s=poll_s, timeout_s=timeout_s, echo=echo)
+    done = run_sweep(sweep, local=False, argv=argv, poll_s=poll_s, timeout_s=timeout_s, echo=echo)
     return {p.index: p.message or p.status for p in done if p.status == "failed"}
 
 

@@ -32,13 +32,10 @@ property tests verify with the full checker) against the GPU rules. A broken rul
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal, Protocol
 
-import click
-
-from hpcbench.cpulist import is_decimal
 from hpcbench.errors import PlanError
 from hpcbench.plan.index import GRANULARITIES, Granularity, TopologyIndex, topology_index
 from hpcbench.plan.layout import (
@@ -55,6 +52,16 @@ from hpcbench.plan.model import Plan, RankPlacement
 from hpcbench.topology.model import Topology
 
 DATA_ROOT_PLACEHOLDER = "{data_root}"
+
+
+class NodeTypeLike(Protocol):
+    """The parts of a site's ``NodeType`` that a plan request takes."""
+
+    @property
+    def reserved_cores(self) -> tuple[int, ...]: ...
+
+    @property
+    def data_root(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +111,24 @@ class PlanRequest:
                 "--hwthreads cannot be combined with an explicit --cpus layout (list the "
                 "hardware threads in --cpus instead)"
             )
+
+    def with_node_type(self, node_type: NodeTypeLike | None) -> PlanRequest:
+        """The request with a site node type's ``reserved_cores`` and ``data_root``.
+
+        Values the request sets itself win; no node type leaves it as it is.
+
+        >>> class Node:
+        ...     reserved_cores, data_root = (0,), "/scratch"
+        >>> PlanRequest(ranks=2).with_node_type(Node()).reserved_cores
+        (0,)
+        """
+        if node_type is None:
+            return self
+        return replace(
+            self,
+            reserved_cores=self.reserved_cores or tuple(node_type.reserved_cores),
+            data_root=self.data_root if self.data_root is not None else node_type.data_root,
+        )
 
 
 def make_plan(topology: Topology, request: PlanRequest) -> Plan:
@@ -396,147 +421,3 @@ def _choose_gpus(
                 f"pass --accept-warnings to use remote GPUs"
             )
     return [tuple(sorted(p)) for p in picks]
-
-
-# ----------------------------------------------------------------------------- CLI options
-class _NodeTypeLike(Protocol):
-    """The parts of a site's ``NodeType`` that a plan request takes."""
-
-    @property
-    def reserved_cores(self) -> tuple[int, ...]: ...
-
-    @property
-    def data_root(self) -> str | None: ...
-
-
-class _RanksType(click.ParamType):
-    name = "N|auto"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, int) or value == "auto":
-            return value
-        text = str(value).strip().lower()
-        if text == "auto":
-            return "auto"
-        if is_decimal(text) and int(text) >= 1:
-            return int(text)
-        self.fail(f"{value!r} is not a positive number or 'auto'", param, ctx)
-
-
-class _GpusPerRankType(click.ParamType):
-    name = "G|all"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if value is None or isinstance(value, int):
-            return value
-        text = str(value).strip().lower()
-        if text == "all":
-            return None
-        if is_decimal(text):
-            return int(text)
-        self.fail(f"{value!r} is not a number of GPUs or 'all'", param, ctx)
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-_OPTIONS = (
-    click.option(
-        "--ranks",
-        type=_RanksType(),
-        default="auto",
-        show_default=True,
-        help="Ranks per node: a number, or 'auto' (one per socket; per NUMA node with --numa).",
-    ),
-    click.option(
-        "--gpus-per-rank",
-        type=_GpusPerRankType(),
-        default=None,
-        help="GPUs per rank, or 'all' (default: an equal share of the rank's local GPUs).",
-    ),
-    click.option(
-        "--cores-per-rank",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Physical cores per rank (default: an equal share of the domain's free cores).",
-    ),
-    click.option(
-        "--hwthreads",
-        is_flag=True,
-        help="Pin to every hardware thread of the rank's cores (default: one per core).",
-    ),
-    click.option(
-        "--numa",
-        is_flag=True,
-        help="Place by NUMA node instead of by socket (e.g. AMD NPS4 nodes).",
-    ),
-    click.option("--gpus", default=None, help="Explicit GPU layout, one item per rank: '0,2;4,6'."),
-    click.option(
-        "--cpus", default=None, help="Explicit CPU layout, one item per rank: '0-17;18-35'."
-    ),
-    click.option(
-        "--nodes",
-        type=click.IntRange(min=1),
-        default=1,
-        show_default=True,
-        help="Nodes; every node gets the same layout, ranks numbered node-major.",
-    ),
-    click.option(
-        "--accept-warnings",
-        is_flag=True,
-        help="Run a layout that breaks a placement rule; the plan records the warnings.",
-    ),
-)
-
-
-def plan_request_options(func: F) -> F:
-    """Click decorator adding the placement flags shared by plan/run/render/submit/sweep."""
-    for option in reversed(_OPTIONS):
-        func = option(func)
-    return func
-
-
-def plan_request_from_options(
-    *,
-    ranks: int | str = "auto",
-    gpus_per_rank: int | None = None,
-    cores_per_rank: int | None = None,
-    hwthreads: bool = False,
-    numa: bool = False,
-    gpus: str | None = None,
-    cpus: str | None = None,
-    nodes: int = 1,
-    accept_warnings: bool = False,
-    node_type: _NodeTypeLike | None = None,
-    reserved_cores: Sequence[int] | None = None,
-    data_root: str | None = None,
-    **_other: Any,
-) -> PlanRequest:
-    """Build a :class:`PlanRequest` from :func:`plan_request_options` values.
-
-    A command may pass all its keyword arguments; keys that are not placement flags are
-    ignored. ``node_type`` (a site's ``NodeType``) supplies ``reserved_cores`` and
-    ``data_root`` unless they are given explicitly.
-
-    >>> plan_request_from_options(ranks="4", gpus_per_rank=1, numa=True, model="resnet50")
-    ... # doctest: +ELLIPSIS
-    PlanRequest(ranks=4, gpus_per_rank=1, cores_per_rank=None, ..., granularity='numa', ...)
-    """
-    if isinstance(ranks, str) and is_decimal(ranks.strip()):
-        ranks = int(ranks)
-    if reserved_cores is None:
-        reserved_cores = tuple(node_type.reserved_cores) if node_type is not None else ()
-    if data_root is None and node_type is not None:
-        data_root = node_type.data_root
-    return PlanRequest(
-        ranks=ranks,  # type: ignore[arg-type]
-        gpus_per_rank=gpus_per_rank,
-        cores_per_rank=cores_per_rank,
-        use_hwthreads=hwthreads,
-        granularity="numa" if numa else "socket",
-        gpus=gpus,
-        cpus=cpus,
-        nodes=nodes,
-        reserved_cores=tuple(reserved_cores),
-        accept_warnings=accept_warnings,
-        data_root=data_root,
-    )

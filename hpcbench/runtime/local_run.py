@@ -13,25 +13,19 @@ from typing import Any
 
 import click
 
+from hpcbench.backends.registry import choose_backend
 from hpcbench.backends.spec_check import check_spec
 from hpcbench.cpulist import CpuListError, format_cpulist, parse_cpulist
 from hpcbench.errors import ConfigError, HpcbenchError, UsageError
 from hpcbench.plan.model import Plan
-from hpcbench.plan.planner import PlanRequest, make_plan, plan_request_from_options
+from hpcbench.plan.planner import PlanRequest, make_plan
 from hpcbench.resources import install_hint
 from hpcbench.runtime.launcher import LaunchResult, launch_local, progress_phases
-from hpcbench.runtime.options import (
-    choose_backend,
-    describe_spec,
-    gpu_defaults_in_use,
-    spec_from_options,
-)
 from hpcbench.runtime.rundir import RunInfo, create_run_dir, site_record
-from hpcbench.site import resolve_site_path
-from hpcbench.spec import RunSpec
+from hpcbench.site import NodeType, SiteConfig
+from hpcbench.spec import RunSpec, SpecChoices, describe_spec, gpu_defaults_in_use
 from hpcbench.text import plural
 from hpcbench.topology.model import Topology
-from hpcbench.topology.sources import topology_from_options
 
 # In a log (not a terminal), a progress line at least this often while no phase changes.
 _LOG_PROGRESS_EVERY_S = 5.0
@@ -74,6 +68,8 @@ class LocalInputs:
     spec: RunSpec
     site_config: Path | None = None
     site_keys: Mapping[str, str] = field(default_factory=dict)
+    # The GPU defaults the spec took because the user chose nothing there (for the header).
+    gpu_defaults: tuple[str, ...] = ()
 
     def create_run_dir(self, out: Path | None, argv: Sequence[str]) -> tuple[Path, RunInfo]:
         """The run directory of this run (see :func:`~hpcbench.runtime.rundir.create_run_dir`)."""
@@ -88,59 +84,67 @@ class LocalInputs:
         )
 
 
-def plan_local(**kwargs: Any) -> LocalInputs:
+def plan_local(
+    topology: Topology,
+    request: PlanRequest,
+    spec_choices: SpecChoices,
+    *,
+    site: SiteConfig | None = None,
+    node_type: NodeType | None = None,
+) -> LocalInputs:
     """Topology, plan and spec for a run on this host, with every check made before anything
     is written: the backend accepts the spec, and the plan fits this host.
 
-    ``hpcbench run`` and ``hpcbench sweep --local`` share it, so they share its defaults: no
-    topology source probes this host; the default backend is torch on a node with GPUs when
-    PyTorch is installed here, else cpu; one rank per socket, two on a one-socket machine.
+    ``hpcbench run``, ``hpcbench sweep --local`` and ``explore`` share it, so they share its
+    defaults: the default backend is torch on a node with GPUs when PyTorch is installed here,
+    else cpu; one rank per socket, two on a one-socket machine. ``site`` and ``node_type`` name
+    the site config the topology came from (recorded and copied into the run directory); the
+    request should already carry the node type's reserved cores and data root.
     """
-    topology, node_type = topology_from_options(
-        kwargs.get("sysfs_root"), kwargs.get("from_hwloc"), kwargs.get("site"),
-        kwargs.get("partition"),
-    )  # fmt: skip
-    request = plan_request_from_options(node_type=node_type, **kwargs)
     request = default_rank_count(topology, request)
     plan = make_plan(topology, request)
     on_gpus = any(r.gpus for r in plan.ranks)
-    spec = spec_from_options(
-        default_backend=choose_backend(len(topology.gpus)), on_gpus=on_gpus, **kwargs
-    )
+    spec = spec_choices.resolve(choose_backend(len(topology.gpus)), on_gpus=on_gpus)
     preflight(spec, plan)
     check_plan_fits_host(plan, os.sched_getaffinity(0), host_numa_nodes())
-    site = kwargs.get("site")
+    keys = (
+        {}
+        if site is None or node_type is None
+        else site_record(site.name, site.path, node_type.name)
+    )
+    defaults = gpu_defaults_in_use(spec, spec_choices) if on_gpus else []
     return LocalInputs(
-        topology,
-        plan,
-        spec,
-        None if site is None else resolve_site_path(site),
-        _site_extra(kwargs),
+        topology, plan, spec, None if site is None else site.path, keys, tuple(defaults)
     )
 
 
 def run_local(
     *,
+    topology: Topology,
+    request: PlanRequest,
+    spec: SpecChoices,
     out: Path | None,
     argv: Sequence[str],
     use_numactl: bool | None = None,
     quiet: bool = False,
-    **kwargs: Any,
+    site: SiteConfig | None = None,
+    node_type: NodeType | None = None,
 ) -> LocalRunOutcome:
-    """Plan and run on this machine; raises HpcbenchError on bad input or a failed rank."""
-    local = plan_local(**kwargs)
-    plan, spec = local.plan, local.spec
+    """Plan (:func:`plan_local`) and run on this machine; raises HpcbenchError on bad input or
+    a failed rank."""
+    local = plan_local(topology, request, spec, site=site, node_type=node_type)
+    plan = local.plan
     run_dir, info = local.create_run_dir(out, argv)
     for warning in plan.warnings:
         click.echo(f"hpcbench: warning: {warning}", err=True)
     click.echo(
-        f"hpcbench: {plural(plan.world_size, 'rank')}, {describe_spec(spec)}",
+        f"hpcbench: {plural(plan.world_size, 'rank')}, {describe_spec(local.spec)}",
         err=True,
     )
-    on_gpus = any(r.gpus for r in plan.ranks)
-    defaults = gpu_defaults_in_use(spec, **kwargs) if on_gpus else []
-    if defaults:
-        click.echo(f"hpcbench: GPU defaults (flag to change): {', '.join(defaults)}", err=True)
+    if local.gpu_defaults:
+        click.echo(
+            f"hpcbench: GPU defaults (flag to change): {', '.join(local.gpu_defaults)}", err=True
+        )
     tty = sys.stderr.isatty()
     progress = None if quiet else _progress_printer(tty)
     try:
@@ -155,17 +159,7 @@ def run_local(
     from hpcbench.aggregate import aggregate_run, format_summary
 
     summary = aggregate_run(run_dir)
-    return LocalRunOutcome(run_dir, plan, spec, launch, summary, format_summary(summary))
-
-
-def _site_extra(kwargs: Mapping[str, Any]) -> dict[str, str]:
-    """run.json's site keys when the topology came from ``--site`` (the site's name is its id)."""
-    if kwargs.get("site") is None:
-        return {}
-    from hpcbench.site import load_site
-
-    site = load_site(kwargs["site"])
-    return site_record(site.name, site.path, site.node_type(kwargs.get("partition")).name)
+    return LocalRunOutcome(run_dir, plan, local.spec, launch, summary, format_summary(summary))
 
 
 def preflight(spec: RunSpec, plan: Plan) -> None:

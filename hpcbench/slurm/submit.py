@@ -23,8 +23,8 @@ from hpcbench.errors import SlurmError, UsageError
 from hpcbench.jsonfile import read_json, write_atomic, write_json_atomic
 from hpcbench.plan.model import Plan
 from hpcbench.runtime.rundir import LOGS_DIR, create_run_dir, site_record
+from hpcbench.slurm.inputs import JobInputs
 from hpcbench.slurm.nodelist import expand_nodelist
-from hpcbench.slurm.options import JobInputs
 from hpcbench.slurm.render import JOB_SCRIPT, render_job
 
 SLURM_FILE = "slurm.json"

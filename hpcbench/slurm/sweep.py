@@ -23,10 +23,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hpcbench.cpulist import is_decimal
 from hpcbench.errors import ConfigError, HpcbenchError, RunError, UsageError, closest
 from hpcbench.jsonfile import read_json, write_atomic, write_json_atomic
+from hpcbench.plan.planner import PlanRequest
 from hpcbench.runtime.local_run import LocalInputs, plan_local
-from hpcbench.slurm.options import JobInputs, inputs_from_options
+from hpcbench.site import NodeType, SiteConfig
+from hpcbench.slurm.inputs import JobInputs, JobSettings, job_inputs
 from hpcbench.slurm.render import ArrayPoint, render_array
 from hpcbench.slurm.submit import (
     JobState,
@@ -39,11 +42,27 @@ from hpcbench.slurm.submit import (
     sbatch,
     slurm_version,
 )
+from hpcbench.spec import RunSpec, SpecChoices
 from hpcbench.text import format_figure
+from hpcbench.topology.model import Topology
+from hpcbench.topology_source import TopologySource
 
 SWEEP_FILE = "sweep.json"
-# Sweep keys that are spelled differently as command-line keyword arguments.
-_ALIASES = {"layout": "gpus", "cpu_layout": "cpus", "compile": "compile_model"}
+# Sweep settings that place ranks -> PlanRequest field; every other setting is a RunSpec field.
+# layout/cpu_layout are the older names of gpus/cpus; numa picks the granularity.
+_PLACEMENT = {
+    "ranks": "ranks",
+    "gpus_per_rank": "gpus_per_rank",
+    "cores_per_rank": "cores_per_rank",
+    "hwthreads": "use_hwthreads",
+    "numa": "granularity",
+    "gpus": "gpus",
+    "layout": "gpus",
+    "cpus": "cpus",
+    "cpu_layout": "cpus",
+    "nodes": "nodes",
+    "accept_warnings": "accept_warnings",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +85,8 @@ class SweepSpec:
     label_keys: tuple[str, ...] = ()
     # Run every point on this node (the same hardware for all).
     nodelist: str | None = None
+    # The spec every point starts from before its settings (``explore --spec FILE``).
+    base_spec: RunSpec | None = None
 
     def points(self) -> list[dict[str, Any]]:
         """The listed points, else every combination of the grid, first key varying slowest.
@@ -171,20 +192,32 @@ def load_sweep(
     )
 
 
-def _kwargs(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Sweep settings as the keyword arguments of the shared command-line flags."""
-    out: dict[str, Any] = {}
+def point_request(settings: Mapping[str, Any]) -> PlanRequest:
+    """The placement settings of a sweep point as a :class:`PlanRequest`.
+
+    >>> point_request({"ranks": "2", "layout": 0, "numa": True, "model": "mlp"})
+    ... # doctest: +ELLIPSIS
+    PlanRequest(ranks=2, ..., granularity='numa', gpus='0', cpus=None, ...)
+    """
+    fields: dict[str, Any] = {}
     for key, value in settings.items():
-        name = _ALIASES.get(key, key)
-        if key == "options":
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"options: expected a mapping of backend options, got {value!r}")
-            out["backend_options"] = tuple(f"{k}={json.dumps(v)}" for k, v in value.items())
-        elif name in ("gpus", "cpus") and value is not None:
-            out[name] = str(value)
-        else:
-            out[name] = value
-    return out
+        name = _PLACEMENT.get(key)
+        if name is None or value is None:
+            continue
+        if key == "numa":
+            value = "numa" if value else "socket"
+        elif name in ("gpus", "cpus"):
+            value = str(value)
+        elif key == "ranks" and isinstance(value, str) and is_decimal(value.strip()):
+            value = int(value)
+        fields[name] = value
+    return PlanRequest(**fields)
+
+
+def point_spec(settings: Mapping[str, Any], base: RunSpec | None = None) -> SpecChoices:
+    """The benchmark settings of a sweep point (every non-placement key) as spec choices."""
+    changes = {k: v for k, v in settings.items() if k not in _PLACEMENT}
+    return SpecChoices(base=base, changes=changes)
 
 
 @dataclass(slots=True)
@@ -209,22 +242,35 @@ def plan_points(spec: SweepSpec, *, local: bool = False) -> list[PointRun]:
     probe without a site; the plan must fit this host), all before any point starts.
     """
     points = []
+    # A local sweep's node, loaded once (at the first point, so that a mistake names it).
+    here: tuple[Topology, NodeType | None, SiteConfig | None] | None = None
     for index, params in enumerate(spec.points()):
         settings = {k: v for k, v in {**spec.base, **params}.items() if k not in spec.label_keys}
         inputs: JobInputs | LocalInputs
         try:
             if local:
-                inputs = plan_local(site=spec.site, partition=spec.partition, **_kwargs(settings))
+                if here is None:
+                    here = TopologySource(site=spec.site, partition=spec.partition).load_with_site()
+                topology, node_type, site = here
+                inputs = plan_local(
+                    topology,
+                    point_request(settings).with_node_type(node_type),
+                    point_spec(settings, spec.base_spec),
+                    site=site,
+                    node_type=node_type,
+                )
             else:
                 if spec.site is None:
                     raise ConfigError("no site: a Slurm sweep needs 'site:' or --site")
-                inputs = inputs_from_options(
-                    site_path=spec.site,
+                job = JobSettings(
+                    site=spec.site,
                     partition=spec.partition,
                     job_name=f"{spec.name}-p{index:03d}",
                     python=spec.python,
                     time_limit_min=spec.time_limit_min,
-                    **_kwargs(settings),
+                )
+                inputs = job_inputs(
+                    job, point_request(settings), point_spec(settings, spec.base_spec)
                 )
         except HpcbenchError as exc:
             raise ConfigError(f"sweep point {index} {_label(params)}: {exc}") from None
@@ -274,6 +320,8 @@ def _check_same_sweep(spec: SweepSpec, sweep_dir: Path) -> None:
         "base": dict(spec.base),
         "grid": [[k, list(v)] for k, v in spec.grid],
     }
+    if spec.base_spec is not None:
+        record["base_spec"] = spec.base_spec.to_json()
     path = sweep_dir / SWEEP_FILE
     if path.is_file():
         old = read_json(path, "sweep record", UsageError)
