@@ -17,6 +17,7 @@ fi
 
 echo "== ruff" && "$py/ruff" check hpcbench tests benchmarks && "$py/ruff" format --check hpcbench tests benchmarks
 echo "== mypy" && "$py/mypy"
+echo "== import layers" && "$py/lint-imports"
 # The Slurm tests run against a real local cluster (2 slurmd on this host, slurmdbd for sacct).
 # A cluster that is already up with those settings is reused and left running; one started here
 # is stopped on exit. If it cannot start, the slurm tests skip locally and fail under CI=true.
