@@ -20,6 +20,7 @@ from hpcbench.aggregate.summary import summarize
 from hpcbench.errors import MetricsError, UsageError
 from hpcbench.metrics import RankFile
 from hpcbench.resources import install_hint
+from hpcbench.text import plural
 from hpcbench.units import summary_unit
 
 NS_PER_S = figures.NS_PER_S
@@ -114,7 +115,7 @@ def _title(data: PlotData, what: str) -> str:
     incomplete = "" if data.summary.get("complete", True) else "  [INCOMPLETE]"
     return (
         f"{what} — {data.name}: {run.get('model')} batch {run.get('batch_size')}, "
-        f"{run.get('world_size')} rank(s), layout {shorten(run.get('layout') or '-', 40)}"
+        f"{plural(run.get('world_size'), 'rank')}, layout {shorten(run.get('layout') or '-', 40)}"
         f"{incomplete}"
     )
 

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 
-def plural(count: int, word: str) -> str:
+def noun(count: int, word: str, many: str | None = None) -> str:
+    """``word`` as ``count`` of them are called: ``rank``, ``ranks`` (``many`` when irregular).
+
+    >>> noun(1, "rank"), noun(3, "rank"), noun(0, "entry", "entries")
+    ('rank', 'ranks', 'entries')
+    """
+    return word if count == 1 else (many or word + "s")
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
     """``1 core``, ``2 cores``.
 
     >>> plural(1, "rank"), plural(2, "rank"), plural(18, "physical core")
     ('1 rank', '2 ranks', '18 physical cores')
     """
-    return f"{count} {word}{'' if count == 1 else 's'}"
+    return f"{count} {noun(count, word, many)}"
 
 
 def format_figure(value: float | None) -> str:

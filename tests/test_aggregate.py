@@ -249,7 +249,7 @@ def test_effective_without_barriers_is_undefined(tmp_path: Path) -> None:
         del f["barriers"]
     tp = summarize_run(tmp_path, dlbs_trim=0)["throughput"]
     assert tp["dlbs_effective_sum_img_s"] is None
-    assert "rank(s) 0 recorded no 'start'/'end' barrier events" in tp["dlbs_effective_reason"]
+    assert "rank 0 recorded no 'start'/'end' barrier events" in tp["dlbs_effective_reason"]
 
 
 # ---------------------------------------------------------------------------- skew, latency
@@ -454,5 +454,5 @@ def test_no_finished_rank_is_said_without_suggesting_allow_partial(
     with pytest.raises(MetricsError) as info:
         aggregate_run(tmp_path, allow_partial=allow_partial)
     message = str(info.value)
-    assert "none of the 2 rank(s) finished (rank-00000.h5.part left" in message
+    assert "none of the 2 ranks finished (rank-00000.h5.part left" in message
     assert message.endswith("nothing to aggregate, even with --allow-partial")

@@ -200,7 +200,7 @@ def test_sixteen_concurrent_adds_lose_nothing(
     for path in (archive_dir / "index").iterdir():
         path.unlink()
     code, out, _ = cli(capsys, "archive", "rebuild-index", "-a", str(archive_dir))
-    assert code == 0 and "16 run(s), 16 entr" in out
+    assert code == 0 and "16 runs, 16 entries" in out
     assert Archive(archive_dir).index_snapshot() == incremental
 
 
@@ -301,7 +301,7 @@ def test_list_sort_and_text(populated: Path, capsys: pytest.CaptureFixture[str])
     )
     assert _ids(out) == ["r50-b256", "r50-b128-3", "r50-b128-1", "r50-b128-2", "vit-b128"]
     code, out, _ = cli(capsys, "archive", "list", "-a", str(populated), "--sort", "batch_size")
-    assert code == 0 and out.strip().endswith("5 run(s)")
+    assert code == 0 and out.strip().endswith("5 runs")
     assert "10 240.0" in out  # the one format of every figure (hpcbench.text.format_figure)
     code, out, _ = cli(capsys, "archive", "show", "-a", str(populated), "r50-b25")
     assert code == 0 and "run r50-b256" in out and "result.h5" in out

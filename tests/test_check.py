@@ -50,7 +50,7 @@ def test_passing_run(tmp_path: Path, references: Path, capsys: pytest.CaptureFix
     code, out, err = cli(capsys, "check", str(run), "--references", str(references))
     assert code == 0, out + err
     assert out.count("pass ") == 2 and "+2.4%" in out
-    assert "2 of 2 figure(s) passed" in out
+    assert "2 of 2 figures passed" in out
 
 
 def test_regression_exits_1(
@@ -74,7 +74,7 @@ def test_archive_check_incomplete_and_where(
     add_run(archive, make_run(tmp_path, "good", iteration_ms=50.0))
     add_run(archive, make_run(tmp_path, "vit", model="vit_b_16", iteration_ms=100.0))
     code, out, _ = cli(capsys, "check", str(archive), "-r", str(references))
-    assert code == 0 and "3 of 3 figure(s) passed over 2 run(s)" in out
+    assert code == 0 and "3 of 3 figures passed over 2 runs" in out
     # A partial run never passes an acceptance test, whatever its numbers.
     add_run(archive, make_run(tmp_path, "partial", complete=False))
     code, out, _ = cli(capsys, "check", str(archive), "-r", str(references))

@@ -156,7 +156,7 @@ def test_local_sweep_archives_its_points(tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=200,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
-        assert "archived 2 run(s)" in done.stderr
+        assert "archived 2 runs" in done.stderr
     listed = subprocess.run(
         [sys.executable, "-m", "hpcbench", "archive", "list", "-a", str(archive), "--json"],
         capture_output=True, text=True, timeout=60, check=True,

@@ -24,6 +24,7 @@ from hpcbench.metrics import (
     read_rank_file,
     read_rank_group,
 )
+from hpcbench.text import plural
 
 # What a rank file's name looks like; only ``rank_file_name(rank)`` (+ ``.part``) is one.
 _RANK_LIKE = re.compile(r"rank-(.*)\.h5(\.part)?", re.DOTALL)
@@ -93,8 +94,8 @@ def load_run(run_dir: Path, *, allow_partial: bool = False) -> LoadedRun:
         # E.g. a cancelled job: every rank left only its .part file. --allow-partial keeps the
         # ranks that finished, so it cannot help here and must not be suggested.
         raise MetricsError(
-            f"{run_dir}: none of the {world_size} rank(s) finished ({shown}{more}); there is "
-            "nothing to aggregate, even with --allow-partial"
+            f"{run_dir}: none of the {plural(world_size, 'rank')} finished ({shown}{more}); "
+            "there is nothing to aggregate, even with --allow-partial"
         )
     if excluded and not allow_partial:
         raise MetricsError(

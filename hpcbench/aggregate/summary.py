@@ -25,7 +25,7 @@ from hpcbench.aggregate.validity import Rules, format_verdict, judge, rules_name
 from hpcbench.cpulist import format_cpulist
 from hpcbench.errors import MetricsError
 from hpcbench.metrics import RankFile
-from hpcbench.text import format_figure, plural
+from hpcbench.text import format_figure, noun, plural
 from hpcbench.units import IMAGES, SampleUnit, summary_unit
 
 SUMMARY_SCHEMA = "hpcbench.summary"
@@ -171,7 +171,8 @@ def _throughput_block(
     effective_reason = None
     if effective_missing:
         effective_reason = (
-            f"rank(s) {_short_list(effective_missing)} recorded no '{START_BARRIER}'/"
+            f"{noun(len(effective_missing), 'rank')} {_short_list(effective_missing)} recorded no "
+            f"'{START_BARRIER}'/"
             f"'{END_BARRIER}' barrier events"
         )
     else:

@@ -20,7 +20,7 @@ from hpcbench.aggregate import figures
 from hpcbench.aggregate.load import LoadedRun
 from hpcbench.errors import UsageError
 from hpcbench.metrics import clock_step_limit_ns
-from hpcbench.text import format_figure
+from hpcbench.text import format_figure, plural
 from hpcbench.units import summary_unit
 
 CHECKS = (
@@ -312,7 +312,7 @@ def binding(summary: Mapping[str, Any]) -> dict[str, Any]:
     elif gpu_ranks and len(verified) < len(gpu_ranks):
         why = (
             "CPUs and memory as planned; GPU identity of "
-            f"{len(gpu_ranks) - len(verified)} rank(s) not verifiable (no NVML, no srun "
+            f"{plural(len(gpu_ranks) - len(verified), 'rank')} not verifiable (no NVML, no srun "
             "gpu-bind line): only CUDA_VISIBLE_DEVICES was compared"
         )
     else:

@@ -15,6 +15,7 @@ from typing import Any
 
 from hpcbench.errors import ArchiveError, excerpt
 from hpcbench.jsonfile import read_json
+from hpcbench.text import noun
 
 SUMMARY = "summary.json"
 ENTRY_FORMAT = 1
@@ -181,8 +182,8 @@ def completeness(
     if summary.get("complete") is not True:
         excluded = summary.get("excluded_ranks")
         if isinstance(excluded, list) and excluded:
-            ranks = ", ".join(str(e.get("rank")) for e in excluded if isinstance(e, Mapping))
-            return False, f"aggregated without rank(s) {ranks}"
+            ranks = [str(e.get("rank")) for e in excluded if isinstance(e, Mapping)]
+            return False, f"aggregated without {noun(len(ranks), 'rank')} {', '.join(ranks)}"
         return False, "summary.json does not say complete: true"
     jobs = [slurm_record]
     run = summary.get("run")

@@ -32,6 +32,7 @@ from typing import Any
 
 from hpcbench.archive.query import FIGURES, MISSING, PARAM_KEYS, lookup
 from hpcbench.errors import ConfigError, closest
+from hpcbench.text import noun
 
 DIRECTIONS = ("higher", "lower")
 DEFAULT_TOLERANCE_PCT = 5.0
@@ -326,7 +327,7 @@ def explain_no_match(
                 )
             lines.append(f"  run {entry.get('run_id')}: {' '.join(cells)}")
         if len(entries) > most:
-            lines.append(f"  ... and {len(entries) - most} more run(s)")
+            lines.append(f"  ... and {len(entries) - most} more {noun(len(entries) - most, 'run')}")
     return lines
 
 

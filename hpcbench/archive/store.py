@@ -54,6 +54,7 @@ from hpcbench.archive.entry import (
 )
 from hpcbench.errors import ArchiveError, excerpt
 from hpcbench.jsonfile import write_atomic
+from hpcbench.text import plural
 
 ARCHIVE_FORMAT = "hpcbench-archive"
 ARCHIVE_VERSION = 1
@@ -612,5 +613,5 @@ def add_runs(archive_dir: Path | str, run_dirs: Iterable[Path | str]) -> list[st
         except (ArchiveError, OSError) as exc:
             failures.append(str(exc))
     if failures:
-        raise ArchiveError(f"{len(failures)} run(s) not archived: " + "; ".join(failures))
+        raise ArchiveError(f"{plural(len(failures), 'run')} not archived: " + "; ".join(failures))
     return ids

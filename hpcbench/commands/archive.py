@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from hpcbench.errors import ArchiveError, UsageError
+from hpcbench.text import format_figure, plural
 
 F = Callable[..., Any]
 
@@ -90,7 +91,7 @@ def add(run_dirs: tuple[Path, ...], archive_dir: Path, replace: bool) -> None:
         flag = "" if result.complete else f" (INCOMPLETE: {result.incomplete_reason})"
         click.echo(f"{state}: {result.run_id}{flag}")
     if failures:
-        raise ArchiveError(f"{len(failures)} of {len(run_dirs)} run(s) not archived")
+        raise ArchiveError(f"{len(failures)} of {plural(len(run_dirs), 'run')} not archived")
 
 
 @archive.command("list", short_help="List runs, filtered and sorted.")
@@ -105,7 +106,6 @@ def list_runs(
     from hpcbench.aggregate.validity import verdict_word
     from hpcbench.archive.query import HEADLINE, figure, sort_entries
     from hpcbench.archive.tables import format_table
-    from hpcbench.text import format_figure
 
     entries = sort_entries(_selected(archive_dir, where), sort_key)
     if as_json:
@@ -151,7 +151,7 @@ def list_runs(
         "validity",
     ]
     click.echo(format_table(headers, rows))
-    click.echo(f"{len(entries)} run(s)")
+    click.echo(f"{plural(len(entries), 'run')}")
 
 
 @archive.command("show", short_help="Show one run.")
@@ -226,7 +226,7 @@ def export(
         tmp = output.with_name(f".{output.name}.tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(output)
-        click.echo(f"wrote {len(rows)} row(s) to {output}", err=True)
+        click.echo(f"wrote {plural(len(rows), 'row')} to {output}", err=True)
 
 
 @archive.command("compare", short_help="Ratios B/A with the run-to-run spread.")
@@ -284,7 +284,8 @@ def rebuild_index(archive_dir: Path) -> None:
     for problem in result.skipped:
         click.echo(f"hpcbench: warning: not indexed, left as it is: {problem}", err=True)
     click.echo(
-        f"index: {result.runs} run(s), {result.rewritten} entr(y/ies) rewritten, "
-        f"{len(result.orphans)} orphan(s) removed, "
-        f"{len(result.stale)} stale staging folder(s) removed"
+        f"index: {plural(result.runs, 'run')}, "
+        f"{plural(result.rewritten, 'entry', 'entries')} rewritten, "
+        f"{plural(len(result.orphans), 'orphan')} removed, "
+        f"{plural(len(result.stale), 'stale staging folder')} removed"
     )

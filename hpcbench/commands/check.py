@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from hpcbench.errors import UsageError
+from hpcbench.text import plural
 
 
 @click.command("check")
@@ -68,7 +69,7 @@ def check(target: Path, references_file: Path, where: tuple[str, ...], as_json: 
         shown = ", ".join(run_id for run_id, _ in unreadable[:5])
         more = f" and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
         click.echo(
-            f"check: FAILED: {len(unreadable)} run(s) of the archive could not be read, so "
+            f"check: FAILED: {plural(len(unreadable), 'run')} of the archive could not be read, so "
             f"not checked: {shown}{more} (see the warnings above)",
             err=True,
         )
@@ -80,7 +81,7 @@ def check(target: Path, references_file: Path, where: tuple[str, ...], as_json: 
     if not outcomes:
         click.echo(
             f"check: FAILED: no reference in {references_file} matches "
-            f"any of {len(entries)} run(s):",
+            f"any of {plural(len(entries), 'run')}:",
             err=True,
         )
         for line in explain_no_match(entries, references):
@@ -89,8 +90,8 @@ def check(target: Path, references_file: Path, where: tuple[str, ...], as_json: 
     runs = len({o.run_id for o in outcomes})
     verdict = "FAILED" if failed or unreadable else "passed"
     click.echo(
-        f"check: {verdict}: {len(outcomes) - len(failed)} of {len(outcomes)} figure(s) passed "
-        f"over {runs} run(s)",
+        f"check: {verdict}: {len(outcomes) - len(failed)} of "
+        f"{plural(len(outcomes), 'figure')} passed over {plural(runs, 'run')}",
         # With --json, stdout holds the JSON document alone.
         err=bool(failed) or as_json,
     )

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from hpcbench.text import plural
+
 if TYPE_CHECKING:
     from hpcbench.data import Manifest
 
@@ -60,7 +62,8 @@ def _describe(folder: Path, manifest: Manifest) -> str:
     size_bytes = sum((folder / shard_name(i)).stat().st_size for i in range(manifest.shards))
     return (
         f"{folder}: {manifest.images} images of {manifest.size}x{manifest.size}x"
-        f"{manifest.channels} {manifest.dtype} ({manifest.layout}) in {manifest.shards} "
-        f"shard(s) of {', '.join(map(str, manifest.shard_images))} images, "
+        f"{manifest.channels} {manifest.dtype} ({manifest.layout}) in "
+        f"{plural(manifest.shards, 'shard')} of "
+        f"{', '.join(map(str, manifest.shard_images))} images, "
         f"{size_bytes / 1e6:.1f} MB"
     )

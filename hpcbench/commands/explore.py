@@ -17,6 +17,7 @@ from hpcbench.commands.flags import (
     wait_options,
 )
 from hpcbench.resources import install_hint
+from hpcbench.text import plural
 from hpcbench.topology_source import TopologySource
 
 # Flags of explore itself; every other flag is a run flag that each point shares.
@@ -251,5 +252,5 @@ def explore(
 
         done = [p.run_dir for p in outcome.points if (p.run_dir / "summary.json").is_file()]
         ids = add_runs(kwargs["archive_dir"], done)
-        echo(f"archived {len(ids)} run(s) in {kwargs['archive_dir']}")
+        echo(f"archived {plural(len(ids), 'run')} in {kwargs['archive_dir']}")
     return 1 if outcome.failed else 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from hpcbench.commands.flags import wait_options
+from hpcbench.text import plural
 
 
 @click.command("sweep")
@@ -86,5 +87,5 @@ def sweep(
         # marked incomplete, so they can never pass for a complete result.
         results = [p.run_dir for p in points if (p.run_dir / "summary.json").is_file()]
         ids = add_runs(archive_dir, results)
-        click.echo(f"archived {len(ids)} run(s) in {archive_dir}", err=True)
+        click.echo(f"archived {plural(len(ids), 'run')} in {archive_dir}", err=True)
     return 1 if any(p.status == "failed" for p in points) else 0

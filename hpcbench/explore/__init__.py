@@ -30,6 +30,7 @@ from hpcbench.jsonfile import write_json_atomic
 from hpcbench.plan.candidates import CandidateSet
 from hpcbench.site import NodeType, SiteConfig
 from hpcbench.spec import SpecChoices
+from hpcbench.text import plural
 from hpcbench.topology.model import Topology
 
 __all__ = ["ExploreOutcome", "LocalTarget", "SlurmChoice", "run_exploration"]
@@ -93,7 +94,8 @@ def run_exploration(
     all_points = points(candidates, repeats, out)
     todo = [p for p in all_points if not (p.run_dir / "summary.json").is_file()]
     echo(
-        f"explore: {len(candidates.candidates)} candidate(s) x {repeats} run(s), interleaved; "
+        f"explore: {plural(len(candidates.candidates), 'candidate')} x "
+        f"{plural(repeats, 'run')}, interleaved; "
         f"{len(all_points) - len(todo)} done earlier, {len(todo)} to run, in {out}"
     )
     failures: dict[int, str] = {}

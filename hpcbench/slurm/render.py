@@ -33,6 +33,7 @@ from hpcbench.plan.model import Plan
 from hpcbench.resources import templates_dir
 from hpcbench.site import NodeType
 from hpcbench.spec import RunSpec
+from hpcbench.text import plural
 
 JOB_TEMPLATE = "job.sbatch.j2"
 ARRAY_TEMPLATE = "array.sbatch.j2"
@@ -155,7 +156,8 @@ def gres_request(plan: Plan, node_type: NodeType) -> str | None:
     highest = max(g for r in plan.ranks for g in r.gpus)
     if highest >= count:
         raise PlanError(
-            f"the plan uses GPU {highest} but node type {node_type.name!r} has {count} GPU(s)"
+            f"the plan uses GPU {highest} but node type {node_type.name!r} has "
+            f"{plural(count, 'GPU')}"
         )
     return f"{node_type.slurm.gres_name}:{count}"
 

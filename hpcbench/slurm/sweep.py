@@ -43,7 +43,7 @@ from hpcbench.slurm.submit import (
     slurm_version,
 )
 from hpcbench.spec import RunSpec, SpecChoices
-from hpcbench.text import format_figure
+from hpcbench.text import format_figure, plural
 from hpcbench.topology.model import Topology
 from hpcbench.topology_source import TopologySource
 
@@ -360,7 +360,9 @@ def run_sweep(
             continue
         set_aside(point.run_dir)
         pending.append(point)
-    echo(f"sweep {spec.name}: {len(points)} point(s), {len(pending)} to run, in {sweep_dir}")
+    echo(
+        f"sweep {spec.name}: {plural(len(points), 'point')}, {len(pending)} to run, in {sweep_dir}"
+    )
     if not pending:
         return points
     for point in pending:
@@ -429,7 +431,7 @@ def _run_array(
     version = slurm_version()
     submitted_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     array_id = sbatch(script)
-    echo(f"submitted job array {array_id} ({len(pending)} task(s)): {script}")
+    echo(f"submitted job array {array_id} ({plural(len(pending), 'task')}): {script}")
     trackers = {
         p.index: JobTracker(f"{array_id}_{p.index}", sweep_dir / "submitit") for p in pending
     }
