@@ -336,58 +336,97 @@ def _choose_gpus(
     request: PlanRequest,
 ) -> list[tuple[int, ...]]:
     """Pick each rank's GPUs: local first, then spread over PCIe switches (rule 2, rule 3)."""
-    granularity = request.granularity
-    gpu_ids = index.gpu_ids
     nranks = len(rank_domains)
     wanted = request.gpus_per_rank
-    if not gpu_ids:
+    if not index.gpu_ids:
         if wanted:
             raise PlanError(
                 f"rank 0 gets no GPUs: --gpus-per-rank {wanted} but this node has no GPUs (use "
                 f"--gpus-per-rank 0)"
             )
         return [() for _ in rank_domains]
-    if wanted is not None and wanted * nranks > len(gpu_ids):
-        short = len(gpu_ids) // wanted
+    _check_enough_gpus(len(index.gpu_ids), nranks, wanted)
+    max_tier = 3 if request.accept_warnings else 2
+    counts = [
+        _gpu_count(index, rank_domains, mine, wanted, request.granularity) for mine in rank_domains
+    ]
+    candidates = [
+        _gpu_candidates(index, rank_numa[rank], rank_domains[rank], request.granularity, max_tier)
+        for rank in range(nranks)
+    ]
+    picks = _pick_by_tier(index, counts, candidates, max_tier)
+    for rank in range(nranks):
+        if len(picks[rank]) < counts[rank]:
+            raise _too_few_local_gpus(index, rank_domains, rank, picks[rank], counts[rank], request)
+    return [tuple(sorted(p)) for p in picks]
+
+
+def _check_enough_gpus(available: int, nranks: int, wanted: int | None) -> None:
+    if wanted is not None and wanted * nranks > available:
+        short = available // wanted
         raise PlanError(
-            f"rank {short} gets only {len(gpu_ids) - short * wanted} of {wanted} GPUs: {nranks} "
+            f"rank {short} gets only {available - short * wanted} of {wanted} GPUs: {nranks} "
             f"ranks x {wanted} GPUs need {wanted * nranks} GPUs but the node has "
-            f"{len(gpu_ids)} ({RULE_GPU_SHARED})"
+            f"{available} ({RULE_GPU_SHARED})"
         )
+
+
+def _gpu_count(
+    index: TopologyIndex,
+    rank_domains: Sequence[frozenset[int]],
+    mine: frozenset[int],
+    wanted: int | None,
+    granularity: Granularity,
+) -> int:
+    """How many GPUs a rank takes: as asked, else an equal share (of the node, or of its domains
+    among the ranks that share them)."""
+    if wanted is not None:
+        return wanted
+    if index.gpus_unattached:
+        return len(index.gpu_ids) // len(rank_domains)
     domains = index.domains[granularity]
+    local = sum(len(domains[d].gpus) for d in mine)
+    peers = sum(1 for other in rank_domains if other & mine)
+    return local // peers
+
+
+def _gpu_candidates(
+    index: TopologyIndex,
+    numa: frozenset[int],
+    mine: frozenset[int],
+    granularity: Granularity,
+    max_tier: int,
+) -> list[tuple[int, int]]:
+    """The GPUs a rank may take with their locality tier (cached: ranks often share domains)."""
+    cache_key = (granularity, numa, mine, max_tier)
+    tiers = index.tier_cache.get(cache_key)
+    if tiers is None:
+        tiers = [
+            (gpu, tier)
+            for gpu in index.gpu_ids
+            if (tier := gpu_tier(index, gpu, numa, mine, granularity)) <= max_tier
+        ]
+        index.tier_cache[cache_key] = tiers
+    return tiers
+
+
+def _pick_by_tier(
+    index: TopologyIndex,
+    counts: Sequence[int],
+    candidates: Sequence[Sequence[tuple[int, int]]],
+    max_tier: int,
+) -> list[list[int]]:
+    """Each rank's GPUs, taken tier by tier and spread over PCIe switches (rule 3)."""
     switch = index.gpu_switch
     neighbours = index.gpu_path_neighbours
     taken: set[int] = set()
     load: dict[str, int] = {}
-    max_tier = 3 if request.accept_warnings else 2
-    counts: list[int] = []
-    candidates: list[list[tuple[int, int]]] = []
-    for rank in range(nranks):
-        mine = rank_domains[rank]
-        if wanted is not None:
-            counts.append(wanted)
-        elif index.gpus_unattached:
-            counts.append(len(gpu_ids) // nranks)
-        else:
-            local = sum(len(domains[d].gpus) for d in mine)
-            peers = sum(1 for other in rank_domains if other & mine)
-            counts.append(local // peers)
-        cache_key = (granularity, rank_numa[rank], mine, max_tier)
-        tiers = index.tier_cache.get(cache_key)
-        if tiers is None:
-            tiers = [
-                (gpu, tier)
-                for gpu in gpu_ids
-                if (tier := gpu_tier(index, gpu, rank_numa[rank], mine, granularity)) <= max_tier
-            ]
-            index.tier_cache[cache_key] = tiers
-        candidates.append(tiers)
-    picks: list[list[int]] = [[] for _ in range(nranks)]
-    owns: list[dict[str, int]] = [{} for _ in range(nranks)]
+    picks: list[list[int]] = [[] for _ in counts]
+    owns: list[dict[str, int]] = [{} for _ in counts]
     # Tier by tier, so that a rank without a GPU on its own NUMA node never takes the GPU of a
     # later rank's NUMA node (DGX A100: GPUs on NUMA nodes 1, 3, 5, 7 only).
     for level in range(max_tier + 1):
-        for rank in range(nranks):
+        for rank in range(len(counts)):
             mine_picks, own, tiers = picks[rank], owns[rank], candidates[rank]
             while len(mine_picks) < counts[rank]:
                 best: tuple[int, int, int, int] | None = None
@@ -407,17 +446,27 @@ def _choose_gpus(
                 mine_picks.append(gpu)
                 own[sw] = own.get(sw, 0) + 1
                 load[sw] = load.get(sw, 0) + 1
-    for rank in range(nranks):
-        if len(picks[rank]) < counts[rank]:
-            mine = rank_domains[rank]
-            where = " and ".join(domains[d].label for d in sorted(mine))
-            local_count = sum(len(domains[d].gpus) for d in mine)
-            peers = sum(1 for other in rank_domains if other & mine)
-            kind = "socket" if granularity == "socket" else "NUMA node"
-            raise PlanError(
-                f"rank {rank} gets only {len(picks[rank])} of {counts[rank]} GPUs: {where} has "
-                f"{local_count} local GPUs for {peers} rank{'s' if peers > 1 else ''} (rule 2: "
-                f"GPUs local to the rank's {kind}); ask for fewer with --gpus-per-rank, or "
-                f"pass --accept-warnings to use remote GPUs"
-            )
-    return [tuple(sorted(p)) for p in picks]
+    return picks
+
+
+def _too_few_local_gpus(
+    index: TopologyIndex,
+    rank_domains: Sequence[frozenset[int]],
+    rank: int,
+    picked: Sequence[int],
+    count: int,
+    request: PlanRequest,
+) -> PlanError:
+    granularity = request.granularity
+    domains = index.domains[granularity]
+    mine = rank_domains[rank]
+    where = " and ".join(domains[d].label for d in sorted(mine))
+    local_count = sum(len(domains[d].gpus) for d in mine)
+    peers = sum(1 for other in rank_domains if other & mine)
+    kind = "socket" if granularity == "socket" else "NUMA node"
+    return PlanError(
+        f"rank {rank} gets only {len(picked)} of {count} GPUs: {where} has "
+        f"{local_count} local GPUs for {peers} rank{'s' if peers > 1 else ''} (rule 2: "
+        f"GPUs local to the rank's {kind}); ask for fewer with --gpus-per-rank, or "
+        f"pass --accept-warnings to use remote GPUs"
+    )
