@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 
 def noun(count: int, word: str, many: str | None = None) -> str:
     """``word`` as ``count`` of them are called: ``rank``, ``ranks`` (``many`` when irregular).
@@ -29,3 +31,63 @@ def format_figure(value: float | None) -> str:
     ('6 382.8', '12.0', '-')
     """
     return "-" if value is None else f"{value:,.1f}".replace(",", " ")
+
+
+def format_table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    *,
+    right: Sequence[bool] | None = None,
+    rule: bool = True,
+) -> str:
+    """Plain aligned columns, two spaces apart: every table hpcbench prints.
+
+    ``right`` says which columns are right-aligned (numbers); by default a cell is when it
+    reads as a number, and a header follows its first row. ``rule`` draws dashes under the
+    headers.
+
+    >>> print(format_table(["model", "img/s"], [["resnet50", "1 234.5"]]))
+    model       img/s
+    --------  -------
+    resnet50  1 234.5
+    >>> print(format_table(["rank", "cpus"], [["0", "0-3"], ["12", "4"]], right=[True, False],
+    ...                    rule=False))
+    rank  cpus
+       0  0-3
+      12  4
+    """
+    rows = [list(map(str, r)) for r in rows]
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+
+    def numeric(text: str) -> bool:
+        stripped = text.replace(",", "").replace("%", "").replace("±", "").strip()
+        try:
+            float(stripped.split()[0])
+        except (ValueError, IndexError):
+            return False
+        return True
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [
+            c.rjust(w) if (numeric(c) if right is None else right[i]) else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths))
+        ]
+        return "  ".join(parts).rstrip()
+
+    def header_right(i: int) -> bool:
+        if right is not None:
+            return right[i]
+        return bool(rows) and numeric(rows[0][i])
+
+    out = [
+        "  ".join(
+            h.rjust(w) if header_right(i) else h.ljust(w)
+            for i, (h, w) in enumerate(zip(headers, widths))
+        ).rstrip()
+    ]
+    if rule:
+        out.append("  ".join("-" * w for w in widths))
+    out.extend(line(r) for r in rows)
+    return "\n".join(out)

@@ -18,7 +18,7 @@ import pytest
 from hpcbench.cpulist import format_cpulist
 from hpcbench.errors import RunError, UsageError
 from hpcbench.explore import LocalTarget, runs
-from hpcbench.explore.verdict import RunRecord, format_table, judge
+from hpcbench.explore.verdict import RunRecord, format_exploration, judge
 from hpcbench.plan.candidates import enumerate_candidates
 from hpcbench.site import load_site
 from hpcbench.spec import RunSpec, SpecChoices
@@ -110,7 +110,7 @@ def test_table_shows_the_unit_and_names_runs_that_failed_validity_checks(tmp_pat
     assert runs.read_headline(run_dir) == (5.0, "", ("duration",))
     records = _records({"1x8": [100.0, 101.0], "2x4": [107.0, 108.0]})
     records[1] = replace(records[1], failed_checks=("duration",))
-    text = format_table(judge(APOLLO, records), "seq/s")
+    text = format_exploration(judge(APOLLO, records), "seq/s")
     assert text.splitlines()[0].split()[2:4] == ["mean", "seq/s"]
     assert (
         "1x8 run 2: counted, but its validity checks failed: duration "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hpcbench.plan.picture import format_picture, format_table, render_plan
+from hpcbench.plan.picture import format_picture, format_plan_table, render_plan
 from hpcbench.plan.planner import PlanRequest, make_plan
 from tests.topologies import apollo, flat_vm, nps4
 
@@ -67,7 +67,7 @@ def test_table_and_render_for_several_nodes_and_warnings() -> None:
         APOLLO,
         PlanRequest(gpus="0,1;4,6", nodes=3, accept_warnings=True, data_root="/scratch/d"),
     )
-    table = format_table(plan).splitlines()
+    table = format_plan_table(plan).splitlines()
     assert len(table) == 4  # header, node 0's two ranks, the note
     assert table[1].split() == ["0", "0", "0", "0", "0", "0-17", "0,1", "0", "/scratch/d/rank00000"]
     assert table[3] == "(nodes 1-2 repeat this layout: rank = node x 2 + local rank)"
@@ -81,6 +81,6 @@ def test_a_plan_without_data_root_shows_no_placeholder() -> None:
     plan = make_plan(APOLLO, PlanRequest(ranks=2))
     text = render_plan(plan, APOLLO)
     assert "{data_root}" not in text
-    table = format_table(plan).splitlines()
+    table = format_plan_table(plan).splitlines()
     assert table[1].split()[-1] == "-"
     assert table[3].startswith("data dir -: no data root (--data-root DIR")

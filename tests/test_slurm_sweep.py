@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hpcbench.errors import ConfigError, UsageError
-from hpcbench.slurm.sweep import format_table, load_sweep, run_sweep
+from hpcbench.slurm.sweep import format_sweep, load_sweep, run_sweep
 
 
 def _write(path: Path, text: str) -> Path:
@@ -67,12 +67,12 @@ def test_local_sweep_runs_points_in_turn_and_resumes(tmp_path: Path) -> None:
     )
     spec = load_sweep(spec_path, out=tmp_path / "out")
     points = run_sweep(spec, local=True, echo=lambda _: None)
-    assert [p.status for p in points] == ["done", "done"], format_table(spec, points)
+    assert [p.status for p in points] == ["done", "done"], format_sweep(spec, points)
     batch = [json.loads((p.run_dir / "spec.json").read_text())["batch_size"] for p in points]
     assert batch == [4, 8]
     again = run_sweep(spec, local=True, echo=lambda _: None)
     assert [p.status for p in again] == ["done (earlier)"] * 2
-    table = format_table(spec, again)
+    table = format_sweep(spec, again)
     assert table.splitlines()[0].split()[:5] == [
         "point", "batch_size", "status", "img/s", "validity"
     ]  # fmt: skip
@@ -134,7 +134,7 @@ def test_local_sweep_without_a_site_probes_this_host(tmp_path: Path) -> None:
     )
     spec = load_sweep(spec_path, out=tmp_path / "out", local=True)
     points = run_sweep(spec, local=True, echo=lambda _: None)
-    assert [p.status for p in points] == ["done"], format_table(spec, points)
+    assert [p.status for p in points] == ["done"], format_sweep(spec, points)
     topology = json.loads((points[0].run_dir / "topology.json").read_text())
     assert topology["source"] == "sysfs"  # this host, probed
     with pytest.raises(ConfigError, match="no site"):
@@ -215,7 +215,7 @@ def test_four_point_sweep_is_one_job_array(slurm_site: Path, tmp_path: Path) -> 
     spec = load_sweep(spec_path, out=tmp_path / "out")
     lines: list[str] = []
     points = run_sweep(spec, poll_s=0.5, timeout_s=200, echo=lines.append)
-    assert [p.status for p in points] == ["done"] * 4, format_table(spec, points)
+    assert [p.status for p in points] == ["done"] * 4, format_sweep(spec, points)
     records = [json.loads((p.run_dir / "slurm.json").read_text()) for p in points]
     assert len({r["job_id"] for r in records}) == 1, records  # one array job
     assert [r["array_task_id"] for r in records] == [0, 1, 2, 3]
@@ -250,7 +250,7 @@ def test_failed_array_point_is_reported_and_rerun(slurm_site: Path, tmp_path: Pa
         r"ended FAILED.*; rank \d+ on node\d: Exited with exit code 2", points[1].message
     )
     assert "no-such-model" in points[1].message  # the rank's own error, from its stderr
-    assert "p001: job " in format_table(spec, points)
+    assert "p001: job " in format_sweep(spec, points)
     again = run_sweep(spec, poll_s=0.5, timeout_s=200, echo=lambda _: None)
     assert [p.status for p in again] == ["done (earlier)", "failed"]
     assert (tmp_path / "out" / "p001.incomplete-1").is_dir()

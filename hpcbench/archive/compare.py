@@ -143,7 +143,7 @@ def format_comparison(
 ) -> str:
     """A readable table of a comparison."""
     from hpcbench.archive.tables import format_number as number
-    from hpcbench.archive.tables import format_table
+    from hpcbench.text import format_table
 
     def spread(s: Spread | None) -> str:
         if s is None:

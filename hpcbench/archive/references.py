@@ -339,7 +339,8 @@ def judged_invalid(entry: Mapping[str, Any]) -> bool:
 
 def format_outcomes(outcomes: Sequence[Outcome]) -> str:
     """The check report: one line per figure."""
-    from hpcbench.archive.tables import format_number, format_table
+    from hpcbench.archive.tables import format_number
+    from hpcbench.text import format_table
 
     rows = []
     for o in outcomes:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcbench.archive.query import FIGURES, HEADLINE, config_signature, figure
-from hpcbench.text import format_figure
+from hpcbench.text import format_figure, format_table
 from hpcbench.units import sample_unit, samples_of
 
 
@@ -41,42 +41,6 @@ class Table:
     def format(self) -> str:
         text = f"{self.title}\n{format_table(self.headers, self.rows)}"
         return f"{text}\n{self.note}" if self.note else text
-
-
-def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """Plain aligned columns: text left, numbers right.
-
-    >>> print(format_table(["model", "img/s"], [["resnet50", "1 234.5"]]))
-    model       img/s
-    --------  -------
-    resnet50  1 234.5
-    """
-    rows = [list(map(str, r)) for r in rows]
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row)]
-
-    def numeric(text: str) -> bool:
-        stripped = text.replace(",", "").replace("%", "").replace("±", "").strip()
-        try:
-            float(stripped.split()[0])
-        except (ValueError, IndexError):
-            return False
-        return True
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [c.rjust(w) if numeric(c) else c.ljust(w) for c, w in zip(cells, widths)]
-        return "  ".join(parts).rstrip()
-
-    out = [
-        "  ".join(
-            h.rjust(w) if rows and numeric(rows[0][i]) else h.ljust(w)
-            for i, (h, w) in enumerate(zip(headers, widths))
-        ).rstrip(),
-        "  ".join("-" * w for w in widths),
-    ]
-    out.extend(line(r) for r in rows)
-    return "\n".join(out)
 
 
 def format_number(value: float | None) -> str:

@@ -105,7 +105,7 @@ def list_runs(
     """List archived runs, optionally filtered and sorted."""
     from hpcbench.aggregate.validity import verdict_word
     from hpcbench.archive.query import HEADLINE, figure, sort_entries
-    from hpcbench.archive.tables import format_table
+    from hpcbench.text import format_table
 
     entries = sort_entries(_selected(archive_dir, where), sort_key)
     if as_json:

@@ -149,7 +149,7 @@ def explore(
     from hpcbench.errors import UsageError
     from hpcbench.explore import LocalTarget, SlurmChoice, run_exploration
     from hpcbench.explore.picture import write_picture
-    from hpcbench.explore.verdict import Exploration, format_table
+    from hpcbench.explore.verdict import Exploration, format_exploration
     from hpcbench.plan.candidates import enumerate_candidates, request_flags
     from hpcbench.plan.planner import PlanRequest
     from hpcbench.runtime.local_run import preflight
@@ -237,7 +237,7 @@ def explore(
     )
     exploration = outcome.exploration
     rate = sample_unit(spec.model).rate
-    click.echo(format_table(exploration, rate))
+    click.echo(format_exploration(exploration, rate))
     picture = write_picture(exploration, outcome.result_file.with_name("explore.png"), rate)
     if picture is None:
         echo(f"explore: no picture: matplotlib is not installed ({install_hint('plot')})")

@@ -66,7 +66,7 @@ def sweep(
 
     Prints a table of all points at the end; exits 1 when a point failed.
     """
-    from hpcbench.slurm.sweep import format_table, load_sweep, run_sweep
+    from hpcbench.slurm.sweep import format_sweep, load_sweep, run_sweep
 
     spec = load_sweep(
         spec_file, site=site, out=out, max_parallel=max_parallel, validity=validity, local=local
@@ -79,7 +79,7 @@ def sweep(
         timeout_s=wait_timeout_s,
         echo=lambda line: click.echo(line, err=True),
     )
-    click.echo(format_table(spec, points))
+    click.echo(format_sweep(spec, points))
     if archive_dir is not None:
         from hpcbench.archive import add_runs
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from hpcbench.plan.candidates import Candidate, CandidateSet, display_label
 from hpcbench.stats import Ratio, mean, mean_ci, ratio_ci, sample_std
-from hpcbench.text import format_figure
+from hpcbench.text import format_figure, format_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +216,7 @@ def _number(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}".replace(",", " ")
 
 
-def format_table(exploration: Exploration, rate: str = "img/s") -> str:
+def format_exploration(exploration: Exploration, rate: str = "img/s") -> str:
     """One line per candidate: shape, runs, mean ± interval, speedup, layout and how found.
 
     ``rate`` is the unit of the model's samples (``seq/s`` for a language model).
@@ -225,7 +225,7 @@ def format_table(exploration: Exploration, rate: str = "img/s") -> str:
         "candidate", "runs", f"mean {rate}", "std", f"95% CI {rate}", "speedup", "95% CI",
         "layout", "found as",
     ]  # fmt: skip
-    rows = [header]
+    rows = []
     for result in exploration.results:
         c = result.candidate
         ok = len(result.values)
@@ -245,8 +245,7 @@ def format_table(exploration: Exploration, rate: str = "img/s") -> str:
                 c.how,
             ]
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = format_table(header, rows, right=[False] * len(header), rule=False).splitlines()
     failed = [r for result in exploration.results for r in result.runs if r.message]
     lines += [f"{r.label} run {r.repeat}: {r.message} ({r.run_dir})" for r in failed]
     invalid = [

@@ -14,6 +14,7 @@ from hpcbench.cpulist import format_cpulist
 from hpcbench.plan.index import topology_index
 from hpcbench.plan.model import Plan
 from hpcbench.plan.planner import DATA_ROOT_PLACEHOLDER
+from hpcbench.text import format_table
 from hpcbench.topology.model import Topology
 
 RANK_CHARS = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -47,12 +48,12 @@ def _data_dir(data_dir: str | None) -> str:
     return "-" if data_dir is None or DATA_ROOT_PLACEHOLDER in data_dir else _cell(data_dir)
 
 
-def format_table(plan: Plan) -> str:
+def format_plan_table(plan: Plan) -> str:
     """One row per rank of node 0 (the others repeat it), aligned columns.
 
     >>> from hpcbench.plan.model import RankPlacement
     >>> p = Plan((RankPlacement(0, 0, 0, 0, 0, (0, 1, 2), (0, 2), (0,), "/d/rank00000"),), (), "t")
-    >>> print(format_table(p))
+    >>> print(format_plan_table(p))
     rank  node  local  socket  numa  cpus  gpus  mem  data dir
        0     0      0       0     0  0-2   0,2   0    /d/rank00000
     """
@@ -71,15 +72,9 @@ def format_table(plan: Plan) -> str:
         )
         for r in plan.node_ranks(0)
     ]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    numeric = 5  # rank..numa are right-aligned numbers; the rest read left to right
-    lines = []
-    for row in (header, *rows):
-        cells = [
-            cell.rjust(w) if i < numeric and row is not header else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths))
-        ]
-        lines.append("  ".join(cells).rstrip())
+    # rank..numa are right-aligned numbers; the rest read left to right.
+    right = [True] * 5 + [False] * 4
+    lines = format_table(header, rows, right=right, rule=False).splitlines()
     if any(DATA_ROOT_PLACEHOLDER in (r.data_dir or "") for r in plan.ranks):
         lines.append(DATA_NOTE)
     if plan.nodes > 1:
@@ -157,7 +152,7 @@ def render_plan(plan: Plan, topology: Topology, reserved_cpus: Sequence[int] = (
         f"plan: {plan.ranks_per_node} rank{'s' if plan.ranks_per_node != 1 else ''} per node "
         f"x {plan.nodes} node{'s' if plan.nodes != 1 else ''} on {plan.source}",
         "",
-        format_table(plan),
+        format_plan_table(plan),
         "",
         format_picture(plan, topology, reserved_cpus),
     ]

@@ -43,7 +43,7 @@ from hpcbench.slurm.submit import (
     slurm_version,
 )
 from hpcbench.spec import RunSpec, SpecChoices
-from hpcbench.text import format_figure, plural
+from hpcbench.text import format_figure, format_table, plural
 from hpcbench.topology.model import Topology
 from hpcbench.topology_source import TopologySource
 
@@ -482,13 +482,13 @@ def _run_array(
             point.message = str(exc)
 
 
-def format_table(spec: SweepSpec, points: Sequence[PointRun]) -> str:
+def format_sweep(spec: SweepSpec, points: Sequence[PointRun]) -> str:
     """A table of every point: its settings, status, throughput and run directory."""
     from hpcbench.aggregate.validity import format_verdict, verdict_word
 
     keys = [k for k, _ in spec.grid]
     header = ["point", *keys, "status", "img/s", "validity", "run dir"]
-    rows = [header]
+    rows = []
     for point in points:
         throughput = None
         if point.summary is not None:
@@ -503,8 +503,7 @@ def format_table(spec: SweepSpec, points: Sequence[PointRun]) -> str:
                 str(point.run_dir),
             ]
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = format_table(header, rows, right=[False] * len(header), rule=False).splitlines()
     for point in points:
         if point.message:
             lines.append(f"p{point.index:03d}: {point.message}")
