@@ -495,6 +495,7 @@ _JSON_ATTRS: dict[str, type | None] = {
     "devices_json": list,
     "slurm_json": dict,
     "identity_json": dict,
+    "threads_json": dict,
 }
 # Integer attributes and their valid range.
 _INT_ATTRS: dict[str, tuple[int, int]] = {
@@ -505,6 +506,8 @@ _INT_ATTRS: dict[str, tuple[int, int]] = {
     "num_devices": (1, MAX_DEVICES),
     "flops_per_image": (0, 1 << 62),
     "tail_batches": (0, 1 << 40),
+    # --until-stable: where the rank's timed phase was moved to end (CLOCK_REALTIME).
+    "deadline_ns": (MIN_TIME_NS, MAX_TIME_NS),
 }
 _TEXT_ATTRS = ("host", "launcher", "backend", "model", "precision")
 

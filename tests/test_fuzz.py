@@ -323,7 +323,8 @@ def test_sweep_specs(scratch: Path, data: Any) -> None:
 _RANK_ATTRS = ["schema_version", "rank", "world_size", "run_id", "launch_id", "host",
                "complete", "batch_size", "num_devices", "local_rank", "node", "pid",
                "flops_per_image", "tail_batches", "plan_json", "binding_json", "config_json",
-               "slurm_json", "devices_json", "identity_json", "unknown"]  # fmt: skip
+               "slurm_json", "devices_json", "identity_json", "threads_json",
+               "deadline_ns", "unknown"]  # fmt: skip
 _TIMED_ATTRS = ["t_begin_ns", "t_finish_ns", "clock_step_ns"]
 _COLUMNS = ["t_start_ns", "t_end_ns", "images", "device", "data_wait_ns"]
 _INT64 = st.integers(-(2**63), 2**63 - 1)

@@ -165,6 +165,8 @@ IMPOSSIBLE: dict[str, tuple[Callable[[h5py.File], None], str]] = {
         "plan_json.gpus",
     ),
     "2^28 rows declared": (_huge_declared_column, "timed.t_start_ns: declares 268435456 rows"),
+    "deadline_ns as text": (_set_attr("deadline_ns", "soon"), "deadline_ns"),
+    "threads_json a number": (_set_attr("threads_json", "5"), "threads_json"),
 }
 
 
