@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -21,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from hpcbench.configfile import key_path, read_yaml_file, validate
 from hpcbench.cpulist import CpuListError, format_cpulist, parse_cpulist
 from hpcbench.errors import ConfigError, HpcbenchError, closest
 from hpcbench.topology.model import Core, Gpu, Nic, NumaNode, Topology
@@ -129,137 +129,16 @@ def resolve_site_path(name_or_path: str | os.PathLike[str]) -> Path:
 def load_site(path: str | os.PathLike[str]) -> SiteConfig:
     """Read, validate and build a site config (a path, or the name of a shipped one)."""
     file = resolve_site_path(path)
-    try:
-        text = file.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read site config {file}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{file}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
-        ) from None
-    data = parse_yaml(text, str(file))
+    data = read_yaml_file(file, "site config")
     return site_from_dict(data, file)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last one)."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    mapping: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in mapping:
-            mark = key_node.start_mark
-            raise ConfigError(
-                f"line {mark.line + 1} column {mark.column + 1}: key {key!r} appears twice"
-            )
-        mapping[key] = loader.construct_object(value_node, deep=True)
-    return mapping
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,
-)
-
-
-def parse_yaml(text: str, where: str) -> Any:
-    """Parse YAML text, turning syntax errors into one-line :class:`ConfigError`s."""
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        at = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{where}: malformed YAML{at}: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        # e.g. ReaderError (a control character) spans two lines: keep one.
-        raise ConfigError(f"{where}: malformed YAML: {' '.join(str(exc).split())}") from None
-
-
-def key_path(parts: Sequence[str | int]) -> str:
-    """Spell a JSON path the way users read it.
-
-    >>> key_path(["node_types", "gpu", "topology", "gpus", 3, "numa_node"])
-    'node_types.gpu.topology.gpus[3].numa_node'
-    >>> key_path([])
-    '(top level)'
-    >>> key_path(["node_types", "a b", None])
-    "node_types['a b'][None]"
-    """
-    out = ""
-    for part in parts:
-        if isinstance(part, int) and not isinstance(part, bool):
-            out += f"[{part}]"
-        elif isinstance(part, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", part):
-            out += f".{part}" if out else part
-        else:
-            # A key one cannot type plainly (a line break, a space, a None key): quoted, so
-            # the message stays one line and shows the key exactly.
-            out += f"[{part!r}]"
-    return out or "(top level)"
-
-
-def _schema_error_message(error: Any, schema: Mapping[str, Any]) -> str:
-    """One line for one jsonschema ValidationError."""
-    path = list(error.absolute_path)
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        # YAML keys need not be strings ("? " makes a None key, "1:" an int): compare as text.
-        extra = sorted(str(k) for k in error.instance if str(k) not in allowed)
-        if extra and allowed:
-            key = extra[0]
-            return (
-                f"{key_path([*path, key])}: unknown key {key!r}{closest(key, allowed)} "
-                f"(valid keys here: {', '.join(allowed)})"
-            )
-    if error.validator == "required":
-        return f"{key_path(path)}: {error.message.replace('is a required property', 'is missing')}"
-    if error.validator == "type":
-        expected = error.validator_value
-        expected_text = " or ".join(expected) if isinstance(expected, list) else expected
-        hint = ""
-        if "string" in str(expected) and isinstance(error.instance, int | float):
-            hint = ' (quote it in YAML, e.g. "22.05")'
-        return (
-            f"{key_path(path)}: expected {expected_text}, got {error.instance!r}"
-            f" ({type(error.instance).__name__}){hint}"
-        )
-    if error.validator == "enum":
-        choices = ", ".join(repr(c) for c in error.validator_value)
-        suggestion = closest(str(error.instance), [str(c) for c in error.validator_value])
-        return (
-            f"{key_path(path)}: {error.instance!r} is not allowed{suggestion} (choices: {choices})"
-        )
-    if error.validator == "pattern" and path and path[-1] == "slurm_version":
-        return f'{key_path(path)}: {error.instance!r} is not a Slurm version like "22.05"'
-    if error.validator == "propertyNames":
-        return f"{key_path(path)}: {error.message}"
-    return f"{key_path(path)}: {error.message}"
 
 
 def validate_site_dict(data: Any, where: str) -> None:
     """Validate raw site-config data against the schema; raise one-line ConfigError."""
-    import jsonschema
-
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise ConfigError(f"{where}: a site config must be a YAML mapping, this file is {kind}")
-    schema = site_schema()
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), e.path))
-    if not errors:
-        return
-    # Prefer the deepest, most specific error of the first failing location.
-    best = jsonschema.exceptions.best_match(errors)
-    for error in errors:
-        if error.validator == "additionalProperties":
-            best = error
-            break
-    raise ConfigError(f"{where}: {_schema_error_message(best, schema)}")
+    validate(data, site_schema(), where)
 
 
 def site_from_dict(data: Any, path: Path) -> SiteConfig:

@@ -102,7 +102,7 @@ def test_nothing_matched_fails(
     [
         (
             REFERENCES.replace("partition: gpu", "partiton: gpu"),
-            "references[0].match: unknown key 'partiton' (did you mean 'partition'?)",
+            "references[0].match.partiton: unknown key 'partiton' (did you mean 'partition'?)",
         ),
         (
             REFERENCES.replace("tolerance_pct: 10", "tolerence_pct: 10"),
@@ -114,9 +114,9 @@ def test_nothing_matched_fails(
         ),
         (REFERENCES.replace("defaults", "default"), "unknown key 'default'"),
         (REFERENCES.replace("tolerance_pct: 5", "tolerance_pct: -5"), "less than the minimum"),
-        ("references: [\n", "not valid YAML at line"),
+        ("references: [\n", "malformed YAML at line"),
         (REFERENCES.replace("10000", ".nan"), "must be a finite number, got nan"),
-        ("version: 1\n", "'references' is a required property"),
+        ("version: 1\n", "(top level): 'references' is missing"),
         (REFERENCES.replace("10000", "lots"), "give a number or {value, tolerance_pct, direction}"),
     ],
 )

@@ -1,4 +1,4 @@
-"""Bad input, generated: site configs, plan syntax, sweep specs and command lines.
+"""Bad input, generated: site configs, YAML structure, plan syntax, sweep specs, command lines.
 
 Property of every test: the input is accepted, or refused with one :class:`HpcbenchError`
 (on the command line: exit 2 and exactly one ``hpcbench: error:`` line naming what and where),
@@ -316,6 +316,70 @@ def test_sweep_specs(scratch: Path, data: Any) -> None:
         return
     assert points
     event("accepted")
+
+
+# ------------------------------------------------------------------------------ YAML structure
+_YAML_KEYS = ["name", "description", "grid", "base", "references", "defaults", "notes", "x"]
+
+
+@st.composite
+def yaml_structures(draw: st.DrawFn) -> str:
+    """YAML text shaped to strain the loader: nesting depth, alias fan-out, integer digits and
+    file size around the bounds (hpcbench.configfile), under a key the loaders know or not."""
+    from hpcbench.configfile import MAX_FILE_BYTES
+
+    lines = []
+    levels = draw(st.integers(0, 10))
+    fan = draw(st.integers(1, 12))
+    if levels:
+        lines += ["anchors:", "  - &a0 [lol, 1]"]
+        lines += [f"  - &a{i} [{', '.join([f'*a{i - 1}'] * fan)}]" for i in range(1, levels + 1)]
+    leaf = draw(st.sampled_from(["int", "alias", "text", "mapping"]))
+    if leaf == "int":
+        value = draw(st.sampled_from(["", "-", "0x", "0o", "+"])) + "7" * draw(st.integers(1, 400))
+    elif leaf == "alias" and levels:
+        value = f"*a{draw(st.integers(0, levels))}"
+    elif leaf == "mapping":
+        value = "{value: 1, tolerance_pct: 5}"
+    else:
+        value = "text"
+    depth = draw(st.integers(0, 120))
+    opening, closing = draw(st.sampled_from([("[", "]"), ("{a: ", "}")]))
+    lines.append(f"{draw(st.sampled_from(_YAML_KEYS))}: {opening * depth}{value}{closing * depth}")
+    padding = draw(st.sampled_from([0, 0, 0, 10_000, MAX_FILE_BYTES + 1]))
+    return "\n".join(lines) + "\n" + ("#" * padding + "\n" if padding else "")
+
+
+@FUZZ
+@given(yaml_structures())
+@example(
+    "description:\n"
+    + "\n".join(
+        ["  - &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+        + [f"  - &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    )
+    + "\n"
+)  # the alias bomb of the issue
+@example("name: " + "[" * 900 + "]" * 900 + "\n")
+@example("defaults: " + "7" * 100_000 + "\n")
+def test_yaml_structure(scratch: Path, text: str) -> None:
+    """Site config, sweep spec and reference file loaders on the same text: accepted, or one
+    line naming the file, short (an echoed value is an excerpt)."""
+    from hpcbench.archive.references import load_references
+    from hpcbench.configfile import MAX_MESSAGE_CHARS
+    from hpcbench.slurm.sweep import load_sweep
+
+    path = scratch / "structure.yaml"
+    path.write_text(text)
+    for load in (load_site, load_sweep, load_references):
+        try:
+            load(path)
+        except HpcbenchError as exc:
+            message = one_line(exc)
+            assert "structure.yaml" in message and len(message) <= MAX_MESSAGE_CHARS, message
+            event(f"{load.__name__}: refused")
+            continue
+        event(f"{load.__name__}: accepted")
 
 
 # ------------------------------------------------------------------------------ rank files

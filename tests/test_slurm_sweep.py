@@ -27,7 +27,7 @@ def _write(path: Path, text: str) -> Path:
         ("site: s\ngrid:\n  batch_sise: [1]\n", "grid: unknown setting 'batch_sise' (did you mean"),
         ("site: s\ngrid: {model: [a]}\nbase: {modle: a}\n", "base: unknown setting 'modle'"),
         ("site: s\ngrid:\n  model: []\n", "grid.model: [] should be non-empty"),
-        ("site: s\ngrid:\n  model: a\n", "grid.model: 'a' is not of type 'array'"),
+        ("site: s\ngrid:\n  model: a\n", "grid.model: expected array, got 'a' (str)"),
         ("grid:\n  model: [a]\n", "no site"),
         ("site: s\ngrid:\n  model: [[a, b]]\n", "grid.model: ['a', 'b'] is not a single value"),
         ("site: s\nmax_parallel: 0\ngrid: {model: [a]}\n", "max_parallel: 0 is less than"),

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcbench.archive.query import FIGURES, MISSING, PARAM_KEYS, lookup
+from hpcbench.configfile import read_yaml_file, validate
 from hpcbench.errors import ConfigError, closest
 from hpcbench.text import noun
 
@@ -77,7 +78,10 @@ SCHEMA: dict[str, Any] = {
                     "figures": {
                         "type": "object",
                         "minProperties": 1,
-                        "additionalProperties": {"oneOf": [{"type": "number"}, _FIGURE_OBJECT]},
+                        "additionalProperties": {
+                            "oneOf": [{"type": "number"}, _FIGURE_OBJECT],
+                            "description": "give a number or {value, tolerance_pct, direction}",
+                        },
                     },
                 },
             },
@@ -167,50 +171,9 @@ class Outcome:
         }
 
 
-def _where(path: Sequence[Any]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _schema_error(source: str, data: Any) -> str | None:
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(SCHEMA)
-    errors = sorted(validator.iter_errors(data), key=lambda e: (list(e.absolute_path), e.message))
-    if not errors:
-        return None
-    error = errors[0]
-    where = _where(list(error.absolute_path))
-    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
-        allowed = list(error.schema.get("properties", {}))
-        extra = [k for k in error.instance if k not in allowed]
-        if extra:
-            key = str(extra[0])
-            return (
-                f"{source}: {where}: unknown key {key!r}{closest(key, allowed)}; "
-                f"valid keys: {', '.join(allowed)}"
-            )
-    if error.validator == "oneOf":
-        if isinstance(error.instance, Mapping):
-            allowed = list(_FIGURE_OBJECT["properties"])  # type: ignore[call-overload]
-            extra = [k for k in error.instance if k not in allowed]
-            if extra:
-                key = str(extra[0])
-                return f"{source}: {where}: unknown key {key!r}{closest(key, allowed)}"
-        return (
-            f"{source}: {where}: {error.instance!r}: give a number or "
-            "{value, tolerance_pct, direction}"
-        )
-    return f"{source}: {where}: {error.message}"
-
-
 def parse_references(data: Any, source: str) -> list[Reference]:
     """Validate a loaded reference document and build the references."""
-    message = _schema_error(source, data)
-    if message:
-        raise ConfigError(message)
+    validate(data, SCHEMA, source)
     default_tol = float((data.get("defaults") or {}).get("tolerance_pct", DEFAULT_TOLERANCE_PCT))
     references = []
     for i, item in enumerate(data["references"]):
@@ -253,21 +216,7 @@ def parse_references(data: Any, source: str) -> list[Reference]:
 
 def load_references(path: Path | str) -> list[Reference]:
     """Read and validate a reference file; a mistake raises ConfigError naming file and key."""
-    import yaml
-
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: reference file not found") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read reference file ({exc})") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{at}") from exc
+    data = read_yaml_file(path, "reference file")
     return parse_references(data, str(path))
 
 

@@ -23,8 +23,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hpcbench.configfile import read_yaml_file, validate
 from hpcbench.cpulist import is_decimal
-from hpcbench.errors import ConfigError, HpcbenchError, RunError, UsageError, closest
+from hpcbench.errors import ConfigError, HpcbenchError, RunError, UsageError
 from hpcbench.jsonfile import read_json, write_atomic, write_json_atomic
 from hpcbench.plan.planner import PlanRequest
 from hpcbench.runtime.local_run import LocalInputs, plan_local
@@ -109,25 +110,6 @@ def sweep_schema() -> dict[str, Any]:
     return schema
 
 
-def _schema_message(error: Any) -> str:
-    path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        extra = sorted(set(error.instance) - set(allowed))
-        if extra:
-            return (
-                f"unknown key {extra[0]!r}{closest(extra[0], allowed)} "
-                f"(valid keys: {', '.join(allowed)})"
-            )
-    if error.validator == "enum" and error.schema is sweep_schema()["$defs"]["setting_name"]:
-        choices = list(error.validator_value)
-        return (
-            f"{path}: unknown setting {error.instance!r}{closest(str(error.instance), choices)}"
-            f" (valid: {', '.join(choices)})"
-        )
-    return f"{path}: {error.message}"
-
-
 def load_sweep(
     path: Path,
     *,
@@ -142,24 +124,10 @@ def load_sweep(
     ``validity`` (rules the points are judged by) overrides the spec's ``base.validity``.
     A Slurm sweep needs a site; a ``local`` one without a site probes this host, like ``run``.
     """
-    import jsonschema
-
-    from hpcbench.site import parse_yaml
-
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read sweep spec {path}: {exc.strerror or exc}") from None
-    data = parse_yaml(text, str(path))
+    data = read_yaml_file(path, "sweep spec")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a sweep spec must be a YAML mapping")
-    validator = jsonschema.Draft202012Validator(sweep_schema())
-    errors = list(validator.iter_errors(data))
-    if errors:
-        # propertyNames errors carry the bad key in their context; report the most specific.
-        leaves = [leaf for e in errors for leaf in (e.context or [e])]
-        best = min(leaves, key=lambda e: (e.validator != "enum", -len(e.absolute_path)))
-        raise ConfigError(f"{path}: {_schema_message(best)}")
+    validate(data, sweep_schema(), str(path))
     site_path = site or data.get("site")
     if not site_path and not local:
         raise ConfigError(
