@@ -156,3 +156,14 @@ def test_echoed_values_are_excerpts(tmp_path: Path) -> None:
 )
 def test_one_key_path_spelling(parts: list[object], spelled: str) -> None:
     assert key_path(parts) == spelled
+
+
+@pytest.mark.timeout(60)
+def test_archive_skips_a_hostile_site_copy(tmp_path: Path) -> None:
+    """The archive reads the site config copied into a run directory through the same loader:
+    an alias bomb there is skipped (yaml.safe_load returned it for the archive to walk)."""
+    from hpcbench.archive.entry import site_document
+
+    (tmp_path / "site.yaml").write_text("node_types:\n" + BOMB + "\n")
+    (tmp_path / "z-other.yaml").write_text("name: x\nnode_types: {}\n")
+    assert site_document(tmp_path, ["site.yaml", "z-other.yaml"]) == {"name": "x", "node_types": {}}

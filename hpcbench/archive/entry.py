@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hpcbench.errors import ArchiveError, excerpt
+from hpcbench.errors import ArchiveError, ConfigError, excerpt
 from hpcbench.jsonfile import read_json
 from hpcbench.text import noun
 
@@ -198,15 +198,19 @@ def completeness(
 
 
 def site_document(folder: Path, files: Iterable[str]) -> dict[str, Any] | None:
-    """The site config copied with the run (a YAML file with ``node_types``), if any."""
-    import yaml
+    """The site config copied with the run (a YAML file with ``node_types``), if any.
+
+    Read through the one config loader, so a damaged or hostile copy (an alias bomb, a huge
+    file) is skipped quickly instead of hanging the archive.
+    """
+    from hpcbench.configfile import read_yaml_file
 
     for name in sorted(files):
         if not name.endswith((".yaml", ".yml")):
             continue
         try:
-            data = yaml.safe_load((folder / name).read_text(encoding="utf-8"))
-        except (yaml.YAMLError, OSError, UnicodeDecodeError):
+            data = read_yaml_file(folder / name, "site config")
+        except ConfigError:
             continue
         if isinstance(data, dict) and "node_types" in data:
             return data
