@@ -254,6 +254,24 @@ def test_telemetry_block_over_the_common_window(tmp_path: Path) -> None:
     assert total["images_per_j"] == pytest.approx(1.6)
 
 
+def test_mean_power_is_the_windows_energy_over_its_length(tmp_path: Path) -> None:
+    """Power samples that lag the load (NVML averages its reading) do not make a device's mean
+    power disagree with its energy, nor the devices with the total."""
+    samples = T0_NS + np.arange(-10, 111) * 100 * NS_PER_MS
+    power = np.full(121, 600.0)
+    power[:40] = 300.0  # the reading still ramping up during the first 3 s of the window
+    energy = 1e6 + 600.0 * (samples - samples[0]) / 1e9  # the counter: 600 W throughout
+    write_rank(
+        tmp_path, 0, 1, steady(T0_NS, 1000, 10.0),
+        telemetry=telemetry_columns(samples, power_w=power, energy_j=energy),
+    )  # fmt: skip
+    block = aggregate_run(tmp_path)["telemetry"]
+    device, total = block["devices"][0], block["total"]
+    assert device["energy_j"] == pytest.approx(6000.0)
+    assert device["mean_power_w"] == pytest.approx(600.0)  # not the samples' 510 W
+    assert total["mean_power_w"] == pytest.approx(device["mean_power_w"])
+
+
 def test_without_telemetry_the_block_says_so(tmp_path: Path) -> None:
     write_rank(tmp_path, 0, 1, steady(T0_NS, 100, 10.0))
     summary = aggregate_run(tmp_path)

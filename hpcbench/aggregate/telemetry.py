@@ -97,6 +97,15 @@ def device_telemetry(
     )
     masks = column("throttle_reasons", np.uint64)[inside]
     known = column("throttle_known", bool)[inside] if "throttle_known" in columns else None
+    # Mean power over the window is its energy over its length, as in the total (so devices add
+    # up to it). The mean of the power samples is only the fallback: NVML's power reading is
+    # itself an average over the last second or so, which lags the load (on an H200 the samples
+    # averaged 659 W where the energy counter gave 683 W over the same window).
+    window_s = (window_end_ns - window_start_ns) / figures.NS_PER_S
+    if energy_j is not None and window_s > 0:
+        mean_power_w: float | None = energy_j / window_s
+    else:
+        mean_power_w = _stat(np.nanmean, power[inside])
     return {
         "rank": rank_file.rank,
         "device": device,
@@ -106,7 +115,7 @@ def device_telemetry(
         "energy_source": source,
         "images": images,
         "images_per_j": images / energy_j if energy_j else None,
-        "mean_power_w": _stat(np.nanmean, power[inside]),
+        "mean_power_w": mean_power_w,
         "max_power_w": _stat(np.nanmax, power[inside]),
         "median_sm_clock_mhz": _stat(np.nanmedian, column("sm_clock_mhz")[inside]),
         "max_temperature_c": _stat(np.nanmax, column("temperature_c")[inside]),
