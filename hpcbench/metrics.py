@@ -35,6 +35,7 @@ import h5py
 import numpy as np
 
 from hpcbench.errors import MetricsError, excerpt
+from hpcbench.runfiles import RunFiles
 
 SCHEMA_VERSION = 2
 # Version 1 files (no launch_id) are still read: every other field means the same.
@@ -48,15 +49,6 @@ BATCH_FIELDS: dict[str, Any] = {
     "data_wait_ns": np.int64,
 }
 _CHUNK_ROWS = 4096
-
-
-def rank_file_name(rank: int) -> str:
-    """``rank-00003.h5`` for rank 3.
-
-    >>> rank_file_name(3)
-    'rank-00003.h5'
-    """
-    return f"rank-{rank:05d}.h5"
 
 
 class RankMetricsWriter:
@@ -80,8 +72,9 @@ class RankMetricsWriter:
         *,
         launch_id: str = "default",
     ) -> None:
-        self.final_path = Path(run_dir) / rank_file_name(rank)
-        self.part_path = self.final_path.with_name(self.final_path.name + ".part")
+        files = RunFiles(run_dir)
+        self.final_path = files.rank_file(rank)
+        self.part_path = files.rank_part(rank)
         self.flush_interval_s = flush_interval_s
         self._lock = threading.Lock()
         self._buffers: dict[str, list[tuple[int, int, int, int, int]]] = {p: [] for p in PHASES}

@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 
 from hpcbench.aggregate import figures
-from hpcbench.aggregate.load import RESULT_FILE, load_run, read_result_ranks
+from hpcbench.aggregate.load import load_run, read_result_ranks
 from hpcbench.aggregate.summary import summarize
 from hpcbench.errors import MetricsError, UsageError
 from hpcbench.metrics import RankFile
 from hpcbench.resources import install_hint
+from hpcbench.runfiles import RESULT_FILE, RunFiles
 from hpcbench.text import plural
 from hpcbench.units import summary_unit
 
@@ -56,7 +57,7 @@ def load_plot_data(run_dir: Path, *, dlbs_trim: int = 50) -> PlotData:
         run = load_run(run_dir, allow_partial=True)
         summary = summarize(run, dlbs_trim=dlbs_trim)
         return PlotData(run_dir.name, run.ranks, summary)
-    result = run_dir / RESULT_FILE
+    result = RunFiles(run_dir).result
     if not result.exists():
         raise MetricsError(f"{run_dir}: neither rank files nor {RESULT_FILE} to plot")
     import json

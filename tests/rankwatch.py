@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from hpcbench.runtime.rank import read_status
+from hpcbench.runfiles import RunFiles
 
 
 def environ(pid: int) -> dict[str, str]:
@@ -25,7 +25,7 @@ def environ(pid: int) -> dict[str, str]:
 
 def reached_timed(run_dir: Path, rank: int, batches: int) -> bool:
     """Whether ``rank`` has published at least ``batches`` batches of its timed phase."""
-    status = read_status(run_dir, rank)
+    status = RunFiles(run_dir).read_status(rank)
     return status.get("phase") == "timed" and int(status.get("timed_batches", 0)) >= batches
 
 

@@ -29,9 +29,9 @@ import pytest
 from hpcbench.errors import MetricsError, RunError
 from hpcbench.metrics import read_rank_file
 from hpcbench.plan.model import Plan, RankPlacement
-from hpcbench.runtime.barrier import FILE_DIR, SHM_DIR, barrier_namespace, remove_barrier_state
+from hpcbench.runfiles import BARRIER_DIR, RunFiles
+from hpcbench.runtime.barrier import SHM_DIR, barrier_namespace, remove_barrier_state
 from hpcbench.runtime.identity import LAUNCH_ID_VAR, LOCAL_VARS
-from hpcbench.runtime.rank import read_status
 from hpcbench.runtime.rundir import create_run_dir
 from hpcbench.spec import RunSpec
 from tests.rankwatch import environ, reached_timed
@@ -94,7 +94,7 @@ def in_phase(run_dir: Path, rank: int, phase: str, launch_id: str = "fault") -> 
         return "devices:" in err and "phase: warmup" not in err
     if phase == "timed":
         return reached_timed(run_dir, rank, 3)
-    status = read_status(run_dir, rank)
+    status = RunFiles(run_dir).read_status(rank)
     if phase.startswith("barrier "):
         # The status is published just before arriving: wait for the arrival itself.
         generation = 1 if phase == "barrier start" else 2
@@ -105,7 +105,7 @@ def in_phase(run_dir: Path, rank: int, phase: str, launch_id: str = "fault") -> 
 def arrived(run_dir: Path, rank: int, generation: int, launch_id: str) -> bool:
     """Whether ``rank`` has arrived at barrier ``generation`` (read from the barrier's state)."""
     namespace = _namespace(run_dir, launch_id)
-    directory = run_dir / FILE_DIR / namespace
+    directory = run_dir / BARRIER_DIR / namespace
     if directory.is_dir():
         return (directory / f"g{generation:06d}" / f"a{rank:05d}").exists()
     try:
@@ -202,7 +202,7 @@ def _namespace(run_dir: Path, launch_id: str) -> str:
 
 def _no_barrier_state(run_dir: Path) -> None:
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
-    assert not (run_dir / FILE_DIR).exists()
+    assert not (run_dir / BARRIER_DIR).exists()
     assert not [p.name for p in SHM_DIR.iterdir() if run_id in p.name]
 
 
@@ -275,7 +275,7 @@ def test_survivor_names_the_rank_killed_in_each_phase(
         summary = _aggregate(run_dir, allow_partial=True)
         assert summary["complete"] is False
     segment = SHM_DIR / _namespace(run_dir, "fault")
-    state = [segment, run_dir / FILE_DIR]
+    state = [segment, run_dir / BARRIER_DIR]
     if phase == "barrier end":
         # Nobody aborted and rank 1 never closed, so the last-to-close cleanup never ran:
         # without a launcher (which removes it) the state stays; its name holds the launch id,
@@ -642,7 +642,7 @@ def test_stale_barrier_state_does_not_affect_the_next_run(tmp_path: Path, barrie
             proc.send_signal(signal.SIGKILL)
             proc.wait()
     namespace = _namespace(run_dir, "fault")
-    stale = SHM_DIR / namespace if barrier == "shm" else run_dir / FILE_DIR / namespace
+    stale = SHM_DIR / namespace if barrier == "shm" else run_dir / BARRIER_DIR / namespace
     assert stale.exists()
     # The same run directory launched again (a rerun) and a fresh run directory.
     for part in run_dir.glob("rank-*.h5.part"):

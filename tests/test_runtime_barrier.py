@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from hpcbench.errors import BarrierTimeout, RunError
+from hpcbench.runfiles import BARRIER_DIR
 from hpcbench.runtime.barrier import (
-    FILE_DIR,
     SHM_DIR,
     barrier_namespace,
     open_barrier,
@@ -109,8 +109,8 @@ def _leftovers(namespace: str, run_dir: Path) -> list[str]:
     found = []
     if (SHM_DIR / namespace).exists():
         found.append(str(SHM_DIR / namespace))
-    if (run_dir / FILE_DIR).exists():
-        found.append(str(run_dir / FILE_DIR))
+    if (run_dir / BARRIER_DIR).exists():
+        found.append(str(run_dir / BARRIER_DIR))
     return found
 
 
@@ -167,7 +167,7 @@ def test_state_of_a_killed_launch_does_not_affect_the_next(kind: str, tmp_path: 
     victim.start()
     # Wait until the victim has arrived, then kill it: its state stays behind.
     deadline = time.monotonic() + 10
-    stale = SHM_DIR / killed if kind == "shm" else tmp_path / FILE_DIR / killed / "g000001"
+    stale = SHM_DIR / killed if kind == "shm" else tmp_path / BARRIER_DIR / killed / "g000001"
     while not (stale.exists() and (kind == "shm" or any(stale.iterdir()))):
         assert time.monotonic() < deadline, "the first launch never arrived"
         time.sleep(0.01)
@@ -206,7 +206,7 @@ def test_file_barrier_state_is_owner_only(tmp_path: Path) -> None:
     modes: dict[str, int] = {}
 
     def inspect() -> None:
-        root = tmp_path / FILE_DIR / namespace
+        root = tmp_path / BARRIER_DIR / namespace
         arrival = root / "g000001" / "a00000"
         deadline = time.monotonic() + 0.9  # inside the barrier's 1 s timeout
         while not arrival.exists() and time.monotonic() < deadline:
@@ -222,7 +222,7 @@ def test_file_barrier_state_is_owner_only(tmp_path: Path) -> None:
     thread.join()
     barrier.close()
     assert modes == {"root": 0o700, "gen": 0o700, "arrival": 0o600}
-    assert not (tmp_path / FILE_DIR).exists()
+    assert not (tmp_path / BARRIER_DIR).exists()
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -21,11 +21,11 @@ from hpcbench.errors import RunError
 from hpcbench.jsonfile import write_json_atomic
 from hpcbench.metrics import RankMetricsWriter, read_rank_file
 from hpcbench.plan.model import Plan, RankPlacement
-from hpcbench.runtime.barrier import FILE_DIR, SHM_DIR
+from hpcbench.runfiles import BARRIER_DIR, LOGS_DIR, RunFiles
+from hpcbench.runtime.barrier import SHM_DIR
 from hpcbench.runtime.identity import LOCAL_VARS
 from hpcbench.runtime.launcher import _failure, _Ranks, launch_local
-from hpcbench.runtime.rank import status_path
-from hpcbench.runtime.rundir import LOGS_DIR, create_run_dir
+from hpcbench.runtime.rundir import create_run_dir
 from hpcbench.spec import RunSpec
 from tests.rankwatch import wait_timed
 
@@ -70,7 +70,7 @@ def make_run(tmp_path: Path, **spec_changes: object) -> tuple[Path, Plan, object
 
 
 def _no_barrier_state(run_dir: Path) -> None:
-    assert not (run_dir / FILE_DIR).exists()
+    assert not (run_dir / BARRIER_DIR).exists()
     run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
     assert not [p for p in SHM_DIR.iterdir() if run_id in p.name]
 
@@ -220,7 +220,7 @@ def test_blame_follows_what_the_blamed_rank_did(
     """Rank 0 exited 1 blaming rank 1 (caused_by in its status); rank 1 exits a moment later."""
     (tmp_path / LOGS_DIR).mkdir()
     write_json_atomic(
-        status_path(tmp_path, 0),
+        RunFiles(tmp_path).rank_status(0),
         {"rank": 0, "phase": "failed", "error": "x", "caused_by": [1], "cause": "aborted the run"},
     )
     ranks = _Ranks()

@@ -12,16 +12,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hpcbench.aggregate.load import RESULT_FILE, SUMMARY_FILE, LoadedRun, load_run
+from hpcbench.aggregate.load import LoadedRun, load_run
 from hpcbench.aggregate.result import write_result, write_summary
 from hpcbench.aggregate.summary import dumps, format_summary, summarize
 from hpcbench.aggregate.validity import rules_named
 from hpcbench.errors import MetricsError, UsageError, excerpt
 from hpcbench.jsonfile import read_json
+from hpcbench.runfiles import RunFiles
 
 __all__ = [
-    "RESULT_FILE",
-    "SUMMARY_FILE",
     "LoadedRun",
     "aggregate_run",
     "format_summary",
@@ -75,8 +74,9 @@ def aggregate_run(
         rules=None if validity is None else rules_named(validity),
     )
     text = dumps(summary)
-    write_result(run_dir / RESULT_FILE, run.ranks, summary, text)
-    write_summary(run_dir / SUMMARY_FILE, summary, text)
+    files = RunFiles(run_dir)
+    write_result(files.result, run.ranks, summary, text)
+    write_summary(files.summary, summary, text)
     return summary
 
 
@@ -89,7 +89,7 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     if path.is_file():
         summary_path = path
     else:
-        summary_path = path / SUMMARY_FILE
+        summary_path = RunFiles(path).summary
         if not summary_path.exists():
             return summarize_run(path, allow_partial=True)
     data = read_json(summary_path, "summary", MetricsError)

@@ -18,19 +18,13 @@ import h5py
 
 from hpcbench.errors import MetricsError
 from hpcbench.jsonfile import read_json
-from hpcbench.metrics import (
-    RankFile,
-    rank_file_name,
-    read_rank_file,
-    read_rank_group,
-)
+from hpcbench.metrics import RankFile, read_rank_file, read_rank_group
+from hpcbench.runfiles import RunFiles, rank_file_name
 from hpcbench.text import plural
 
 # What a rank file's name looks like; only ``rank_file_name(rank)`` (+ ``.part``) is one.
 _RANK_LIKE = re.compile(r"rank-(.*)\.h5(\.part)?", re.DOTALL)
 _RANK_NUMBER = re.compile(r"[0-9]+")
-RESULT_FILE = "result.h5"
-SUMMARY_FILE = "summary.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +56,10 @@ def load_run(run_dir: Path, *, allow_partial: bool = False) -> LoadedRun:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MetricsError(f"{run_dir}: run directory not found")
-    run_json = _read_json(run_dir / "run.json")
-    plan_json = _read_json(run_dir / "plan.json")
-    spec_json = _read_json(run_dir / "spec.json")
+    files = RunFiles(run_dir)
+    run_json = _read_json(files.run_info)
+    plan_json = _read_json(files.plan)
+    spec_json = _read_json(files.spec)
 
     finished, unfinished = find_rank_files(run_dir)
 

@@ -29,7 +29,8 @@ import numpy as np
 
 from hpcbench.aggregate.summary import dumps
 from hpcbench.errors import MetricsError
-from hpcbench.metrics import RankFile, rank_file_name
+from hpcbench.metrics import RankFile
+from hpcbench.runfiles import rank_file_name
 
 RESULT_SCHEMA = "hpcbench.result"
 RESULT_SCHEMA_VERSION = 1

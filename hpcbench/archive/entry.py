@@ -15,9 +15,9 @@ from typing import Any
 
 from hpcbench.errors import ArchiveError, ConfigError, excerpt
 from hpcbench.jsonfile import read_json
+from hpcbench.runfiles import RUN_FILE, RunFiles
 from hpcbench.text import noun
 
-SUMMARY = "summary.json"
 ENTRY_FORMAT = 1
 
 
@@ -40,18 +40,19 @@ def entry_from_folder(
     """An index entry from a run's files (an archived run folder or a run directory)."""
     from hpcbench.archive.query import run_params
 
-    summary = read_json_object(folder / SUMMARY, "summary")
+    files = RunFiles(folder)
+    summary = read_json_object(files.summary, "summary")
     spec: dict[str, Any] | None = None
-    if (folder / "spec.json").is_file():
-        spec = read_json_object(folder / "spec.json", "spec")
+    if files.spec.is_file():
+        spec = read_json_object(files.spec, "spec")
     run_info: dict[str, Any] = {}
-    if (folder / "run.json").is_file():
-        run_info = read_json_object(folder / "run.json", "run.json")
+    if files.run_info.is_file():
+        run_info = read_json_object(files.run_info, RUN_FILE)
     site_doc = site_document(folder, file_names)
     complete, reason = completeness(summary, slurm_record(folder))
     plan: dict[str, Any] | None = None
-    if (folder / "plan.json").is_file():
-        plan = read_json_object(folder / "plan.json", "plan")
+    if files.plan.is_file():
+        plan = read_json_object(files.plan, "plan")
     entry = {
         "format": ENTRY_FORMAT,
         "run_id": run_id,
@@ -157,7 +158,7 @@ FAILED_JOB_STATES = frozenset(
 
 def slurm_record(folder: Path) -> Mapping[str, Any] | None:
     """``slurm.json`` (written by ``hpcbench submit``) when present and readable."""
-    path = folder / "slurm.json"
+    path = RunFiles(folder).slurm_record
     if not path.is_file():
         return None
     try:

@@ -44,7 +44,6 @@ from typing import Any
 
 from hpcbench.archive.entry import (
     ENTRY_FORMAT,
-    SUMMARY,
     check_entry,
     completeness,
     entry_from_folder,
@@ -54,6 +53,15 @@ from hpcbench.archive.entry import (
 )
 from hpcbench.errors import ArchiveError, excerpt
 from hpcbench.jsonfile import write_atomic
+from hpcbench.runfiles import (
+    PLAN_FILE,
+    RESULT_FILE,
+    RUN_FILE,
+    SPEC_FILE,
+    SUMMARY_FILE,
+    TOPOLOGY_FILE,
+    RunFiles,
+)
 from hpcbench.text import plural
 
 ARCHIVE_FORMAT = "hpcbench-archive"
@@ -65,14 +73,7 @@ INDEX_DIR = "index"
 STAGING_DIR = "staging"
 
 # Files copied from a run directory by name; the rest are chosen by suffix below.
-NAMED_FILES = (
-    "summary.json",
-    "result.h5",
-    "plan.json",
-    "spec.json",
-    "run.json",
-    "topology.json",
-)
+NAMED_FILES = (SUMMARY_FILE, RESULT_FILE, PLAN_FILE, SPEC_FILE, RUN_FILE, TOPOLOGY_FILE)
 # Top-level files worth keeping: configs, rendered scripts, Slurm job info and job output.
 COPIED_SUFFIXES = (".json", ".yaml", ".yml", ".sh", ".sbatch", ".slurm", ".txt", ".out", ".err")
 # Never copied: per-rank files (result.h5 holds them all), unfinished files, pickles
@@ -182,14 +183,14 @@ def _selected_files(run_dir: Path) -> list[Path]:
 
 def run_id_of(run_dir: Path, summary: Mapping[str, Any]) -> str:
     """The run's stable id: ``run.json``'s ``run_id``, else the summary's ``run.run_id``."""
-    run_json = run_dir / "run.json"
+    run_json = RunFiles(run_dir).run_info
     if run_json.is_file():
-        data = read_json_object(run_json, "run.json")
+        data = read_json_object(run_json, RUN_FILE)
         if "run_id" in data:
             return check_run_id(data["run_id"], str(run_json))
     block = summary.get("run")
     if isinstance(block, Mapping) and "run_id" in block:
-        return check_run_id(block["run_id"], f"{run_dir / SUMMARY}: run.run_id")
+        return check_run_id(block["run_id"], f"{run_dir / SUMMARY_FILE}: run.run_id")
     raise ArchiveError(
         f"{run_dir}: no run id (neither run.json 'run_id' nor summary.json 'run.run_id')"
     )
@@ -280,7 +281,7 @@ class Archive:
     def _add(self, run_dir: Path, replace: bool = False) -> AddResult:
         if not run_dir.is_dir():
             raise ArchiveError(f"{run_dir}: not a run directory")
-        summary_path = run_dir / SUMMARY
+        summary_path = run_dir / SUMMARY_FILE
         if not summary_path.is_file():
             raise ArchiveError(
                 f"{summary_path}: not found; aggregate the run first "
@@ -300,7 +301,7 @@ class Archive:
                 size, sha = _copy_file(src, staging / src.name, self._file_mode())
                 files[src.name] = {"bytes": size, "sha256": sha}
             # The copied summary is what the archive judges, not the (mutable) source file.
-            summary = read_json_object(staging / SUMMARY, "summary")
+            summary = read_json_object(staging / SUMMARY_FILE, "summary")
             complete, reason = completeness(summary, slurm_record(staging))
             archived_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
             # A path that is not UTF-8 (bytes from another locale) is kept readable, escaped.
@@ -568,7 +569,7 @@ def read_record(path: Path) -> dict[str, Any]:
 def entry_from_run_dir(run_dir: Path | str) -> dict[str, Any]:
     """An index-style entry for a run directory that is not archived (for ``check``)."""
     run_dir = Path(run_dir)
-    summary_path = run_dir / SUMMARY
+    summary_path = run_dir / SUMMARY_FILE
     if not summary_path.is_file():
         raise ArchiveError(
             f"{summary_path}: not found; aggregate the run first ('hpcbench aggregate RUN_DIR')"

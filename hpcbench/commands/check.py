@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from hpcbench.errors import UsageError
+from hpcbench.runfiles import RunFiles
 from hpcbench.text import plural
 
 
@@ -55,7 +56,7 @@ def check(target: Path, references_file: Path, where: tuple[str, ...], as_json: 
         entries = select(store.entries(), conditions)
         # A run that cannot be read cannot be checked: never a silent pass.
         unreadable = store.skipped
-    elif (target / "summary.json").is_file():
+    elif RunFiles(target).summary.is_file():
         if conditions:
             raise UsageError("check: --where applies to an archive, not to one run directory")
         entries = [entry_from_run_dir(target)]

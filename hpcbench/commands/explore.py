@@ -17,6 +17,7 @@ from hpcbench.commands.flags import (
     wait_options,
 )
 from hpcbench.resources import install_hint
+from hpcbench.runfiles import RunFiles
 from hpcbench.text import plural
 from hpcbench.topology_source import TopologySource
 
@@ -250,7 +251,7 @@ def explore(
     if kwargs["archive_dir"] is not None:
         from hpcbench.archive import add_runs
 
-        done = [p.run_dir for p in outcome.points if (p.run_dir / "summary.json").is_file()]
+        done = [p.run_dir for p in outcome.points if RunFiles(p.run_dir).summary.is_file()]
         ids = add_runs(kwargs["archive_dir"], done)
         echo(f"archived {plural(len(ids), 'run')} in {kwargs['archive_dir']}")
     return 1 if outcome.failed else 0

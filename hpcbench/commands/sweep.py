@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from hpcbench.commands.flags import wait_options
+from hpcbench.runfiles import RunFiles
 from hpcbench.text import plural
 
 
@@ -85,7 +86,7 @@ def sweep(
 
         # Failed points that still wrote a summary are archived too: the archive keeps them
         # marked incomplete, so they can never pass for a complete result.
-        results = [p.run_dir for p in points if (p.run_dir / "summary.json").is_file()]
+        results = [p.run_dir for p in points if RunFiles(p.run_dir).summary.is_file()]
         ids = add_runs(archive_dir, results)
         click.echo(f"archived {plural(len(ids), 'run')} in {archive_dir}", err=True)
     return 1 if any(p.status == "failed" for p in points) else 0

@@ -28,6 +28,7 @@ from hpcbench.explore.runs import (
 from hpcbench.explore.verdict import Exploration, explore_json, judge
 from hpcbench.jsonfile import write_json_atomic
 from hpcbench.plan.candidates import CandidateSet
+from hpcbench.runfiles import RunFiles
 from hpcbench.site import NodeType, SiteConfig
 from hpcbench.spec import SpecChoices
 from hpcbench.text import plural
@@ -92,7 +93,7 @@ def run_exploration(
     out = out.resolve()
     old_node = check_same_exploration(out, record)
     all_points = points(candidates, repeats, out)
-    todo = [p for p in all_points if not (p.run_dir / "summary.json").is_file()]
+    todo = [p for p in all_points if not RunFiles(p.run_dir).summary.is_file()]
     echo(
         f"explore: {plural(len(candidates.candidates), 'candidate')} x "
         f"{plural(repeats, 'run')}, interleaved; "

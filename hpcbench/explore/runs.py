@@ -22,6 +22,7 @@ from hpcbench.errors import RunError, UsageError
 from hpcbench.explore.verdict import RunRecord
 from hpcbench.jsonfile import read_json, write_json_atomic
 from hpcbench.plan.candidates import CandidateSet, placement_key, request_options
+from hpcbench.runfiles import RunFiles
 from hpcbench.spec import SpecChoices
 
 if TYPE_CHECKING:
@@ -239,7 +240,7 @@ def collect(todo_failures: Mapping[int, str], all_points: Sequence[Point]) -> li
         failed: tuple[str, ...] = ()
         message = todo_failures.get(point.index, "")
         if not message:
-            if (point.run_dir / "summary.json").is_file():
+            if RunFiles(point.run_dir).summary.is_file():
                 value, message, failed = read_headline(point.run_dir)
             else:
                 message = "no summary.json"

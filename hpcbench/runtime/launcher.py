@@ -30,6 +30,7 @@ from typing import IO
 from hpcbench.errors import RunError, UsageError
 from hpcbench.plan.launch import cuda_visible_devices, numactl_args
 from hpcbench.plan.model import Plan, RankPlacement
+from hpcbench.runfiles import RunFiles
 from hpcbench.runtime.barrier import (
     barrier_namespace,
     remove_barrier_state,
@@ -37,8 +38,7 @@ from hpcbench.runtime.barrier import (
 )
 from hpcbench.runtime.binding import apply_binding
 from hpcbench.runtime.identity import RankIdentity, local_env
-from hpcbench.runtime.rank import read_status
-from hpcbench.runtime.rundir import LOGS_DIR, RunInfo
+from hpcbench.runtime.rundir import RunInfo
 
 _POLL_S = 0.1
 _TERM_GRACE_S = 5.0
@@ -61,8 +61,8 @@ class LaunchResult:
 
 def log_paths(run_dir: Path, rank: int) -> tuple[Path, Path]:
     """``logs/rank-NNNNN.out`` and ``.err`` of a rank."""
-    logs = Path(run_dir) / LOGS_DIR
-    return logs / f"rank-{rank:05d}.out", logs / f"rank-{rank:05d}.err"
+    files = RunFiles(run_dir)
+    return files.rank_out(rank), files.rank_err(rank)
 
 
 def rank_command(
@@ -124,7 +124,7 @@ def progress_line(run_dir: Path, plan: Plan, elapsed_s: float) -> str:
     """One line of progress from the ranks' status files."""
     parts = []
     for placement in plan.ranks:
-        status = read_status(run_dir, placement.rank)
+        status = RunFiles(run_dir).read_status(placement.rank)
         phase = status.get("phase", "starting")
         if phase in ("timed", "barrier end", "done"):
             phase = f"{phase} {int(status.get('timed_batches', 0))} batches"
@@ -330,7 +330,7 @@ def _failure(
     Ranks that failed of their own accord come first; otherwise the launcher waits briefly for
     a rank named by the failed ones to exit, or blames it as hung.
     """
-    statuses = {r: read_status(run_dir, r) for r in failed}
+    statuses = {r: RunFiles(run_dir).read_status(r) for r in failed}
     blamed = {r: _caused_by(statuses[r], len(ranks.procs)) for r in failed}
     own = [r for r in failed if not blamed[r]]
     if own:

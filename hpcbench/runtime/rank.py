@@ -25,9 +25,10 @@ from typing import Any
 from hpcbench import __version__
 from hpcbench.backends.registry import load_backend
 from hpcbench.errors import BarrierError, ConfigError, HpcbenchError, RunError
-from hpcbench.jsonfile import read_json, write_json_atomic
+from hpcbench.jsonfile import read_json
 from hpcbench.metrics import RankMetricsWriter
 from hpcbench.plan.model import Plan, RankPlacement
+from hpcbench.runfiles import RunFiles
 from hpcbench.runtime.barrier import barrier_namespace, open_barrier
 from hpcbench.runtime.binding import (
     compare_binding,
@@ -48,7 +49,7 @@ from hpcbench.runtime.identity import (
     slurm_info,
 )
 from hpcbench.runtime.pipeline import Pipeline, PipelineResult
-from hpcbench.runtime.rundir import LOGS_DIR, PLAN_FILE, SPEC_FILE, TOPOLOGY_FILE, read_run_info
+from hpcbench.runtime.rundir import read_run_info
 from hpcbench.spec import RunSpec
 from hpcbench.telemetry import TelemetrySampler, start_sampler, write_disabled
 from hpcbench.units import sample_unit
@@ -60,23 +61,6 @@ EXIT_TERMINATED = 128 + signal.SIGTERM
 
 class RankTerminated(RunError):
     """The rank received SIGTERM (the launcher or Slurm stops it)."""
-
-
-def status_path(run_dir: Path, rank: int) -> Path:
-    """Where a rank publishes its progress for the launcher."""
-    return Path(run_dir) / LOGS_DIR / f"rank-{rank:05d}.status.json"
-
-
-def read_status(run_dir: Path, rank: int) -> dict[str, Any]:
-    """A rank's last published status; {} before its first one or when it cannot be read.
-
-    Progress only (the metrics file is the record), so an unreadable status is not an error.
-    """
-    try:
-        data = read_json(status_path(run_dir, rank), "rank status file")
-    except HpcbenchError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def software_versions(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -112,15 +96,15 @@ def check_identity(plan: Plan, identity: RankIdentity, where: str) -> RankPlacem
 
 def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
     """Run one rank of the run in ``run_dir``; raises HpcbenchError on failure."""
-    run_dir = Path(run_dir)
+    files = RunFiles(run_dir)
     identity = identity_from_env(env)
-    info = read_run_info(run_dir)
-    plan = Plan.read(run_dir / PLAN_FILE)
-    spec = RunSpec.read(run_dir / SPEC_FILE)
-    placement = check_identity(plan, identity, str(run_dir / PLAN_FILE))
+    info = read_run_info(files.root)
+    plan = Plan.read(files.plan)
+    spec = RunSpec.read(files.spec)
+    placement = check_identity(plan, identity, str(files.plan))
     if spec.barrier == "shm" and plan.nodes > 1:
         raise ConfigError(
-            f"{run_dir / SPEC_FILE}: barrier 'shm' works within one node, the plan has "
+            f"{files.spec}: barrier 'shm' works within one node, the plan has "
             f"{plan.nodes} nodes; use --barrier file"
         )
     host = hostname()
@@ -142,63 +126,14 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
         rank=identity.rank,
         world_size=identity.world_size,
         timeout_s=spec.barrier_timeout_s,
-        run_dir=run_dir,
+        run_dir=files.root,
     )
     try:
-        actual = read_actual_binding(env)
-        mismatches = list(
-            compare_binding(
-                placement,
-                actual,
-                under_slurm=identity.launcher == "slurm",
-                cpu_nodes=node_of_cpus(),
-            )
-        )
-        if (identity.node, identity.local_rank) != (placement.node, placement.local_rank):
-            mismatches.append(
-                f"identity: plan puts rank {placement.rank} at node {placement.node} local rank "
-                f"{placement.local_rank}, launcher says node {identity.node} local rank "
-                f"{identity.local_rank}"
-            )
-        held = _gpu_identity(run_dir, placement, actual.cuda_visible_devices)
-        problem = gpu_identity_mismatch(held)
-        if problem:
-            mismatches.append(problem)
-        binding = {**actual.to_json(), "mismatches": mismatches, "gpu_identity": held}
-        for problem in mismatches:
-            log.warning("binding differs from the plan: %s", problem)
-        if mismatches and spec.strict_binding:
-            raise RunError(
-                f"rank {identity.rank}: binding differs from the plan (--strict-binding): "
-                + "; ".join(mismatches)
-            )
-
+        binding = _check_binding(files, placement, identity, spec, env)
         backend = load_backend(spec.backend)
         model_info = backend.describe(spec)
-        writer = RankMetricsWriter(
-            run_dir,
-            identity.rank,
-            identity.world_size,
-            info.run_id,
-            host,
-            attrs={
-                "local_rank": identity.local_rank,
-                "node": identity.node,
-                "backend": spec.backend,
-                "model": spec.model,
-                "batch_size": spec.batch_size,
-                "precision": spec.precision,
-                "launcher": identity.launcher,
-                "pid": os.getpid(),
-                "plan_json": placement.to_json(),
-                "binding_json": binding,
-                "config_json": spec.to_json(),
-                "versions_json": software_versions({"backend": model_info}),
-                "slurm_json": slurm_info(env),
-                "identity_json": asdict(identity),
-            },
-            flush_interval_s=0.5,
-            launch_id=launch_id(env),
+        writer = _open_writer(
+            files, identity, info.run_id, host, placement, spec, env, binding, model_info
         )
         if isinstance(model_info.get("flops_per_image"), int):
             writer.set_attr("flops_per_image", model_info["flops_per_image"])
@@ -207,23 +142,7 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
         barrier.close()
         raise
 
-    status_file = status_path(run_dir, identity.rank)
-    last_status = [0.0]
-    status_failed: list[bool] = []
-
-    def publish(status: dict[str, Any]) -> None:
-        now = time.monotonic()
-        if now - last_status[0] >= 0.5 or not status["phase"].startswith("timed"):
-            last_status[0] = now
-            try:
-                write_json_atomic(status_file, {"rank": identity.rank, **status})
-            except OSError as exc:
-                # Progress display only: a full disk must fail the rank through its metrics
-                # file (MetricsError naming it), not through this side file.
-                if not status_failed:
-                    log.warning("cannot write %s (%s)", status_file, exc)
-                status_failed.append(True)
-
+    publish = _StatusPublisher(files, identity.rank)
     data_dir = placement.data_dir.replace("{data_root}", spec.data)
     pipeline = Pipeline(backend, spec, placement, writer, barrier, data_dir, status=publish)
     # GPU telemetry (NVML) for the whole life of the pipeline; written into the rank file.
@@ -239,12 +158,7 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
             writer.close(complete=False)
         except HpcbenchError as close_error:
             log.error("%s", close_error)
-        failed: dict[str, Any] = {"phase": "failed", "error": str(exc)}
-        if isinstance(exc, BarrierError):
-            # A consequence of other ranks' failure: the launcher blames them, not this rank.
-            failed["caused_by"] = [r for r in exc.culprits if r != identity.rank]
-            failed["cause"] = exc.cause
-        publish(failed)
+        publish(_failed_status(exc, identity.rank))
         raise
     _finish_telemetry(writer, sampler, no_telemetry)
     barrier.close()
@@ -273,13 +187,126 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
     return result
 
 
+def _check_binding(
+    files: RunFiles,
+    placement: RankPlacement,
+    identity: RankIdentity,
+    spec: RunSpec,
+    env: Mapping[str, str],
+) -> dict[str, Any]:
+    """The binding this rank got, compared with its placement (``binding_json``); RunError
+    under --strict-binding when they differ."""
+    actual = read_actual_binding(env)
+    mismatches = list(
+        compare_binding(
+            placement,
+            actual,
+            under_slurm=identity.launcher == "slurm",
+            cpu_nodes=node_of_cpus(),
+        )
+    )
+    if (identity.node, identity.local_rank) != (placement.node, placement.local_rank):
+        mismatches.append(
+            f"identity: plan puts rank {placement.rank} at node {placement.node} local rank "
+            f"{placement.local_rank}, launcher says node {identity.node} local rank "
+            f"{identity.local_rank}"
+        )
+    held = _gpu_identity(files, placement, actual.cuda_visible_devices)
+    problem = gpu_identity_mismatch(held)
+    if problem:
+        mismatches.append(problem)
+    for problem in mismatches:
+        log.warning("binding differs from the plan: %s", problem)
+    if mismatches and spec.strict_binding:
+        raise RunError(
+            f"rank {identity.rank}: binding differs from the plan (--strict-binding): "
+            + "; ".join(mismatches)
+        )
+    return {**actual.to_json(), "mismatches": mismatches, "gpu_identity": held}
+
+
+def _open_writer(
+    files: RunFiles,
+    identity: RankIdentity,
+    run_id: str,
+    host: str,
+    placement: RankPlacement,
+    spec: RunSpec,
+    env: Mapping[str, str],
+    binding: Mapping[str, Any],
+    model_info: Mapping[str, Any],
+) -> RankMetricsWriter:
+    """Create the rank file (``.part``) with every attribute known before the run."""
+    return RankMetricsWriter(
+        files.root,
+        identity.rank,
+        identity.world_size,
+        run_id,
+        host,
+        attrs={
+            "local_rank": identity.local_rank,
+            "node": identity.node,
+            "backend": spec.backend,
+            "model": spec.model,
+            "batch_size": spec.batch_size,
+            "precision": spec.precision,
+            "launcher": identity.launcher,
+            "pid": os.getpid(),
+            "plan_json": placement.to_json(),
+            "binding_json": dict(binding),
+            "config_json": spec.to_json(),
+            "versions_json": software_versions({"backend": model_info}),
+            "slurm_json": slurm_info(env),
+            "identity_json": asdict(identity),
+        },
+        flush_interval_s=0.5,
+        launch_id=launch_id(env),
+    )
+
+
+class _StatusPublisher:
+    """Publishes the rank's progress (at most every 0.5 s in the timed phase, every change of
+    phase otherwise); a failed write is logged once and never fails the rank."""
+
+    INTERVAL_S = 0.5
+
+    def __init__(self, files: RunFiles, rank: int) -> None:
+        self._files = files
+        self._rank = rank
+        self._last_s = 0.0
+        self._failed = False
+
+    def __call__(self, status: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - self._last_s < self.INTERVAL_S and status["phase"].startswith("timed"):
+            return
+        self._last_s = now
+        try:
+            self._files.write_status(self._rank, status)
+        except OSError as exc:
+            # Progress display only: a full disk must fail the rank through its metrics
+            # file (MetricsError naming it), not through this side file.
+            if not self._failed:
+                log.warning("cannot write %s (%s)", self._files.rank_status(self._rank), exc)
+            self._failed = True
+
+
+def _failed_status(exc: BaseException, rank: int) -> dict[str, Any]:
+    failed: dict[str, Any] = {"phase": "failed", "error": str(exc)}
+    if isinstance(exc, BarrierError):
+        # A consequence of other ranks' failure: the launcher blames them, not this rank.
+        failed["caused_by"] = [r for r in exc.culprits if r != rank]
+        failed["cause"] = exc.cause
+    return failed
+
+
 def _gpu_identity(
-    run_dir: Path, placement: RankPlacement, cuda_visible: str | None
+    files: RunFiles, placement: RankPlacement, cuda_visible: str | None
 ) -> dict[str, Any] | None:
     """The GPUs this rank holds, by identity (see :func:`binding.gpu_identity`)."""
     if not placement.gpus:
         return None
-    topology_path = run_dir / TOPOLOGY_FILE
+    topology_path = files.topology
     topology = read_json(topology_path, "topology file") if topology_path.is_file() else None
     return gpu_identity(
         placement,

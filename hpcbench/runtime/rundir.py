@@ -20,20 +20,20 @@ from hpcbench import __version__
 from hpcbench.errors import ConfigError, UsageError
 from hpcbench.jsonfile import read_json, write_atomic, write_json_atomic
 from hpcbench.plan.model import Plan
+from hpcbench.runfiles import (
+    CLAIM_FILE,
+    LOGS_DIR,
+    PLAN_FILE,
+    RUN_FILE,
+    SITE_COPY,
+    SPEC_FILE,
+    TOPOLOGY_FILE,
+)
 from hpcbench.runtime.identity import hostname
 from hpcbench.spec import RunSpec
 from hpcbench.topology.model import Topology
 
 DEFAULT_PARENT = Path("hpcbench-runs")
-RUN_FILE = "run.json"
-PLAN_FILE = "plan.json"
-SPEC_FILE = "spec.json"
-TOPOLOGY_FILE = "topology.json"
-LOGS_DIR = "logs"
-# Created with O_EXCL before anything else: the run directory belongs to exactly one run.
-CLAIM_FILE = ".hpcbench-claim"
-# The site config a run was planned from, copied when the run starts (0600).
-SITE_COPY = "site-config.yaml"
 # Space a run needs at least: rank files grow by ~30 bytes a batch, logs stay small.
 _MIN_FREE_BYTES_PER_RANK = 8 << 20
 # Files a rank creates: its rank file (and the hidden name it is built under), stdout, stderr

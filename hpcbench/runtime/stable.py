@@ -23,8 +23,8 @@ from hpcbench.aggregate.validity import STEADY_WINDOWS, slice_images, steady_rat
 from hpcbench.errors import HpcbenchError, RunError
 from hpcbench.jsonfile import read_json, write_json_atomic
 from hpcbench.metrics import RankMetricsWriter
+from hpcbench.runfiles import RunFiles
 from hpcbench.runtime.barrier import Barrier
-from hpcbench.runtime.rundir import LOGS_DIR
 
 log = logging.getLogger("hpcbench.rank")
 
@@ -43,7 +43,7 @@ def thirds_images(batches: Sequence[Batch], start_ns: int, end_ns: int) -> list[
 
 
 def vote_path(run_dir: Path, rank: int) -> Path:
-    return Path(run_dir) / LOGS_DIR / f"stable-{rank:05d}.json"
+    return RunFiles(run_dir).rank_stable(rank)
 
 
 def read_votes(run_dir: Path, world_size: int, checkpoint: int) -> list[list[float]]:

@@ -31,13 +31,13 @@ from hpcbench.plan.launch import (
 )
 from hpcbench.plan.model import Plan
 from hpcbench.resources import templates_dir
+from hpcbench.runfiles import LOGS_DIR, template_names
 from hpcbench.site import NodeType
 from hpcbench.spec import RunSpec
 from hpcbench.text import plural
 
 JOB_TEMPLATE = "job.sbatch.j2"
 ARRAY_TEMPLATE = "array.sbatch.j2"
-JOB_SCRIPT = "job.sbatch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +209,7 @@ def job_context(request: JobRequest) -> dict[str, Any]:
         "site_name": single_line(request.site_name, "site name"),
         "node_type": single_line(node_type.name, "node type"),
         "run_dir": single_line(request.run_dir, "run directory"),
+        "files": template_names(),
         "spec_lines": spec_lines(request.spec),
         "python": request.python,
         "nodes": plan.nodes,
@@ -223,8 +224,8 @@ def job_context(request: JobRequest) -> dict[str, Any]:
         "qos": settings.qos,
         "array": None,
         "nodelist": None,
-        "output": f"{request.run_dir}/logs/slurm-%j.out",
-        "error": f"{request.run_dir}/logs/slurm-%j.err",
+        "output": f"{request.run_dir}/{LOGS_DIR}/slurm-%j.out",
+        "error": f"{request.run_dir}/{LOGS_DIR}/slurm-%j.err",
         "extra_sbatch": list(settings.extra_sbatch),
         "setup": list(node_type.setup),
         "stage_data": stage,
@@ -296,8 +297,8 @@ def render_array(
         "qos": settings.qos,
         "array": indices,
         "nodelist": None if nodelist is None else single_line(nodelist, "node list"),
-        "output": f"{sweep_dir}/logs/slurm-%A_%a.out",
-        "error": f"{sweep_dir}/logs/slurm-%A_%a.err",
+        "output": f"{sweep_dir}/{LOGS_DIR}/slurm-%A_%a.out",
+        "error": f"{sweep_dir}/{LOGS_DIR}/slurm-%A_%a.err",
         "extra_sbatch": list(settings.extra_sbatch),
         "points": [{"index": p.index, "script": p.script} for p in points],
     }

@@ -22,12 +22,12 @@ from typing import Any
 from hpcbench.errors import SlurmError, UsageError
 from hpcbench.jsonfile import read_json, write_atomic, write_json_atomic
 from hpcbench.plan.model import Plan
-from hpcbench.runtime.rundir import LOGS_DIR, create_run_dir, site_record
+from hpcbench.runfiles import JOB_SCRIPT, SLURM_FILE, RunFiles
+from hpcbench.runtime.rundir import create_run_dir, site_record
 from hpcbench.slurm.inputs import JobInputs
 from hpcbench.slurm.nodelist import expand_nodelist
-from hpcbench.slurm.render import JOB_SCRIPT, render_job
+from hpcbench.slurm.render import render_job
 
-SLURM_FILE = "slurm.json"
 # States after which a job never runs again (sacct/scontrol spellings).
 FINAL_STATES = (
     "COMPLETED",
@@ -254,7 +254,8 @@ def explain_failure(
     ``job_err`` are the batch script's stderr files (default: ``logs/slurm-JOBID*.err``; an
     array task's lie in the sweep directory).
     """
-    logs = run_dir / LOGS_DIR
+    files = RunFiles(run_dir)
+    logs = files.logs
     base = state.job_id.split("_")[0]
     if job_err is None:
         job_err = sorted(logs.glob(f"slurm-{base}*.err"))
@@ -286,11 +287,11 @@ def explain_failure(
     if culprit is not None:
         rank = culprit.group(2).split(",")[0].split("-")[0]
         text += f"; rank {rank} on {culprit.group(1)}: {culprit.group(3)}"
-        tail = _tail(logs / f"rank-{int(rank):05d}.err")
+        tail = _tail(files.rank_err(int(rank)))
         if tail:
             text += f"; its stderr ends: {tail}"
         return text
-    missing = [r for r in range(world_size) if not (run_dir / f"rank-{r:05d}.h5").exists()]
+    missing = [r for r in range(world_size) if not files.rank_file(r).exists()]
     if missing:
         text += f"; ranks without a result file: {missing}"
     tail = " | ".join(t for t in (_tail(p, 5) for p in job_err) if t)
@@ -328,11 +329,10 @@ def put_job_record(
     run_dir: Path, summary: dict[str, Any], record: Mapping[str, Any]
 ) -> dict[str, Any]:
     """``summary`` with the job record as ``run.slurm_job``, written to ``summary.json``."""
-    from hpcbench.aggregate import SUMMARY_FILE
     from hpcbench.aggregate.result import write_summary
 
     summary.setdefault("run", {})["slurm_job"] = dict(record)
-    write_summary(Path(run_dir) / SUMMARY_FILE, summary)
+    write_summary(RunFiles(run_dir).summary, summary)
     return summary
 
 
@@ -361,7 +361,7 @@ def refresh_job_record(run_dir: Path, echo: Callable[[str], None] = print) -> di
     full_id = job_id if task is None else f"{job_id}_{task}"
     kept = f"{path}: job {full_id} stays recorded as {record.get('state')}"
     try:
-        state = JobTracker(full_id, Path(run_dir) / "submitit").state()
+        state = JobTracker(full_id, RunFiles(run_dir).submitit).state()
     except SlurmError as exc:
         echo(f"hpcbench: note: {kept}: {exc}")
         return record
@@ -427,7 +427,7 @@ def submit_run(
     write_json_atomic(run_dir / SLURM_FILE, record)
     if not wait:
         return SubmitOutcome(run_dir, script, job_id)
-    tracker = JobTracker(job_id, run_dir / "submitit")
+    tracker = JobTracker(job_id, RunFiles(run_dir).submitit)
     limit_s = timeout_s
     if limit_s is None:
         minutes = inputs.time_limit_min or inputs.node_type.slurm.time_limit_min

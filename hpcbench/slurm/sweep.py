@@ -28,6 +28,7 @@ from hpcbench.cpulist import is_decimal
 from hpcbench.errors import ConfigError, HpcbenchError, RunError, UsageError
 from hpcbench.jsonfile import read_json, write_atomic, write_json_atomic
 from hpcbench.plan.planner import PlanRequest
+from hpcbench.runfiles import LOGS_DIR, SUBMITIT_DIR, RunFiles
 from hpcbench.runtime.local_run import LocalInputs, plan_local
 from hpcbench.site import NodeType, SiteConfig
 from hpcbench.slurm.inputs import JobInputs, JobSettings, job_inputs
@@ -265,7 +266,7 @@ def _label(params: Mapping[str, Any]) -> str:
 
 def is_complete(run_dir: Path) -> bool:
     """A point is done once its summary.json exists."""
-    return (run_dir / "summary.json").is_file()
+    return RunFiles(run_dir).summary.is_file()
 
 
 def set_aside(run_dir: Path) -> None:
@@ -382,9 +383,9 @@ def _run_array(
     if not isinstance(first, JobInputs):
         raise TypeError("a Slurm sweep's points are planned as jobs (plan_points local=False)")
     node_type, site = first.node_type, first.site
-    (sweep_dir / "logs").mkdir(exist_ok=True)
+    (sweep_dir / LOGS_DIR).mkdir(exist_ok=True)
     text = render_array(
-        [ArrayPoint(p.index, str(p.run_dir / "job.sbatch"), p.inputs.plan) for p in pending],
+        [ArrayPoint(p.index, str(RunFiles(p.run_dir).job_script), p.inputs.plan) for p in pending],
         node_type,
         str(sweep_dir),
         job_name=spec.name,
@@ -401,7 +402,7 @@ def _run_array(
     array_id = sbatch(script)
     echo(f"submitted job array {array_id} ({plural(len(pending), 'task')}): {script}")
     trackers = {
-        p.index: JobTracker(f"{array_id}_{p.index}", sweep_dir / "submitit") for p in pending
+        p.index: JobTracker(f"{array_id}_{p.index}", sweep_dir / SUBMITIT_DIR) for p in pending
     }
     deadline = time.monotonic() + (timeout_s or 86400.0)
     states: dict[int, JobState] = {}
@@ -434,10 +435,10 @@ def _run_array(
         state = states[point.index]
         point.job_id = state.job_id
         record = job_record(state, submitted_at=submitted_at, script=script, version=version)
-        write_json_atomic(point.run_dir / "slurm.json", record)
+        write_json_atomic(RunFiles(point.run_dir).slurm_record, record)
         if state.state != "COMPLETED":
             point.status = "failed"
-            array_err = sweep_dir / "logs" / f"slurm-{array_id}_{point.index}.err"
+            array_err = sweep_dir / LOGS_DIR / f"slurm-{array_id}_{point.index}.err"
             point.message = explain_failure(
                 state, point.run_dir, point.inputs.plan.world_size, [array_err]
             )

@@ -39,8 +39,8 @@ import shutil
 from pathlib import Path
 
 from hpcbench.errors import ConfigError
+from hpcbench.runfiles import BARRIER_DIR
 from hpcbench.runtime.barrier.base import (
-    FILE_DIR,
     KINDS,
     SHM_DIR,
     SHM_PREFIX,
@@ -52,7 +52,6 @@ from hpcbench.runtime.barrier.file import FileBarrier
 from hpcbench.runtime.barrier.shm import ShmBarrier, segment_pids, sweep_stale_segments
 
 __all__ = [
-    "FILE_DIR",
     "KINDS",
     "SHM_DIR",
     "SHM_PREFIX",
@@ -107,11 +106,11 @@ def remove_barrier_state(namespace: str, run_dir: Path | None = None) -> list[Pa
     except FileNotFoundError:
         pass
     if run_dir is not None:
-        directory = Path(run_dir) / FILE_DIR / namespace
+        directory = Path(run_dir) / BARRIER_DIR / namespace
         if directory.exists():
             shutil.rmtree(directory, ignore_errors=True)
             removed.append(directory)
-        parent = Path(run_dir) / FILE_DIR
+        parent = Path(run_dir) / BARRIER_DIR
         with contextlib.suppress(OSError):
             parent.rmdir()
     return removed

@@ -13,7 +13,6 @@ from hpcbench.errors import BarrierTimeout, ConfigError, RunError
 KINDS = ("shm", "file")
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "hpcbench-"
-FILE_DIR = ".barriers"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from hpcbench.errors import BarrierAborted, RunError
 from hpcbench.jsonfile import write_atomic
-from hpcbench.runtime.barrier.base import FILE_DIR, Barrier, BarrierEvent
+from hpcbench.runfiles import BARRIER_DIR
+from hpcbench.runtime.barrier.base import Barrier, BarrierEvent
 
 
 class FileBarrier(Barrier):
@@ -32,7 +33,7 @@ class FileBarrier(Barrier):
         self, namespace: str, rank: int, world_size: int, timeout_s: float, run_dir: Path
     ) -> None:
         super().__init__(namespace, rank, world_size, timeout_s)
-        self.root = Path(run_dir) / FILE_DIR / namespace
+        self.root = Path(run_dir) / BARRIER_DIR / namespace
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
