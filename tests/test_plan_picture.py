@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hpcbench.plan.picture import format_picture, format_plan_table, render_plan
+from hpcbench.plan.picture import draw_plan, format_picture, format_plan_table
 from hpcbench.plan.planner import PlanRequest, make_plan
 from tests.topologies import apollo, flat_vm, nps4
 
@@ -71,7 +71,7 @@ def test_table_and_render_for_several_nodes_and_warnings() -> None:
     assert len(table) == 4  # header, node 0's two ranks, the note
     assert table[1].split() == ["0", "0", "0", "0", "0", "0-17", "0,1", "0", "/scratch/d/rank00000"]
     assert table[3] == "(nodes 1-2 repeat this layout: rank = node x 2 + local rank)"
-    text = render_plan(plan, APOLLO)
+    text = draw_plan(plan, APOLLO)
     assert text.startswith("plan: 2 ranks per node x 3 nodes on test:apollo")
     assert "warnings (accepted, 1):\n  - rank 0: GPUs 0,1 share PCIe switch 0000:02:00.0" in text
 
@@ -79,7 +79,7 @@ def test_table_and_render_for_several_nodes_and_warnings() -> None:
 def test_a_plan_without_data_root_shows_no_placeholder() -> None:
     """The planner's {data_root} placeholder is the runtime's business, not the reader's."""
     plan = make_plan(APOLLO, PlanRequest(ranks=2))
-    text = render_plan(plan, APOLLO)
+    text = draw_plan(plan, APOLLO)
     assert "{data_root}" not in text
     table = format_plan_table(plan).splitlines()
     assert table[1].split()[-1] == "-"

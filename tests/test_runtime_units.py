@@ -129,6 +129,9 @@ def test_spec_flags_override_the_defaults() -> None:
     assert (spec.num_batches, spec.duration_s, spec.batch_size) == (40, None, 8)
     assert (spec.barrier, spec.strict_binding, spec.channels_last) == ("file", True, False)
     assert dict(spec.options) == {"hidden": 256, "layers": 2}
+    # --compile is the spec's compile, whatever click calls the value.
+    assert _parse(["--compile"]).choices().resolve("torch").compile is True
+    assert _parse(["--no-compile"]).choices().resolve("torch").compile is False
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ class LoadedRun:
     # (rank, why it is left out), e.g. (3, "rank-00003.h5.part left: the rank did not finish")
     excluded: tuple[tuple[int, str], ...]
     run_json: dict[str, Any] | None
-    plan_json: dict[str, Any] | None
+    plan: dict[str, Any] | None
     spec_json: dict[str, Any] | None
 
     @property
@@ -58,7 +58,7 @@ def load_run(run_dir: Path, *, allow_partial: bool = False) -> LoadedRun:
         raise MetricsError(f"{run_dir}: run directory not found")
     files = RunFiles(run_dir)
     run_json = _read_json(files.run_info)
-    plan_json = _read_json(files.plan)
+    plan = _read_json(files.plan)
     spec_json = _read_json(files.spec)
 
     finished, unfinished = find_rank_files(run_dir)
@@ -66,7 +66,7 @@ def load_run(run_dir: Path, *, allow_partial: bool = False) -> LoadedRun:
     # Read the finished files first: their attributes give the world size when there is no
     # plan.json, and a corrupt file is reported even when others are missing.
     loaded = {rank: read_rank_file(path) for rank, path in sorted(finished.items())}
-    world_size = _world_size(run_dir, plan_json, loaded, unfinished)
+    world_size = _world_size(run_dir, plan, loaded, unfinished)
     excluded: list[tuple[int, str]] = []
     for rank in range(world_size):
         if rank in loaded:
@@ -106,7 +106,7 @@ def load_run(run_dir: Path, *, allow_partial: bool = False) -> LoadedRun:
         ranks=tuple(ranks),
         excluded=tuple(excluded),
         run_json=run_json,
-        plan_json=plan_json,
+        plan=plan,
         spec_json=spec_json,
     )
 
@@ -171,12 +171,12 @@ def _check_same_run(
 
 def _world_size(
     run_dir: Path,
-    plan_json: dict[str, Any] | None,
+    plan: dict[str, Any] | None,
     loaded: dict[int, RankFile],
     unfinished: dict[int, Path],
 ) -> int:
-    if plan_json is not None and isinstance(plan_json.get("ranks"), list):
-        return len(plan_json["ranks"])
+    if plan is not None and isinstance(plan.get("ranks"), list):
+        return len(plan["ranks"])
     sizes = {int(r.attrs.get("world_size", -1)) for r in loaded.values()}
     if len(sizes) > 1 or -1 in sizes:
         shown = ", ".join(f"{r.path.name}: {r.attrs.get('world_size')}" for r in loaded.values())

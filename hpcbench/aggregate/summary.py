@@ -102,7 +102,7 @@ class _RankFigures:
 def _rank_figures(
     run: LoadedRun, rank_file: RankFile, window_start_ns: int, window_end_ns: int
 ) -> _RankFigures:
-    num_devices = _num_devices(rank_file, run.plan_json)
+    num_devices = _num_devices(rank_file, run.plan)
     batch_size = _batch_size(rank_file)
     timed = rank_file.timed
     # load_run checked that both bounds exist.
@@ -122,17 +122,19 @@ def _rank_figures(
     if start is not None and end is not None:
         effective = figures.rate_img_s(images, end[1] - start[0])
 
-    plan = rank_file.json_attr("plan_json") or _plan_entry(run.plan_json, rank_file.rank)
+    placement = _placement(rank_file, run.plan)
     binding = rank_file.json_attr("binding_json") or {}
-    gpus = [int(g) for g in plan.get("gpus", [])] if plan else None
+    gpus = [int(g) for g in placement.get("gpus", [])] if placement else None
     row = {
         "rank": rank_file.rank,
         "host": rank_file.attrs.get("host"),
-        "node": rank_file.attrs.get("node", plan.get("node") if plan else None),
-        "local_rank": rank_file.attrs.get("local_rank", plan.get("local_rank") if plan else None),
+        "node": rank_file.attrs.get("node", placement.get("node") if placement else None),
+        "local_rank": rank_file.attrs.get(
+            "local_rank", placement.get("local_rank") if placement else None
+        ),
         "gpus": gpus,
         "gpus_visible": binding.get("cuda_visible_devices"),
-        "cpus": [int(c) for c in plan.get("cpus", [])] if plan else None,
+        "cpus": [int(c) for c in placement.get("cpus", [])] if placement else None,
         "cpus_actual": [int(c) for c in binding["cpus"]] if "cpus" in binding else None,
         "binding_mismatches": list(binding.get("mismatches", [])),
         "gpu_identity": binding.get("gpu_identity"),
@@ -230,13 +232,13 @@ def _spec_rules(run: LoadedRun) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _num_devices(rank_file: RankFile, plan_json: Mapping[str, Any] | None) -> int:
+def _num_devices(rank_file: RankFile, plan: Mapping[str, Any] | None) -> int:
     value = rank_file.attrs.get("num_devices")
     if value is not None:
         return int(value)
-    plan = rank_file.json_attr("plan_json") or _plan_entry(plan_json, rank_file.rank)
-    if plan and plan.get("gpus"):
-        return len(plan["gpus"])
+    placement = _placement(rank_file, plan)
+    if placement and placement.get("gpus"):
+        return len(placement["gpus"])
     devices = rank_file.timed.device
     return int(devices.max()) + 1 if len(devices) else 1
 
@@ -249,10 +251,16 @@ def _batch_size(rank_file: RankFile) -> int | None:
     return int(sizes[0]) if sizes.shape[0] == 1 else None
 
 
-def _plan_entry(plan_json: Mapping[str, Any] | None, rank: int) -> dict[str, Any] | None:
-    if not plan_json:
+def _placement(rank_file: RankFile, plan: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A rank's placement: the one its file recorded (attribute ``plan_json``), else its entry
+    in the run's plan.json document."""
+    recorded = rank_file.json_attr("plan_json")
+    if recorded:
+        return recorded
+    if not plan:
         return None
-    for entry in plan_json.get("ranks", []):
+    rank = rank_file.rank
+    for entry in plan.get("ranks", []):
         if isinstance(entry, dict) and entry.get("rank") == rank:
             return entry
     return None
@@ -326,8 +334,7 @@ def run_block(run: LoadedRun) -> dict[str, Any]:
 
     placements = []
     for rank_file in run.ranks:
-        plan = rank_file.json_attr("plan_json") or _plan_entry(run.plan_json, rank_file.rank)
-        placements.append((rank_file, plan or {}))
+        placements.append((rank_file, _placement(rank_file, run.plan) or {}))
     nodes_seen = {p.get("node", rank_file.attrs.get("node")) for rank_file, p in placements}
     first_node = min((n for n in nodes_seen if n is not None), default=None)
     node_ranks = [
@@ -342,7 +349,7 @@ def run_block(run: LoadedRun) -> dict[str, Any]:
         (s for s in (r.json_attr("slurm_json") for r in run.ranks) if s),
         None,
     )
-    plan_nodes = (run.plan_json or {}).get("nodes")
+    plan_nodes = (run.plan or {}).get("nodes")
     return {
         "run_id": run_json.get("run_id", attrs.get("run_id")),
         "created": run_json.get("created"),

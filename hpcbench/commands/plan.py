@@ -51,7 +51,7 @@ def plan(
     --cpus "0-17;18-35") is checked against the placement rules, not rewritten: a broken rule
     is an error unless --accept-warnings.
     """
-    from hpcbench.plan.picture import render_plan
+    from hpcbench.plan.picture import draw_plan
 
     topology, node_type = _topology(source, topology_json)
     request = placement.request(node_type, data_root=data_root)
@@ -59,7 +59,7 @@ def plan(
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     else:
-        click.echo(render_plan(result, topology, request.reserved_cores))
+        click.echo(draw_plan(result, topology, request.reserved_cores))
 
 
 def _topology(

@@ -39,7 +39,7 @@ def topo(
 
     With no source it probes this host (sysfs, plus NVML when an NVIDIA driver is present).
     """
-    from hpcbench.topology.render import render_tree
+    from hpcbench.topology.tree import draw_tree
 
     topology, _ = source.load()
     if write_path is not None:
@@ -48,7 +48,7 @@ def topo(
     if as_json:
         click.echo(json.dumps(topology.to_json(), indent=2))
     elif write_path is None:
-        click.echo(render_tree(topology))
+        click.echo(draw_tree(topology))
 
 
 def _write_site_config(topology: Topology, path: Path, name: str | None) -> None:

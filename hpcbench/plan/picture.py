@@ -146,7 +146,7 @@ def format_picture(plan: Plan, topology: Topology, reserved_cpus: Sequence[int] 
     return "\n".join(lines)
 
 
-def render_plan(plan: Plan, topology: Topology, reserved_cpus: Sequence[int] = ()) -> str:
+def draw_plan(plan: Plan, topology: Topology, reserved_cpus: Sequence[int] = ()) -> str:
     """Table, picture and warnings: what ``hpcbench plan`` prints."""
     parts = [
         f"plan: {plan.ranks_per_node} rank{'s' if plan.ranks_per_node != 1 else ''} per node "

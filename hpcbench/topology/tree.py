@@ -29,13 +29,13 @@ def _switch_groups(topology: Topology) -> dict[str, str]:
     return labels
 
 
-def render_tree(topology: Topology) -> str:
+def draw_tree(topology: Topology) -> str:
     """The topology as an indented tree: packages → NUMA nodes → cores; GPUs; NICs; notes.
 
     >>> from hpcbench.topology.model import Core, NumaNode
     >>> t = Topology.build(source="example", cores=[Core(0, 0, (0, 2)), Core(0, 0, (1, 3))],
     ...                    numa_nodes=[NumaNode(0, 0, (0, 1, 2, 3))])
-    >>> print(render_tree(t))
+    >>> print(draw_tree(t))
     Node (source: example): 1 package, 1 NUMA node, 2 cores, 4 CPUs, 0 GPUs
       Package 0: CPUs 0-3
         NUMA node 0: 2 cores (CPUs 0-3; first threads 0-1)
