@@ -241,15 +241,19 @@ def test_failed_array_point_is_reported_and_rerun(slurm_site: Path, tmp_path: Pa
         tmp_path / "fail.yaml",
         f"name: fail\nsite: {slurm_site}\n"
         "base: {backend: cpu, num_batches: 2, warmup_batches: 0, ranks: 2}\n"
-        "grid:\n  model: [mlp, no-such-model]\n",
+        # A point only the ranks can find wrong (a misspelt model is now refused before anything
+        # is submitted): on this cluster rank 1's planned NUMA node 1 is one of the two fake
+        # sockets' and does not exist, so --strict-binding fails it at start (docs/slurm.md).
+        "grid:\n  strict_binding: [false, true]\n",
     )
     spec = load_sweep(spec_path, out=tmp_path / "out")
     points = run_sweep(spec, poll_s=0.5, timeout_s=200, echo=lambda _: None)
     assert [p.status for p in points] == ["done", "failed"]
     assert re.search(
-        r"ended FAILED.*; rank \d+ on node\d: Exited with exit code 2", points[1].message
+        r"ended FAILED.*; rank 1 on node\d: Exited with exit code 1", points[1].message
     )
-    assert "no-such-model" in points[1].message  # the rank's own error, from its stderr
+    # The rank's own error, from its stderr.
+    assert "binding differs from the plan (--strict-binding)" in points[1].message
     assert "p001: job " in format_sweep(spec, points)
     again = run_sweep(spec, poll_s=0.5, timeout_s=200, echo=lambda _: None)
     assert [p.status for p in again] == ["done (earlier)", "failed"]
