@@ -1,6 +1,5 @@
 # Environment check for the device machine (first call): versions, GPUs, topology, quick loops.
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit
-export PYTHONUNBUFFERED=1
+source benchmarks/gpu/device_env.sh
 nvidia-smi; nvidia-smi topo -m; nproc; numactl -H; which numactl
 python3 -c "import torch,torchvision,pynvml,h5py,jsonschema,submitit;print(torch.__version__,torchvision.__version__,torch.cuda.device_count(),torch.version.cuda,torch.backends.cudnn.version())"
 B=benchmarks/gpu

@@ -5,8 +5,7 @@
 #   bash benchmarks/gpu/explore_gpu.sh [SECONDS_PER_RUN] [MODELS] [REPEATS]
 # MODELS: comma list (default resnet50). Writes under $OUT (default /tmp/hpcbench-explore):
 # explore.log, topo.json, and per model explore-MODEL.json and explore-MODEL.png.
-# On the device machine, packages missing from its image travel as wheels in .whl/ (see
-# /work/.library/device/README.md); they are installed to /tmp/site first.
+# Wheels of packages the GPU machine lacks go in .whl/ (benchmarks/gpu/device_env.sh).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-10}
@@ -16,16 +15,7 @@ out=${OUT:-/tmp/hpcbench-explore}
 mkdir -p "$out"
 exec > >(tee -a "$out/explore.log") 2>&1
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-else
-    export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
-# NVLink multicast stays off on these shared machines (device README).
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+source benchmarks/gpu/device_env.sh
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
 
 stamp "start: $(nvidia-smi -L | wc -l) GPU(s), $(nproc) CPUs, ${secs}s per run, models $models"

@@ -7,8 +7,7 @@
 # BUDGET_S (default 520): no run starts later than this; GPU_TEST_MARKS: pytest -m expression.
 # Writes under $OUT (default /tmp/hpcbench-gpu): all.log, tables.md, results.json, topo.json,
 # bare.jsonl, runs.tar.gz (summaries, specs, plans, logs and rank files of every run).
-# On the device machine, packages missing from its image travel as wheels in .whl/ (see
-# /work/.library/device/README.md); they are installed to /tmp/site first.
+# Wheels of packages the GPU machine lacks go in .whl/ (benchmarks/gpu/device_env.sh).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-8}
@@ -21,16 +20,7 @@ runs=/tmp/hpcbench-gpu-runs
 mkdir -p "$out" "$runs"
 exec > >(tee -a "$out/all.log") 2>&1
 
-if compgen -G ".whl/*.whl" >/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-else
-    export PYTHONPATH=$PWD
-fi
-export PYTHONUNBUFFERED=1
-# NVLink multicast stays off on these shared machines (device README).
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+source benchmarks/gpu/device_env.sh
 ngpu=$(nvidia-smi -L | wc -l)
 want() { [[ ",$sections," == *",$1,"* ]]; }
 stamp() { echo "== $(date -u +%H:%M:%S) $*"; }
