@@ -245,6 +245,16 @@ def test_submit_dry_run_prints_what_render_prints(tmp_path: Path) -> None:
     assert out.read_text() == dry.replace(str(tmp_path / "run"), str(tmp_path / "run2"))
 
 
+def test_submit_dry_run_shows_the_run_directory_prepare_makes(tmp_path: Path) -> None:
+    """--out through a symbolic link: the script names the resolved folder, dry run or not."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    args = [*CLI_COMMON, "--ranks", "2", "--out", str(tmp_path / "link" / "run")]
+    dry = _cli("submit", "--dry-run", *args)
+    assert _cli("render", *args) == dry
+    assert f"RUN_DIR={tmp_path / 'real' / 'run'}" in dry
+
+
 def test_render_creates_the_run_directory_its_script_uses(tmp_path: Path) -> None:
     """Everything a plain sbatch needs is there: plan, spec, logs/ for --output, the script."""
     from hpcbench.plan.model import Plan

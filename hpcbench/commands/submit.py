@@ -49,14 +49,15 @@ def submit(
     script 'hpcbench render' shows for the same flags; that file is what sbatch runs.
     """
     from hpcbench.slurm.inputs import job_inputs
-    from hpcbench.slurm.render import render_job
+    from hpcbench.slurm.submit import job_script
 
     inputs = job_inputs(job, placement.request(), spec_flags.choices())
     if archive_dir is not None and no_wait:
         raise UsageError("--archive needs the result: it cannot be combined with --no-wait")
     if dry_run:
+        # The script prepare() would write: the same function, for the run directory it makes.
         directory = out if out is not None else Path("hpcbench-runs") / "RUN_ID"
-        click.echo(render_job(inputs.request(directory), inputs.site.templates_dir), nl=False)
+        click.echo(job_script(inputs, directory), nl=False)
         return
 
     from hpcbench.aggregate import format_summary

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import re
 import secrets
 import shutil
 import signal
@@ -28,6 +27,7 @@ from types import FrameType
 from typing import IO
 
 from hpcbench.errors import RunError, UsageError
+from hpcbench.follow import poll_until, progress_line
 from hpcbench.plan.launch import cuda_visible_devices, numactl_args
 from hpcbench.plan.model import Plan, RankPlacement
 from hpcbench.runfiles import RunFiles
@@ -109,27 +109,6 @@ def _tail(path: Path, lines: int = _TAIL_LINES) -> str:
         return "(no stderr)"
     kept = [line for line in text.splitlines() if line.strip()][-lines:]
     return "\n".join(kept) if kept else "(stderr is empty)"
-
-
-def progress_phases(line: str) -> str:
-    """A progress line without its clock and counts: equal for two lines in the same phases.
-
-    >>> progress_phases("[   2.0 s] rank 0: timed 12 batches | rank 1: warmup")
-    'rank 0: timed | rank 1: warmup'
-    """
-    return re.sub(r" \d+ batches|\[.*?\] ", "", line)
-
-
-def progress_line(run_dir: Path, plan: Plan, elapsed_s: float) -> str:
-    """One line of progress from the ranks' status files."""
-    parts = []
-    for placement in plan.ranks:
-        status = RunFiles(run_dir).read_status(placement.rank)
-        phase = status.get("phase", "starting")
-        if phase in ("timed", "barrier end", "done"):
-            phase = f"{phase} {int(status.get('timed_batches', 0))} batches"
-        parts.append(f"rank {placement.rank}: {phase}")
-    return f"[{elapsed_s:6.1f} s] " + " | ".join(parts)
 
 
 @contextlib.contextmanager
@@ -291,8 +270,11 @@ def _watch(
     interval_s: float,
     start: float,
 ) -> None:
-    last = 0.0
-    while True:
+    files = RunFiles(run_dir)
+    rank_ids = [p.rank for p in plan.ranks]
+    last = [0.0]
+
+    def step() -> bool | None:
         codes = {rank: proc.poll() for rank, proc in ranks.procs.items()}
         failed = [rank for rank, code in codes.items() if code not in (None, 0)]
         if failed:
@@ -301,13 +283,19 @@ def _watch(
             raise error
         if all(code == 0 for code in codes.values()):
             if progress is not None:
-                progress(progress_line(run_dir, plan, time.monotonic() - start), True)
-            return
+                progress(progress_line(files, rank_ids, time.monotonic() - start), True)
+            return True
         now = time.monotonic()
-        if progress is not None and now - last >= interval_s:
-            progress(progress_line(run_dir, plan, now - start), False)
-            last = now
-        time.sleep(_POLL_S)
+        if progress is not None and now - last[0] >= interval_s:
+            progress(progress_line(files, rank_ids, now - start), False)
+            last[0] = now
+        return None
+
+    # No deadline of its own: every rank's waits (barriers, data) have theirs, and a rank that
+    # ends by them exits, which ends this loop.
+    poll_until(
+        step, poll_s=_POLL_S, timeout_s=None, timed_out=lambda: RunError("ranks did not end")
+    )
 
 
 def _caused_by(status: Mapping[str, object], world_size: int) -> list[int]:

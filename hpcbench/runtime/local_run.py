@@ -17,10 +17,11 @@ from hpcbench.backends.registry import choose_backend
 from hpcbench.backends.spec_check import check_spec
 from hpcbench.cpulist import CpuListError, format_cpulist, parse_cpulist
 from hpcbench.errors import ConfigError, HpcbenchError, UsageError
+from hpcbench.follow import progress_phases
 from hpcbench.plan.model import Plan
 from hpcbench.plan.planner import PlanRequest, make_plan
 from hpcbench.resources import install_hint
-from hpcbench.runtime.launcher import LaunchResult, launch_local, progress_phases
+from hpcbench.runtime.launcher import LaunchResult, launch_local
 from hpcbench.runtime.rundir import RunInfo, create_run_dir, site_record
 from hpcbench.site import NodeType, SiteConfig
 from hpcbench.spec import RunSpec, SpecChoices, describe_spec, gpu_defaults_in_use

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcbench.errors import SlurmError, UsageError
+from hpcbench.follow import poll_until, progress_line, progress_phases
 from hpcbench.jsonfile import read_json, write_atomic, write_json_atomic
 from hpcbench.plan.model import Plan
 from hpcbench.runfiles import JOB_SCRIPT, SLURM_FILE, RunFiles
@@ -190,18 +191,16 @@ def wait_for_job(
     does not answer is retried; only a controller silent for ``controller_timeout_s`` ends the
     wait (the job itself may still be running).
     """
-    from hpcbench.runtime.launcher import progress_line, progress_phases
-
     start = time.monotonic()
-    deadline = start + timeout_s
+    files = RunFiles(run_dir)
     last, last_phases, last_progress = "", "", 0.0
     patient = PatientPoller(echo, controller_timeout_s)
+    state = JobState(tracker.job_id, "UNKNOWN")
+    done = 0
 
-    def poll(previous: JobState) -> JobState:
-        return patient.state(tracker, previous)
-
-    state = poll(JobState(tracker.job_id, "UNKNOWN"))
-    while True:
+    def step() -> JobState | None:
+        nonlocal last, last_phases, last_progress, state, done
+        state = patient.state(tracker, state)
         done = count_rank_files(run_dir)
         line = f"job {tracker.job_id}: {state.state}"
         if state.state == "PENDING" and state.reason and state.reason != "None":
@@ -214,21 +213,21 @@ def wait_for_job(
             last = line
         if state.state == "RUNNING" and plan is not None:
             now = time.monotonic()
-            progress = progress_line(run_dir, plan, now - start)
+            progress = progress_line(files, [p.rank for p in plan.ranks], now - start)
             phases = progress_phases(progress)
             if phases != last_phases or now - last_progress >= progress_every_s:
                 echo(f"job {tracker.job_id}: {progress}")
                 last_phases, last_progress = phases, now
-        if state.final:
-            return state
-        if time.monotonic() > deadline:
-            raise SlurmError(
-                f"job {tracker.job_id} still {state.state} after {timeout_s:.0f} s of waiting "
-                f"(rank files complete: {done}/{world_size}); it keeps running: follow it with "
-                f"squeue -j {tracker.job_id}, then run 'hpcbench aggregate {run_dir}'"
-            )
-        time.sleep(poll_s)
-        state = poll(state)
+        return state if state.final else None
+
+    def timed_out() -> SlurmError:
+        return SlurmError(
+            f"job {tracker.job_id} still {state.state} after {timeout_s:.0f} s of waiting "
+            f"(rank files complete: {done}/{world_size}); it keeps running: follow it with "
+            f"squeue -j {tracker.job_id}, then run 'hpcbench aggregate {run_dir}'"
+        )
+
+    return poll_until(step, poll_s=poll_s, timeout_s=timeout_s, timed_out=timed_out)
 
 
 # srun's verbose binding reports, written to each task's stderr before the rank starts.
@@ -387,6 +386,12 @@ class SubmitOutcome:
     summary: Mapping[str, Any] | None = field(default=None)
 
 
+def job_script(inputs: JobInputs, run_dir: Path) -> str:
+    """The script that is sent for a job whose run directory is ``run_dir`` (made absolute,
+    links resolved, as :func:`prepare` makes it); ``submit --dry-run`` prints this."""
+    return render_job(inputs.request(Path(run_dir).resolve()), inputs.site.templates_dir)
+
+
 def prepare(inputs: JobInputs, out: Path | None, argv: Sequence[str]) -> tuple[Path, Path]:
     """Create the run directory and write ``job.sbatch`` into it; returns (run_dir, script)."""
     run_dir, _ = create_run_dir(
@@ -399,9 +404,8 @@ def prepare(inputs: JobInputs, out: Path | None, argv: Sequence[str]) -> tuple[P
         site_config=inputs.site.path,
     )
     run_dir = run_dir.resolve()
-    text = render_job(inputs.request(run_dir), inputs.site.templates_dir)
     script = run_dir / JOB_SCRIPT
-    write_atomic(script, text, mode=0o700)
+    write_atomic(script, job_script(inputs, run_dir), mode=0o700)
     return run_dir, script
 
 

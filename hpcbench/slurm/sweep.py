@@ -26,6 +26,7 @@ from typing import Any
 from hpcbench.configfile import read_yaml_file, validate
 from hpcbench.cpulist import is_decimal
 from hpcbench.errors import ConfigError, HpcbenchError, RunError, UsageError
+from hpcbench.follow import poll_until
 from hpcbench.jsonfile import read_json, write_atomic, write_json_atomic
 from hpcbench.plan.planner import PlanRequest
 from hpcbench.runfiles import LOGS_DIR, SUBMITIT_DIR, RunFiles
@@ -404,11 +405,12 @@ def _run_array(
     trackers = {
         p.index: JobTracker(f"{array_id}_{p.index}", sweep_dir / SUBMITIT_DIR) for p in pending
     }
-    deadline = time.monotonic() + (timeout_s or 86400.0)
     states: dict[int, JobState] = {}
     patient = PatientPoller(echo)
     last = ""
-    while True:
+
+    def step() -> bool | None:
+        nonlocal last
         refresh = True
         for point in pending:
             if point.index not in states or not states[point.index].final:
@@ -423,14 +425,17 @@ def _run_array(
         if line != last:
             echo(line)
             last = line
-        if all(s.final for s in states.values()):
-            break
-        if time.monotonic() > deadline:
-            raise RunError(
-                f"job array {array_id} not finished after {timeout_s or 86400.0:.0f} s ({line}); "
-                f"it keeps running: run the same sweep again later to collect it"
-            )
-        time.sleep(poll_s)
+        return True if all(s.final for s in states.values()) else None
+
+    poll_until(
+        step,
+        poll_s=poll_s,
+        timeout_s=timeout_s or 86400.0,
+        timed_out=lambda: RunError(
+            f"job array {array_id} not finished after {timeout_s or 86400.0:.0f} s ({last}); "
+            f"it keeps running: run the same sweep again later to collect it"
+        ),
+    )
     for point in pending:
         state = states[point.index]
         point.job_id = state.job_id
