@@ -90,7 +90,7 @@ def excerpt(value: object, limit: int = 60) -> str:
     """``repr(value)`` cut to about ``limit`` characters, for echoing a bad value in one line.
 
     >>> excerpt("x" * 100, limit=10)
-    "'xxxxxxxxx… (100 characters)"
+    "'xxxxxxxx… (100 characters)"
     >>> excerpt("ok")
     "'ok'"
     """

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from hpcbench.errors import SlurmError
 from hpcbench.slurm.nodelist import expand_nodelist
-from hpcbench.slurm.submit import JobState, explain_failure, job_record, wait_for_job
+from hpcbench.slurm.submit import (
+    JobState,
+    explain_failure,
+    job_record,
+    put_job_record,
+    wait_for_job,
+)
 
 
 def _run_dir(tmp_path: Path, job_err: str, rank_errs: dict[int, str]) -> Path:
@@ -56,6 +63,29 @@ def test_job_record_expands_nodes_and_array_ids() -> None:
     assert record["job_id"] == "77" and record["array_task_id"] == 3
     assert record["nodes"] == ["node1", "node2"]
     assert record["slurm_version"] == "22.05.8" and record["script"] == "job.sbatch"
+
+
+@pytest.mark.parametrize(
+    ("seen", "nodes"),
+    [
+        # The ranks' SLURM_JOB_NODELIST wins over a NodeList polled while the job completed.
+        ({"job_id": "77", "nodelist": "node[1-2]"}, ["node1", "node2"]),
+        ({"job_id": "78", "nodelist": "node[1-2]"}, ["node1"]),  # another job's ranks: not used
+        (None, ["node1"]),  # not run under Slurm (or no rank file said): the controller's list
+    ],
+)
+def test_job_nodes_are_the_allocation_the_ranks_saw(
+    tmp_path: Path, seen: dict[str, str] | None, nodes: list[str]
+) -> None:
+    record = job_record(
+        JobState("77", "COMPLETED", "0:0", "node1"),  # node2 already left the list
+        submitted_at="t",
+        script=Path("/r/job.sbatch"),
+        version="22.05.8",
+    )
+    summary = put_job_record(tmp_path, {"run": {"slurm": seen}}, record)
+    assert summary["run"]["slurm_job"]["nodes"] == nodes
+    assert json.loads((tmp_path / "summary.json").read_text())["run"]["slurm_job"]["nodes"] == nodes
 
 
 @pytest.mark.parametrize(

@@ -327,10 +327,21 @@ def add_job_to_summary(run_dir: Path, record: Mapping[str, Any]) -> dict[str, An
 def put_job_record(
     run_dir: Path, summary: dict[str, Any], record: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """``summary`` with the job record as ``run.slurm_job``, written to ``summary.json``."""
+    """``summary`` with the job record as ``run.slurm_job``, written to ``summary.json``.
+
+    The job's nodes are the allocation its ranks saw (``SLURM_JOB_NODELIST``, in the rank
+    files) where they saw one: the controller's NodeList shrinks while a job completes (each
+    node leaves it once its part is done), so a state polled then can name only some nodes.
+    """
     from hpcbench.aggregate.result import write_summary
 
-    summary.setdefault("run", {})["slurm_job"] = dict(record)
+    run = summary.setdefault("run", {})
+    record = dict(record)
+    seen = run.get("slurm") or {}
+    if seen.get("nodelist") and str(seen.get("job_id")) == str(record.get("job_id")):
+        record["nodelist"] = seen["nodelist"]
+        record["nodes"] = expand_nodelist(seen["nodelist"])
+    run["slurm_job"] = record
     write_summary(RunFiles(run_dir).summary, summary)
     return summary
 
