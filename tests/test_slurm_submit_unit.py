@@ -11,6 +11,7 @@ from hpcbench.errors import SlurmError
 from hpcbench.slurm.nodelist import expand_nodelist
 from hpcbench.slurm.submit import (
     JobState,
+    add_job_to_summary,
     explain_failure,
     job_record,
     put_job_record,
@@ -86,6 +87,35 @@ def test_job_nodes_are_the_allocation_the_ranks_saw(
     summary = put_job_record(tmp_path, {"run": {"slurm": seen}}, record)
     assert summary["run"]["slurm_job"]["nodes"] == nodes
     assert json.loads((tmp_path / "summary.json").read_text())["run"]["slurm_job"]["nodes"] == nodes
+
+
+@pytest.mark.parametrize("job_aggregated", [True, False])
+def test_the_jobs_own_summary_is_not_computed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, job_aggregated: bool
+) -> None:
+    """A rendered job aggregates itself as its last step; submit reuses that summary."""
+    import hpcbench.aggregate
+
+    calls: list[Path] = []
+
+    def aggregate_run(run_dir: Path) -> dict[str, object]:
+        calls.append(run_dir)
+        return {"run": {"run_id": "from-submit"}}
+
+    monkeypatch.setattr(hpcbench.aggregate, "aggregate_run", aggregate_run)
+    if job_aggregated:
+        (tmp_path / "summary.json").write_text(json.dumps({"run": {"run_id": "from-job"}}))
+        (tmp_path / "result.h5").write_bytes(b"")
+    record = job_record(
+        JobState("77", "COMPLETED", "0:0", "node1"),
+        submitted_at="t",
+        script=Path("j"),
+        version=None,
+    )
+    summary = add_job_to_summary(tmp_path, record)
+    assert summary["run"]["run_id"] == ("from-job" if job_aggregated else "from-submit")
+    assert calls == ([] if job_aggregated else [tmp_path])
+    assert summary["run"]["slurm_job"]["job_id"] == "77"
 
 
 @pytest.mark.parametrize(

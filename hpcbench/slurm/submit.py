@@ -318,10 +318,21 @@ def job_record(
 
 
 def add_job_to_summary(run_dir: Path, record: Mapping[str, Any]) -> dict[str, Any]:
-    """Aggregate the run and put the job record into ``summary.json`` (``run.slurm_job``)."""
+    """Put the job record into the run's summary (``run.slurm_job``), aggregating if needed.
+
+    A job rendered by ``render``/``submit`` aggregates itself as its last step, with the rules
+    the run was made with; its ``summary.json`` and ``result.h5`` are then reused rather than
+    computed a second time (a large run takes seconds). Job arrays do not aggregate in the job.
+    """
     from hpcbench.aggregate import aggregate_run
 
-    return put_job_record(run_dir, aggregate_run(run_dir), record)
+    files = RunFiles(run_dir)
+    summary: Any = None
+    if files.summary.is_file() and files.result.is_file():
+        summary = read_json(files.summary, "run summary", UsageError)
+    if not isinstance(summary, dict):
+        summary = aggregate_run(run_dir)
+    return put_job_record(run_dir, summary, record)
 
 
 def put_job_record(
