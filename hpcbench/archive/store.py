@@ -603,14 +603,17 @@ def add_run(archive_dir: Path | str, run_dir: Path | str, *, replace: bool = Fal
     return Archive(archive_dir).add(run_dir, replace=replace).run_id
 
 
-def add_runs(archive_dir: Path | str, run_dirs: Iterable[Path | str]) -> list[str]:
-    """Archive several runs; every one is tried, then one ArchiveError lists those that failed."""
+def add_runs(archive_dir: Path | str, run_dirs: Iterable[Path | str]) -> dict[Path, str]:
+    """Archive several runs; every one is tried, then one ArchiveError lists those that failed.
+
+    Returns the run id of each run directory (as given) that was archived.
+    """
     archive = Archive(archive_dir)
-    ids: list[str] = []
+    ids: dict[Path, str] = {}
     failures: list[str] = []
     for run_dir in run_dirs:
         try:
-            ids.append(archive.add(run_dir).run_id)
+            ids[Path(run_dir)] = archive.add(run_dir).run_id
         except (ArchiveError, OSError) as exc:
             failures.append(str(exc))
     if failures:

@@ -49,30 +49,27 @@ def submit(
     script 'hpcbench render' shows for the same flags; that file is what sbatch runs.
     """
     from hpcbench.slurm.inputs import job_inputs
-    from hpcbench.slurm.submit import job_script
+    from hpcbench.slurm.submit import SlurmJobLaunch
 
     inputs = job_inputs(job, placement.request(), spec_flags.choices())
     if archive_dir is not None and no_wait:
         raise UsageError("--archive needs the result: it cannot be combined with --no-wait")
+    echo = lambda line: click.echo(line, err=True)  # noqa: E731 - progress goes to stderr
+    launch = SlurmJobLaunch(
+        inputs, out, sys.argv, poll_s=poll_s, timeout_s=wait_timeout_s, echo=echo
+    )
     if dry_run:
-        # The script prepare() would write: the same function, for the run directory it makes.
-        directory = out if out is not None else Path("hpcbench-runs") / "RUN_ID"
-        click.echo(job_script(inputs, directory), nl=False)
+        # Exactly what prepare() would write and sbatch run, for the run directory it makes.
+        ((_, script),) = launch.prepare(dry_run=True).sent
+        click.echo(script, nl=False)
         return
 
     from hpcbench.aggregate import format_summary
     from hpcbench.aggregate.summary import dumps
-    from hpcbench.slurm.submit import submit_run
+    from hpcbench.launch import archive, execute
 
-    outcome = submit_run(
-        inputs,
-        out=out,
-        argv=sys.argv,
-        wait=not no_wait,
-        poll_s=poll_s,
-        timeout_s=wait_timeout_s,
-        echo=lambda line: click.echo(line, err=True),
-    )
+    (outcome,) = execute(launch, wait=not no_wait)
+    outcome.raise_if_failed()
     if outcome.summary is None:
         click.echo(f"run directory: {outcome.run_dir}")
         return
@@ -82,7 +79,5 @@ def submit(
         click.echo(format_summary(outcome.summary))
         click.echo(f"run directory: {outcome.run_dir}")
     if archive_dir is not None:
-        from hpcbench.archive import add_run
-
-        run_id = add_run(archive_dir, outcome.run_dir)
-        click.echo(f"archived as {run_id} in {archive_dir}", err=True)
+        (archived,) = archive([outcome], archive_dir)
+        click.echo(f"archived as {archived.archive_id} in {archive_dir}", err=True)

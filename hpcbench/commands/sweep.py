@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from hpcbench.commands.flags import wait_options
-from hpcbench.runfiles import RunFiles
 from hpcbench.text import plural
 
 
@@ -82,11 +81,11 @@ def sweep(
     )
     click.echo(format_sweep(spec, points))
     if archive_dir is not None:
-        from hpcbench.archive import add_runs
+        from hpcbench.launch import archive
 
-        # Failed points that still wrote a summary are archived too: the archive keeps them
-        # marked incomplete, so they can never pass for a complete result.
-        results = [p.run_dir for p in points if RunFiles(p.run_dir).summary.is_file()]
-        ids = add_runs(archive_dir, results)
-        click.echo(f"archived {plural(len(ids), 'run')} in {archive_dir}", err=True)
+        # Every point with a summary, failed ones too: the archive keeps them marked
+        # incomplete, so they can never pass for a complete result.
+        archived = archive([p.outcome for p in points if p.outcome is not None], archive_dir)
+        count = sum(1 for outcome in archived if outcome.archive_id is not None)
+        click.echo(f"archived {plural(count, 'run')} in {archive_dir}", err=True)
     return 1 if any(p.status == "failed" for p in points) else 0

@@ -22,6 +22,7 @@ from hpcbench.errors import RunError, UsageError
 from hpcbench.explore.verdict import RunRecord
 from hpcbench.jsonfile import read_json, write_json_atomic
 from hpcbench.plan.candidates import CandidateSet, placement_key, request_options
+from hpcbench.plan.model import Plan
 from hpcbench.runfiles import RunFiles
 from hpcbench.spec import SpecChoices
 
@@ -154,7 +155,8 @@ def run_local_points(
                 echo("explore: every candidate failed its first run; stopping here")
                 break
             continue
-        if placement_key(outcome.plan) != placement_key(candidate.plan):
+        ran = Plan.from_json(read_json(RunFiles(outcome.run_dir).plan, "plan file"))
+        if placement_key(ran) != placement_key(candidate.plan):
             raise RunError(
                 f"{point.run_dir}: the run's plan differs from candidate {point.label}'s "
                 f"(an hpcbench bug: please report it with both plan.json files)"

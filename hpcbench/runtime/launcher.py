@@ -1,12 +1,14 @@
 """The local launcher: start a plan's ranks on this machine and watch them.
 
-Every rank is a child of the ``hpcbench run`` process, in its own session (so a Ctrl-C reaches
-only the launcher, which then stops the ranks in order), pinned with ``numactl`` when it is
-installed, else with ``sched_setaffinity`` and ``set_mempolicy`` in the child before exec
-(both survive exec), and given ``CUDA_VISIBLE_DEVICES`` from the plan. Its stdout and stderr
-go to ``RUN_DIR/logs/rank-NNNNN.{out,err}``. When a rank fails the others are stopped and
-:class:`RunError` names the rank and the tail of its stderr; Ctrl-C stops every rank and
-removes the barrier state.
+:class:`LocalLaunch` is the local implementation of the launch protocol
+(:mod:`hpcbench.launch`). Every rank is a child of the ``hpcbench run`` process, leading its own
+process group (so a Ctrl-C reaches only the launcher, which then stops the ranks in order),
+pinned with ``numactl`` when it is installed, else with ``sched_setaffinity`` and
+``set_mempolicy`` in the child before exec (both survive exec), and given
+``CUDA_VISIBLE_DEVICES`` from the plan. Its stdout and stderr go to
+``RUN_DIR/logs/rank-NNNNN.{out,err}``. When a rank fails the others are stopped and the
+outcome's :class:`RunError` names the rank to blame and the tail of its stderr; Ctrl-C stops
+every rank and removes the barrier state.
 """
 
 from __future__ import annotations
@@ -15,19 +17,20 @@ import contextlib
 import ctypes
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO
+from typing import IO, Any
 
 from hpcbench.errors import RunError, UsageError
-from hpcbench.follow import poll_until, progress_line
+from hpcbench.follow import progress_line
+from hpcbench.launch import Launch, Prepared, RunOutcome, Status, execute
 from hpcbench.plan.launch import cuda_visible_devices, numactl_args
 from hpcbench.plan.model import Plan, RankPlacement
 from hpcbench.runfiles import RunFiles
@@ -47,16 +50,6 @@ _BLAME_WAIT_S = 5.0
 _TAIL_LINES = 6
 # Threads a BLAS/OpenMP runtime starts by default when the variables are not set by the user.
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-@dataclass(frozen=True, slots=True)
-class LaunchResult:
-    """How a local launch ended (all ranks exited 0 when this is returned)."""
-
-    run_dir: Path
-    launch_id: str
-    elapsed_s: float
-    pinning: str  # "numactl" or "sched_setaffinity"
 
 
 def log_paths(run_dir: Path, rank: int) -> tuple[Path, Path]:
@@ -155,75 +148,178 @@ class _Ranks:
             handle.close()
 
 
-def launch_local(
-    run_dir: Path,
-    plan: Plan,
-    info: RunInfo,
-    *,
-    progress: Callable[[str, bool], None] | None = None,
-    progress_interval_s: float = 1.0,
-    use_numactl: bool | None = None,
-    python: str = sys.executable,
-    base_env: Mapping[str, str] | None = None,
-) -> LaunchResult:
-    """Run every rank of ``plan`` on this machine; return when all exited 0.
+class LocalLaunch(Launch):
+    """The ranks of one plan, started on this machine: the local implementation of the launch
+    protocol (:mod:`hpcbench.launch`).
 
-    ``progress(line, final)`` gets a progress line every ``progress_interval_s``, and one with
-    ``final`` true, the ranks' true counts, once all of them finished.
+    ``run_dir`` is where the run goes; ``create`` makes it (the run directory's files) when the
+    launch is prepared, and returns it with its run info; without ``create`` the run directory
+    exists already and ``info`` is its run info. ``progress(line, final)`` gets a progress line
+    every ``progress_interval_s``, and one with ``final`` true, the ranks' true counts, once
+    all of them finished.
 
-    Raises RunError naming the first rank that failed (with its stderr tail) after stopping
-    the others, and re-raises KeyboardInterrupt after stopping every rank. Barrier state is
-    removed in every case.
+    A failed rank ends the wait: the others are stopped and the outcome is failed with a
+    RunError naming the rank to blame and the tail of its stderr. An interrupt (Ctrl-C, SIGTERM
+    or SIGHUP to the launcher) stops every rank. Barrier state is removed in every case.
     """
-    if plan.nodes != 1 or any(r.node != 0 for r in plan.ranks):
-        raise UsageError(
-            f"the local launcher runs one node, the plan has {plan.nodes}; use 'hpcbench submit'"
-        )
-    numactl = shutil.which("numactl") if use_numactl is not False else None
-    if use_numactl and numactl is None:
-        raise UsageError("numactl was requested but is not installed")
-    # Segments of launches killed without cleanup (SIGKILL of hpcbench itself) would pile up.
-    sweep_stale_segments()
-    launch_id = "L" + secrets.token_hex(4)
-    namespace = barrier_namespace(info.run_id, launch_id)
-    env_base = dict(os.environ if base_env is None else base_env)
-    ranks = _Ranks()
-    start = time.monotonic()
-    try:
-        with _signals_interrupt():
-            for placement in plan.ranks:
-                out_path, err_path = log_paths(run_dir, placement.rank)
-                out = _open_log(out_path)
-                err = _open_log(err_path)
-                ranks.files += [out, err]
-                preexec = _child_setup(None if numactl else placement, os.getpid())
-                try:
-                    ranks.procs[placement.rank] = subprocess.Popen(
-                        rank_command(run_dir, placement, numactl, python),
-                        env=rank_environment(env_base, placement, plan.world_size, launch_id),
-                        stdin=subprocess.DEVNULL,
-                        stdout=out,
-                        stderr=err,
-                        preexec_fn=preexec,
-                    )
-                except (OSError, subprocess.SubprocessError) as exc:
-                    raise RunError(
-                        f"rank {placement.rank}: cannot start (cpus {list(placement.cpus)}, "
-                        f"memory nodes {list(placement.mem_nodes)}): {exc}"
-                    ) from exc
-            _watch(run_dir, plan, ranks, progress, progress_interval_s, start)
-    except BaseException:
-        ranks.stop()
-        raise
-    finally:
-        ranks.close_files()
-        remove_barrier_state(namespace, run_dir)
-    return LaunchResult(
-        run_dir=run_dir,
-        launch_id=launch_id,
-        elapsed_s=time.monotonic() - start,
-        pinning="numactl" if numactl else "sched_setaffinity",
-    )
+
+    poll_s = _POLL_S
+    # No deadline of its own: every rank's waits (barriers, data) have theirs, and a rank that
+    # ends by them exits, which ends the wait.
+    timeout_s = None
+
+    def __init__(
+        self,
+        plan: Plan,
+        run_dir: Path | None,
+        *,
+        create: Callable[[], tuple[Path, RunInfo]] | None = None,
+        info: RunInfo | None = None,
+        progress: Callable[[str, bool], None] | None = None,
+        progress_interval_s: float = 1.0,
+        use_numactl: bool | None = None,
+        python: str = sys.executable,
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
+        if plan.nodes != 1 or any(r.node != 0 for r in plan.ranks):
+            raise UsageError(
+                f"the local launcher runs one node, the plan has {plan.nodes}; "
+                f"use 'hpcbench submit'"
+            )
+        if (create is None) == (info is None):
+            raise TypeError("LocalLaunch needs either create (a new run) or info (its run.json)")
+        self.numactl = shutil.which("numactl") if use_numactl is not False else None
+        if use_numactl and self.numactl is None:
+            raise UsageError("numactl was requested but is not installed")
+        self.plan = plan
+        self.run_dir = run_dir
+        self.info = info
+        self.launch_id = "L" + secrets.token_hex(4)
+        self._create = create
+        self._progress = progress
+        self._progress_interval_s = progress_interval_s
+        self._python = python
+        self._env_base = dict(os.environ if base_env is None else base_env)
+        self._ranks = _Ranks()
+        self._exit = contextlib.ExitStack()
+        self._started = 0.0
+        self._last_progress = 0.0
+        self._elapsed_s: float | None = None
+        self._error: RunError | None = None
+
+    def _rank_commands(
+        self, run_dir: Path
+    ) -> list[tuple[RankPlacement, list[str], dict[str, str]]]:
+        return [
+            (
+                placement,
+                rank_command(run_dir, placement, self.numactl, self._python),
+                rank_environment(self._env_base, placement, self.plan.world_size, self.launch_id),
+            )
+            for placement in self.plan.ranks
+        ]
+
+    def prepare(self, *, dry_run: bool = False) -> Prepared:
+        """Create the run directory (unless it exists); what is sent is each rank's command
+        line with the variables it adds to the environment."""
+        if dry_run:
+            where = self.run_dir if self.run_dir is not None else Path("hpcbench-runs/RUN_ID")
+        else:
+            if self._create is not None and self.info is None:
+                self.run_dir, self.info = self._create()
+            assert self.run_dir is not None
+            where = self.run_dir
+        sent = []
+        for placement, command, env in self._rank_commands(where):
+            added = {k: v for k, v in env.items() if self._env_base.get(k) != v}
+            words = [f"{k}={shlex.quote(v)}" for k, v in sorted(added.items())]
+            words += [shlex.quote(word) for word in command]
+            sent.append((f"rank {placement.rank}", " ".join(words)))
+        return Prepared((where,), tuple(sent))
+
+    def start(self) -> None:
+        if self.run_dir is None or self.info is None:
+            raise RuntimeError("LocalLaunch.start() before prepare()")
+        # Segments of launches killed without cleanup (SIGKILL of hpcbench itself) would pile up.
+        sweep_stale_segments()
+        self._exit.enter_context(_signals_interrupt())
+        self._started = time.monotonic()
+        for placement, command, env in self._rank_commands(self.run_dir):
+            out_path, err_path = log_paths(self.run_dir, placement.rank)
+            out = _open_log(out_path)
+            self._ranks.files.append(out)
+            err = _open_log(err_path)
+            self._ranks.files.append(err)
+            preexec = _child_setup(None if self.numactl else placement, os.getpid())
+            try:
+                self._ranks.procs[placement.rank] = subprocess.Popen(
+                    command,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    preexec_fn=preexec,
+                )
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise RunError(
+                    f"rank {placement.rank}: cannot start (cpus {list(placement.cpus)}, "
+                    f"memory nodes {list(placement.mem_nodes)}): {exc}"
+                ) from exc
+
+    def poll(self) -> bool:
+        assert self.run_dir is not None
+        ranks = self._ranks
+        codes = {rank: proc.poll() for rank, proc in ranks.procs.items()}
+        failed = [rank for rank, code in codes.items() if code not in (None, 0)]
+        if failed:
+            self._error = _failure(self.run_dir, ranks, failed, codes)
+            ranks.stop()
+            self._elapsed_s = time.monotonic() - self._started
+            return True
+        now = time.monotonic()
+        if all(code == 0 for code in codes.values()):
+            self._elapsed_s = now - self._started
+            self._show_progress(now, final=True)
+            return True
+        if now - self._last_progress >= self._progress_interval_s:
+            self._show_progress(now, final=False)
+            self._last_progress = now
+        return False
+
+    def _show_progress(self, now: float, final: bool) -> None:
+        if self._progress is not None and self.run_dir is not None:
+            ranks = [p.rank for p in self.plan.ranks]
+            self._progress(progress_line(RunFiles(self.run_dir), ranks, now - self._started), final)
+
+    def timed_out(self) -> Exception:
+        return RunError("ranks did not end")  # unreachable: timeout_s is None
+
+    def stop(self) -> None:
+        self._ranks.stop()
+
+    def close(self) -> None:
+        self._exit.close()
+        self._ranks.close_files()
+        if self.run_dir is not None and self.info is not None:
+            remove_barrier_state(barrier_namespace(self.info.run_id, self.launch_id), self.run_dir)
+
+    def outcomes(self) -> list[RunOutcome]:
+        assert self.run_dir is not None
+        status: Status = "failed" if self._error is not None else "done"
+        outcome = RunOutcome(self.run_dir, status, self.launch_id, elapsed_s=self._elapsed_s)
+        return [outcome if self._error is None else outcome.failed(self._error)]
+
+
+def launch_local(run_dir: Path, plan: Plan, info: RunInfo, **options: Any) -> RunOutcome:
+    """Run every rank of ``plan`` in the existing ``run_dir``; return when all exited 0.
+
+    The keyword options are :class:`LocalLaunch`'s. Raises RunError naming the rank to blame
+    when one failed (the others stopped), and re-raises KeyboardInterrupt after stopping every
+    rank. Nothing is aggregated.
+    """
+    launch = LocalLaunch(plan, run_dir, info=info, **options)
+    (outcome,) = execute(launch, aggregate=False)
+    return outcome.raise_if_failed()
 
 
 def _open_log(path: Path) -> IO[bytes]:
@@ -260,42 +356,6 @@ def _child_setup(placement: RankPlacement | None, launcher_pid: int) -> Callable
             apply_binding(placement)
 
     return setup
-
-
-def _watch(
-    run_dir: Path,
-    plan: Plan,
-    ranks: _Ranks,
-    progress: Callable[[str, bool], None] | None,
-    interval_s: float,
-    start: float,
-) -> None:
-    files = RunFiles(run_dir)
-    rank_ids = [p.rank for p in plan.ranks]
-    last = [0.0]
-
-    def step() -> bool | None:
-        codes = {rank: proc.poll() for rank, proc in ranks.procs.items()}
-        failed = [rank for rank, code in codes.items() if code not in (None, 0)]
-        if failed:
-            error = _failure(run_dir, ranks, failed, codes)
-            ranks.stop()
-            raise error
-        if all(code == 0 for code in codes.values()):
-            if progress is not None:
-                progress(progress_line(files, rank_ids, time.monotonic() - start), True)
-            return True
-        now = time.monotonic()
-        if progress is not None and now - last[0] >= interval_s:
-            progress(progress_line(files, rank_ids, now - start), False)
-            last[0] = now
-        return None
-
-    # No deadline of its own: every rank's waits (barriers, data) have theirs, and a rank that
-    # ends by them exits, which ends this loop.
-    poll_until(
-        step, poll_s=_POLL_S, timeout_s=None, timed_out=lambda: RunError("ranks did not end")
-    )
 
 
 def _caused_by(status: Mapping[str, object], world_size: int) -> list[int]:

@@ -9,19 +9,19 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import click
 
 from hpcbench.backends.registry import choose_backend
 from hpcbench.backends.spec_check import check_spec
 from hpcbench.cpulist import CpuListError, format_cpulist, parse_cpulist
-from hpcbench.errors import ConfigError, HpcbenchError, UsageError
+from hpcbench.errors import ConfigError, HpcbenchError, RunError, UsageError
 from hpcbench.follow import progress_phases
+from hpcbench.launch import RunOutcome, follow
 from hpcbench.plan.model import Plan
 from hpcbench.plan.planner import PlanRequest, make_plan
 from hpcbench.resources import install_hint
-from hpcbench.runtime.launcher import LaunchResult, launch_local
+from hpcbench.runtime.launcher import LocalLaunch
 from hpcbench.runtime.rundir import RunInfo, create_run_dir, site_record
 from hpcbench.site import NodeType, SiteConfig
 from hpcbench.spec import RunSpec, SpecChoices, describe_spec, gpu_defaults_in_use
@@ -30,18 +30,6 @@ from hpcbench.topology.model import Topology
 
 # In a log (not a terminal), a progress line at least this often while no phase changes.
 _LOG_PROGRESS_EVERY_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class LocalRunOutcome:
-    """A finished local run."""
-
-    run_dir: Path
-    plan: Plan
-    spec: RunSpec
-    launch: LaunchResult
-    summary: dict[str, Any]
-    summary_text: str
 
 
 def default_rank_count(topology: Topology, request: PlanRequest) -> PlanRequest:
@@ -130,12 +118,22 @@ def run_local(
     quiet: bool = False,
     site: SiteConfig | None = None,
     node_type: NodeType | None = None,
-) -> LocalRunOutcome:
-    """Plan (:func:`plan_local`) and run on this machine; raises HpcbenchError on bad input or
-    a failed rank."""
+) -> RunOutcome:
+    """Plan (:func:`plan_local`) and run on this machine through the launch protocol
+    (:class:`~hpcbench.runtime.launcher.LocalLaunch`); the aggregated outcome. Raises
+    HpcbenchError on bad input, a failed rank or a run that cannot be aggregated."""
     local = plan_local(topology, request, spec, site=site, node_type=node_type)
     plan = local.plan
-    run_dir, info = local.create_run_dir(out, argv)
+    tty = sys.stderr.isatty()
+    progress = None if quiet else _progress_printer(tty)
+    launch = LocalLaunch(
+        plan,
+        out,
+        create=lambda: local.create_run_dir(out, argv),
+        progress=progress,
+        use_numactl=use_numactl,
+    )
+    prepared = launch.prepare()
     for warning in plan.warnings:
         click.echo(f"hpcbench: warning: {warning}", err=True)
     click.echo(
@@ -146,21 +144,21 @@ def run_local(
         click.echo(
             f"hpcbench: GPU defaults (flag to change): {', '.join(local.gpu_defaults)}", err=True
         )
-    tty = sys.stderr.isatty()
-    progress = None if quiet else _progress_printer(tty)
     try:
-        launch = launch_local(run_dir, plan, info, progress=progress, use_numactl=use_numactl)
+        (outcome,) = follow(launch)
     except KeyboardInterrupt:
-        click.echo(f"\nhpcbench: stopped every rank; unfinished rank files in {run_dir}", err=True)
+        click.echo(
+            f"\nhpcbench: stopped every rank; unfinished rank files in {prepared.run_dirs[0]}",
+            err=True,
+        )
         raise
     except HpcbenchError:
         if progress is not None and tty:
             click.echo("", err=True)  # the error goes below the progress line, not over it
         raise
-    from hpcbench.aggregate import aggregate_run, format_summary
-
-    summary = aggregate_run(run_dir)
-    return LocalRunOutcome(run_dir, plan, local.spec, launch, summary, format_summary(summary))
+    if isinstance(outcome.error, RunError) and progress is not None and tty:
+        click.echo("", err=True)  # a rank failed: its error goes below the progress line
+    return outcome.raise_if_failed()
 
 
 def preflight(spec: RunSpec, plan: Plan) -> None:
@@ -242,7 +240,10 @@ def _progress_printer(tty: bool) -> Callable[[str, bool], None]:
     return show
 
 
-def print_result(outcome: LocalRunOutcome) -> None:
+def print_result(outcome: RunOutcome) -> None:
     """The aggregate (with any binding that differed from the plan), then the run directory."""
-    click.echo(outcome.summary_text.rstrip("\n"))
+    from hpcbench.aggregate import format_summary
+
+    assert outcome.summary is not None
+    click.echo(format_summary(outcome.summary).rstrip("\n"))
     click.echo(f"run directory: {outcome.run_dir}")

@@ -15,13 +15,14 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hpcbench.errors import SlurmError, UsageError
 from hpcbench.follow import poll_until, progress_line, progress_phases
 from hpcbench.jsonfile import read_json, write_atomic, write_json_atomic
+from hpcbench.launch import Launch, Prepared, RunOutcome
 from hpcbench.plan.model import Plan
 from hpcbench.runfiles import JOB_SCRIPT, SLURM_FILE, RunFiles
 from hpcbench.runtime.rundir import create_run_dir, site_record
@@ -172,6 +173,70 @@ def count_rank_files(run_dir: Path) -> int:
     return sum(1 for _ in run_dir.glob("rank-*.h5"))
 
 
+class _JobWatch:
+    """One look at a job per :meth:`step`: its state (printed when it changes) and, while it
+    runs, the ranks' phases (printed when a phase changes, at most every ``progress_every_s``
+    otherwise). The polling loop around it is :func:`hpcbench.follow.poll_until`."""
+
+    def __init__(
+        self,
+        tracker: JobTracker,
+        run_dir: Path,
+        world_size: int,
+        *,
+        plan: Plan | None,
+        timeout_s: float,
+        progress_every_s: float,
+        controller_timeout_s: float,
+        echo: Callable[[str], None],
+    ) -> None:
+        self.tracker = tracker
+        self.run_dir = run_dir
+        self.world_size = world_size
+        self.plan = plan
+        self.timeout_s = timeout_s
+        self.progress_every_s = progress_every_s
+        self.echo = echo
+        self.state = JobState(tracker.job_id, "UNKNOWN")
+        self._files = RunFiles(run_dir)
+        self._patient = PatientPoller(echo, controller_timeout_s)
+        self._start = time.monotonic()
+        self._last, self._last_phases, self._last_progress = "", "", 0.0
+        self._done = 0
+
+    def step(self) -> JobState | None:
+        """The job's state once it is final, else None."""
+        state = self.state = self._patient.state(self.tracker, self.state)
+        self._done = count_rank_files(self.run_dir)
+        job_id = self.tracker.job_id
+        line = f"job {job_id}: {state.state}"
+        if state.state == "PENDING" and state.reason and state.reason != "None":
+            line += f" ({state.reason})"
+        if state.state == "RUNNING":
+            line += f" on {state.nodelist}" if state.nodelist else ""
+            line += f", {self._done}/{self.world_size} rank files complete"
+        if line != self._last:
+            self.echo(line)
+            self._last = line
+        if state.state == "RUNNING" and self.plan is not None:
+            now = time.monotonic()
+            ranks = [p.rank for p in self.plan.ranks]
+            progress = progress_line(self._files, ranks, now - self._start)
+            phases = progress_phases(progress)
+            if phases != self._last_phases or now - self._last_progress >= self.progress_every_s:
+                self.echo(f"job {job_id}: {progress}")
+                self._last_phases, self._last_progress = phases, now
+        return state if state.final else None
+
+    def timed_out(self) -> SlurmError:
+        job_id = self.tracker.job_id
+        return SlurmError(
+            f"job {job_id} still {self.state.state} after {self.timeout_s:.0f} s of waiting "
+            f"(rank files complete: {self._done}/{self.world_size}); it keeps running: follow "
+            f"it with squeue -j {job_id}, then run 'hpcbench aggregate {self.run_dir}'"
+        )
+
+
 def wait_for_job(
     tracker: JobTracker,
     run_dir: Path,
@@ -191,43 +256,17 @@ def wait_for_job(
     does not answer is retried; only a controller silent for ``controller_timeout_s`` ends the
     wait (the job itself may still be running).
     """
-    start = time.monotonic()
-    files = RunFiles(run_dir)
-    last, last_phases, last_progress = "", "", 0.0
-    patient = PatientPoller(echo, controller_timeout_s)
-    state = JobState(tracker.job_id, "UNKNOWN")
-    done = 0
-
-    def step() -> JobState | None:
-        nonlocal last, last_phases, last_progress, state, done
-        state = patient.state(tracker, state)
-        done = count_rank_files(run_dir)
-        line = f"job {tracker.job_id}: {state.state}"
-        if state.state == "PENDING" and state.reason and state.reason != "None":
-            line += f" ({state.reason})"
-        if state.state == "RUNNING":
-            line += f" on {state.nodelist}" if state.nodelist else ""
-            line += f", {done}/{world_size} rank files complete"
-        if line != last:
-            echo(line)
-            last = line
-        if state.state == "RUNNING" and plan is not None:
-            now = time.monotonic()
-            progress = progress_line(files, [p.rank for p in plan.ranks], now - start)
-            phases = progress_phases(progress)
-            if phases != last_phases or now - last_progress >= progress_every_s:
-                echo(f"job {tracker.job_id}: {progress}")
-                last_phases, last_progress = phases, now
-        return state if state.final else None
-
-    def timed_out() -> SlurmError:
-        return SlurmError(
-            f"job {tracker.job_id} still {state.state} after {timeout_s:.0f} s of waiting "
-            f"(rank files complete: {done}/{world_size}); it keeps running: follow it with "
-            f"squeue -j {tracker.job_id}, then run 'hpcbench aggregate {run_dir}'"
-        )
-
-    return poll_until(step, poll_s=poll_s, timeout_s=timeout_s, timed_out=timed_out)
+    watch = _JobWatch(
+        tracker,
+        run_dir,
+        world_size,
+        plan=plan,
+        timeout_s=timeout_s,
+        progress_every_s=progress_every_s,
+        controller_timeout_s=controller_timeout_s,
+        echo=echo,
+    )
+    return poll_until(watch.step, poll_s=poll_s, timeout_s=timeout_s, timed_out=watch.timed_out)
 
 
 # srun's verbose binding reports, written to each task's stderr before the rank starts.
@@ -399,15 +438,6 @@ def refresh_job_record(run_dir: Path, echo: Callable[[str], None] = print) -> di
     return fresh
 
 
-@dataclass(frozen=True, slots=True)
-class SubmitOutcome:
-    run_dir: Path
-    script: Path
-    job_id: str | None
-    state: JobState | None = None
-    summary: Mapping[str, Any] | None = field(default=None)
-
-
 def job_script(inputs: JobInputs, run_dir: Path) -> str:
     """The script that is sent for a job whose run directory is ``run_dir`` (made absolute,
     links resolved, as :func:`prepare` makes it); ``submit --dry-run`` prints this."""
@@ -431,48 +461,107 @@ def prepare(inputs: JobInputs, out: Path | None, argv: Sequence[str]) -> tuple[P
     return run_dir, script
 
 
-def submit_run(
-    inputs: JobInputs,
-    *,
-    out: Path | None,
-    argv: Sequence[str],
-    wait: bool = True,
-    poll_s: float = 1.0,
-    timeout_s: float | None = None,
-    echo: Callable[[str], None] = print,
-) -> SubmitOutcome:
-    """Prepare, submit, follow and aggregate one run; SlurmError says what failed."""
-    run_dir, script = prepare(inputs, out, argv)
-    version = slurm_version()
-    submitted_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    job_id = sbatch(script)
-    echo(f"submitted job {job_id}: {script}")
-    record = job_record(
-        JobState(job_id, "PENDING"), submitted_at=submitted_at, script=script, version=version
-    )
-    write_json_atomic(run_dir / SLURM_FILE, record)
-    if not wait:
-        return SubmitOutcome(run_dir, script, job_id)
-    tracker = JobTracker(job_id, RunFiles(run_dir).submitit)
-    limit_s = timeout_s
-    if limit_s is None:
-        minutes = inputs.time_limit_min or inputs.node_type.slurm.time_limit_min
-        limit_s = minutes * 60.0 + 600.0 if minutes else 86400.0
-    state = wait_for_job(
-        tracker,
-        run_dir,
-        inputs.plan.world_size,
-        plan=inputs.plan,
-        poll_s=poll_s,
-        timeout_s=limit_s,
-        echo=echo,
-    )
-    record = job_record(state, submitted_at=submitted_at, script=script, version=version)
-    write_json_atomic(run_dir / SLURM_FILE, record)
-    if state.state != "COMPLETED":
-        raise SlurmError(explain_failure(state, run_dir, inputs.plan.world_size))
-    summary = add_job_to_summary(run_dir, record)
-    return SubmitOutcome(run_dir, script, job_id, state, summary)
+def wait_limit_s(inputs: JobInputs) -> float:
+    """How long to wait for a job: its time limit and 10 minutes for the queue, else a day."""
+    minutes = inputs.time_limit_min or inputs.node_type.slurm.time_limit_min
+    return minutes * 60.0 + 600.0 if minutes else 86400.0
+
+
+class SlurmJobLaunch(Launch):
+    """One run as one Slurm job: the Slurm implementation of the launch protocol
+    (:mod:`hpcbench.launch`) for ``submit``.
+
+    ``prepare`` creates the run directory and writes ``job.sbatch``; ``start`` hands it to
+    ``sbatch`` and records the job (``slurm.json``, PENDING); ``wait`` follows it through
+    submitit's sacct watcher; the outcome records its final state and, when it did not
+    complete, a SlurmError naming the rank that failed first; ``aggregate`` reuses the summary
+    the job wrote as its last step. An interrupted wait leaves the job to Slurm (it is not
+    cancelled): follow it with ``squeue``, then ``hpcbench aggregate`` the run directory.
+    """
+
+    def __init__(
+        self,
+        inputs: JobInputs,
+        out: Path | None,
+        argv: Sequence[str],
+        *,
+        poll_s: float = 1.0,
+        timeout_s: float | None = None,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        self.inputs = inputs
+        self.out = out
+        self.argv = argv
+        self.poll_s = poll_s
+        self.timeout_s = timeout_s if timeout_s is not None else wait_limit_s(inputs)
+        self.echo = echo
+        self.run_dir: Path | None = None
+        self.script: Path | None = None
+        self.job_id: str | None = None
+        self.record: dict[str, Any] = {}
+        self._submitted: tuple[str | None, str] = (None, "")
+        self._watch: _JobWatch | None = None
+
+    def prepare(self, *, dry_run: bool = False) -> Prepared:
+        if dry_run:
+            # The script prepare() writes: the same function, for the run directory it makes.
+            directory = self.out if self.out is not None else Path("hpcbench-runs") / "RUN_ID"
+            script = directory.resolve() / JOB_SCRIPT
+            return Prepared((directory,), ((str(script), job_script(self.inputs, directory)),))
+        self.run_dir, self.script = prepare(self.inputs, self.out, self.argv)
+        return Prepared((self.run_dir,), ((str(self.script), self.script.read_text()),))
+
+    def start(self) -> None:
+        if self.run_dir is None or self.script is None:
+            raise RuntimeError("SlurmJobLaunch.start() before prepare()")
+        version = slurm_version()
+        submitted_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.job_id = sbatch(self.script)
+        self._submitted = (version, submitted_at)
+        self.echo(f"submitted job {self.job_id}: {self.script}")
+        self._record(JobState(self.job_id, "PENDING"))
+
+    def _record(self, state: JobState) -> None:
+        assert self.run_dir is not None and self.script is not None
+        version, submitted_at = self._submitted
+        self.record = job_record(
+            state, submitted_at=submitted_at, script=self.script, version=version
+        )
+        write_json_atomic(self.run_dir / SLURM_FILE, self.record)
+
+    def poll(self) -> bool:
+        if self._watch is None:
+            assert self.run_dir is not None and self.job_id is not None
+            self._watch = _JobWatch(
+                JobTracker(self.job_id, RunFiles(self.run_dir).submitit),
+                self.run_dir,
+                self.inputs.plan.world_size,
+                plan=self.inputs.plan,
+                timeout_s=self.timeout_s or 86400.0,
+                progress_every_s=10.0,
+                controller_timeout_s=300.0,
+                echo=self.echo,
+            )
+        return self._watch.step() is not None
+
+    def timed_out(self) -> Exception:
+        assert self._watch is not None
+        return self._watch.timed_out()
+
+    def outcomes(self) -> list[RunOutcome]:
+        assert self.run_dir is not None
+        state = self._watch.state if self._watch is not None else None
+        if state is None or not state.final:
+            return [RunOutcome(self.run_dir, "pending", self.job_id, "PENDING")]
+        self._record(state)
+        outcome = RunOutcome(self.run_dir, "done", self.job_id, state.state)
+        if state.state == "COMPLETED":
+            return [outcome]
+        error = SlurmError(explain_failure(state, self.run_dir, self.inputs.plan.world_size))
+        return [outcome.failed(error)]
+
+    def aggregate(self, outcome: RunOutcome) -> Mapping[str, Any]:
+        return add_job_to_summary(outcome.run_dir, self.record)
 
 
 def read_job_record(run_dir: Path) -> dict[str, Any]:

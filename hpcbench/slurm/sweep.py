@@ -11,13 +11,14 @@ partly failed sweep resumes where it stopped.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -25,9 +26,9 @@ from typing import Any
 
 from hpcbench.configfile import read_yaml_file, validate
 from hpcbench.cpulist import is_decimal
-from hpcbench.errors import ConfigError, HpcbenchError, RunError, UsageError
-from hpcbench.follow import poll_until
+from hpcbench.errors import ConfigError, HpcbenchError, RunError, SlurmError, UsageError
 from hpcbench.jsonfile import read_json, write_atomic, write_json_atomic
+from hpcbench.launch import Launch, Prepared, RunOutcome, execute, follow
 from hpcbench.plan.planner import PlanRequest
 from hpcbench.runfiles import LOGS_DIR, SUBMITIT_DIR, RunFiles
 from hpcbench.runtime.local_run import LocalInputs, plan_local
@@ -41,6 +42,7 @@ from hpcbench.slurm.submit import (
     add_job_to_summary,
     explain_failure,
     job_record,
+    job_script,
     prepare,
     sbatch,
     slurm_version,
@@ -199,10 +201,20 @@ class PointRun:
     run_dir: Path
     # A Slurm point's job; a local point's plan for this host, checked like 'hpcbench run'.
     inputs: JobInputs | LocalInputs
-    status: str = "pending"
-    job_id: str | None = None
-    message: str = ""
-    summary: Mapping[str, Any] | None = field(default=None)
+    # How its run ended (the one result type of every launch); None until it ran.
+    outcome: RunOutcome | None = None
+
+    @property
+    def status(self) -> str:
+        return "pending" if self.outcome is None else self.outcome.status
+
+    @property
+    def message(self) -> str:
+        return "" if self.outcome is None else self.outcome.message
+
+    @property
+    def summary(self) -> Mapping[str, Any] | None:
+        return None if self.outcome is None else self.outcome.summary
 
 
 def plan_points(spec: SweepSpec, *, local: bool = False) -> list[PointRun]:
@@ -316,7 +328,12 @@ def run_sweep(
     timeout_s: float | None = None,
     echo: Callable[[str], None] = print,
 ) -> list[PointRun]:
-    """Run every point that is not complete yet; return all points with their outcome."""
+    """Run every point that is not complete yet; return all points with their outcome.
+
+    A Slurm sweep is one :class:`JobArrayLaunch`; a local one is a
+    :class:`~hpcbench.runtime.launcher.LocalLaunch` per point, every point's run directory made
+    before the first one runs, the points run one after another.
+    """
     points = plan_points(spec, local=local)
     sweep_dir = spec.out.resolve()
     _check_same_sweep(spec, sweep_dir)
@@ -325,8 +342,8 @@ def run_sweep(
         if is_complete(point.run_dir):
             from hpcbench.aggregate import read_summary
 
-            point.status = "done (earlier)"
-            point.summary = read_summary(point.run_dir)
+            summary = read_summary(point.run_dir)
+            point.outcome = RunOutcome(point.run_dir, "done (earlier)", summary=summary)
             continue
         set_aside(point.run_dir)
         pending.append(point)
@@ -335,125 +352,201 @@ def run_sweep(
     )
     if not pending:
         return points
-    for point in pending:
-        point_argv = [*argv, f"(sweep point {point.index})"]
-        if isinstance(point.inputs, LocalInputs):
-            point.inputs.create_run_dir(point.run_dir, point_argv)
-        else:
-            prepare(point.inputs, point.run_dir, point_argv)
     if local:
-        _run_local(pending, spec.python, echo)
-    else:
-        _run_array(spec, pending, sweep_dir, poll_s, timeout_s, echo)
+        _run_local(pending, argv, spec.python, echo)
+        return points
+    launch = JobArrayLaunch(
+        spec, pending, sweep_dir, argv, poll_s=poll_s, timeout_s=timeout_s, echo=echo
+    )
+    for point, outcome in zip(pending, execute(launch), strict=True):
+        point.outcome = outcome
     return points
 
 
+def _point_argv(argv: Sequence[str], point: PointRun) -> list[str]:
+    """The command recorded in a point's run.json: the sweep's, and which point it is."""
+    return [*argv, f"(sweep point {point.index})"]
+
+
 def _run_local(
-    pending: list[PointRun], spec_python: str | None, echo: Callable[[str], None]
-) -> None:
-    from hpcbench.aggregate import aggregate_run
-    from hpcbench.runtime.launcher import launch_local
-    from hpcbench.runtime.rundir import read_run_info
-
-    for point in pending:
-        echo(f"point {point.index} ({_label(point.params)}): running locally")
-        try:
-            launch_local(
-                point.run_dir,
-                point.inputs.plan,
-                read_run_info(point.run_dir),
-                python=spec_python or sys.executable,
-            )
-            point.summary = aggregate_run(point.run_dir)
-            point.status = "done"
-        except (RunError, UsageError) as exc:
-            point.status = "failed"
-            point.message = str(exc)
-            echo(f"point {point.index}: failed: {exc}")
-
-
-def _run_array(
-    spec: SweepSpec,
     pending: list[PointRun],
-    sweep_dir: Path,
-    poll_s: float,
-    timeout_s: float | None,
+    argv: Sequence[str],
+    spec_python: str | None,
     echo: Callable[[str], None],
 ) -> None:
-    first = pending[0].inputs
-    if not isinstance(first, JobInputs):
-        raise TypeError("a Slurm sweep's points are planned as jobs (plan_points local=False)")
-    node_type, site = first.node_type, first.site
-    (sweep_dir / LOGS_DIR).mkdir(exist_ok=True)
-    text = render_array(
-        [ArrayPoint(p.index, str(RunFiles(p.run_dir).job_script), p.inputs.plan) for p in pending],
-        node_type,
-        str(sweep_dir),
-        job_name=spec.name,
-        max_parallel=spec.max_parallel,
-        time_limit_min=spec.time_limit_min,
-        site_templates_dir=site.templates_dir,
-        nodelist=spec.nodelist,
-    )
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    script = sweep_dir / f"array-{stamp}.sbatch"
-    write_atomic(script, text, mode=None)
-    version = slurm_version()
-    submitted_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    array_id = sbatch(script)
-    echo(f"submitted job array {array_id} ({plural(len(pending), 'task')}): {script}")
-    trackers = {
-        p.index: JobTracker(f"{array_id}_{p.index}", sweep_dir / SUBMITIT_DIR) for p in pending
-    }
-    states: dict[int, JobState] = {}
-    patient = PatientPoller(echo)
-    last = ""
+    from hpcbench.runtime.launcher import LocalLaunch
 
-    def step() -> bool | None:
-        nonlocal last
+    launches = []
+    for point in pending:
+        inputs = point.inputs
+        if not isinstance(inputs, LocalInputs):
+            raise TypeError("a local sweep's points are planned here (plan_points local=True)")
+        launch = LocalLaunch(
+            inputs.plan,
+            point.run_dir,
+            create=functools.partial(
+                inputs.create_run_dir, point.run_dir, _point_argv(argv, point)
+            ),
+            python=spec_python or sys.executable,
+        )
+        launch.prepare()
+        launches.append(launch)
+    for point, launch in zip(pending, launches, strict=True):
+        echo(f"point {point.index} ({_label(point.params)}): running locally")
+        try:
+            (point.outcome,) = follow(launch)
+        except (RunError, UsageError) as exc:  # a rank that could not start
+            point.outcome = RunOutcome(point.run_dir, "failed").failed(exc)
+        if point.status == "failed":
+            echo(f"point {point.index}: failed: {point.message}")
+
+
+class JobArrayLaunch(Launch):
+    """A sweep's pending points as one Slurm job array: the array implementation of the launch
+    protocol (:mod:`hpcbench.launch`).
+
+    ``prepare`` makes every point's run directory with its ``job.sbatch`` (what ``hpcbench
+    render`` shows for that point) and writes the array script, which runs one point's script
+    per task; ``start`` submits it; ``wait`` follows every task, one sacct query per poll for
+    all of them; each point's outcome records its task's final state (``slurm.json``) and,
+    for a task that did not complete, why; ``aggregate`` reuses a summary the point's job
+    wrote, else aggregates its rank files.
+    """
+
+    def __init__(
+        self,
+        spec: SweepSpec,
+        pending: Sequence[PointRun],
+        sweep_dir: Path,
+        argv: Sequence[str],
+        *,
+        poll_s: float = 1.0,
+        timeout_s: float | None = None,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        jobs = [p.inputs for p in pending]
+        if not jobs or not all(isinstance(job, JobInputs) for job in jobs):
+            raise TypeError("a Slurm sweep's points are planned as jobs (plan_points local=False)")
+        self.spec = spec
+        self.pending = list(pending)
+        self.sweep_dir = sweep_dir
+        self.argv = argv
+        self.poll_s = poll_s
+        self.timeout_s = timeout_s or 86400.0
+        self.echo = echo
+        self.script: Path | None = None
+        self.array_id: str | None = None
+        self._submitted: tuple[str | None, str] = (None, "")
+        self._trackers: dict[int, JobTracker] = {}
+        self._states: dict[int, JobState] = {}
+        self._records: dict[Path, dict[str, Any]] = {}
+        self._patient = PatientPoller(echo)
+        self._last = ""
+
+    @staticmethod
+    def _job(point: PointRun) -> JobInputs:
+        assert isinstance(point.inputs, JobInputs)
+        return point.inputs
+
+    def prepare(self, *, dry_run: bool = False) -> Prepared:
+        sent = []
+        for point in self.pending:
+            if dry_run:
+                text = job_script(self._job(point), point.run_dir)
+            else:
+                _, script = prepare(self._job(point), point.run_dir, _point_argv(self.argv, point))
+                text = script.read_text()
+            sent.append((str(RunFiles(point.run_dir).job_script), text))
+        first = self._job(self.pending[0])
+        text = render_array(
+            [
+                ArrayPoint(p.index, str(RunFiles(p.run_dir).job_script), self._job(p).plan)
+                for p in self.pending
+            ],
+            first.node_type,
+            str(self.sweep_dir),
+            job_name=self.spec.name,
+            max_parallel=self.spec.max_parallel,
+            time_limit_min=self.spec.time_limit_min,
+            site_templates_dir=first.site.templates_dir,
+            nodelist=self.spec.nodelist,
+        )
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        script = self.sweep_dir / f"array-{stamp}.sbatch"
+        if not dry_run:
+            (self.sweep_dir / LOGS_DIR).mkdir(exist_ok=True)
+            write_atomic(script, text, mode=None)
+            self.script = script
+        sent.append((str(script), text))
+        return Prepared(tuple(p.run_dir for p in self.pending), tuple(sent))
+
+    def start(self) -> None:
+        if self.script is None:
+            raise RuntimeError("JobArrayLaunch.start() before prepare()")
+        version = slurm_version()
+        submitted_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.array_id = sbatch(self.script)
+        self._submitted = (version, submitted_at)
+        self.echo(
+            f"submitted job array {self.array_id} ({plural(len(self.pending), 'task')}): "
+            f"{self.script}"
+        )
+        self._trackers = {
+            p.index: JobTracker(f"{self.array_id}_{p.index}", self.sweep_dir / SUBMITIT_DIR)
+            for p in self.pending
+        }
+
+    def poll(self) -> bool:
         refresh = True
-        for point in pending:
-            if point.index not in states or not states[point.index].final:
-                tracker = trackers[point.index]
-                previous = states.get(point.index, JobState(tracker.job_id, "UNKNOWN"))
-                states[point.index] = patient.state(tracker, previous, refresh)
+        for point in self.pending:
+            if point.index not in self._states or not self._states[point.index].final:
+                tracker = self._trackers[point.index]
+                previous = self._states.get(point.index, JobState(tracker.job_id, "UNKNOWN"))
+                self._states[point.index] = self._patient.state(tracker, previous, refresh)
+                # submitit's watcher asks sacct about every task at once: one refresh a poll.
                 refresh = False
         counts: dict[str, int] = {}
-        for state in states.values():
+        for state in self._states.values():
             counts[state.state] = counts.get(state.state, 0) + 1
-        line = f"array {array_id}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        if line != last:
-            echo(line)
-            last = line
-        return True if all(s.final for s in states.values()) else None
+        line = f"array {self.array_id}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        if line != self._last:
+            self.echo(line)
+            self._last = line
+        return all(s.final for s in self._states.values())
 
-    poll_until(
-        step,
-        poll_s=poll_s,
-        timeout_s=timeout_s or 86400.0,
-        timed_out=lambda: RunError(
-            f"job array {array_id} not finished after {timeout_s or 86400.0:.0f} s ({last}); "
-            f"it keeps running: run the same sweep again later to collect it"
-        ),
-    )
-    for point in pending:
-        state = states[point.index]
-        point.job_id = state.job_id
-        record = job_record(state, submitted_at=submitted_at, script=script, version=version)
-        write_json_atomic(RunFiles(point.run_dir).slurm_record, record)
-        if state.state != "COMPLETED":
-            point.status = "failed"
-            array_err = sweep_dir / LOGS_DIR / f"slurm-{array_id}_{point.index}.err"
-            point.message = explain_failure(
-                state, point.run_dir, point.inputs.plan.world_size, [array_err]
+    def timed_out(self) -> Exception:
+        return RunError(
+            f"job array {self.array_id} not finished after {self.timeout_s:.0f} s "
+            f"({self._last}); it keeps running: run the same sweep again later to collect it"
+        )
+
+    def outcomes(self) -> list[RunOutcome]:
+        assert self.script is not None
+        version, submitted_at = self._submitted
+        outcomes = []
+        for point in self.pending:
+            state = self._states.get(point.index)
+            if state is None or not state.final:
+                task = f"{self.array_id}_{point.index}"
+                outcomes.append(RunOutcome(point.run_dir, "pending", task))
+                continue
+            record = job_record(
+                state, submitted_at=submitted_at, script=self.script, version=version
             )
-            continue
-        try:
-            point.summary = add_job_to_summary(point.run_dir, record)
-            point.status = "done"
-        except HpcbenchError as exc:
-            point.status = "failed"
-            point.message = str(exc)
+            write_json_atomic(RunFiles(point.run_dir).slurm_record, record)
+            self._records[point.run_dir] = record
+            outcome = RunOutcome(point.run_dir, "done", state.job_id, state.state)
+            if state.state != "COMPLETED":
+                array_err = self.sweep_dir / LOGS_DIR / f"slurm-{self.array_id}_{point.index}.err"
+                message = explain_failure(
+                    state, point.run_dir, self._job(point).plan.world_size, [array_err]
+                )
+                outcome = outcome.failed(SlurmError(message))
+            outcomes.append(outcome)
+        return outcomes
+
+    def aggregate(self, outcome: RunOutcome) -> Mapping[str, Any]:
+        return add_job_to_summary(outcome.run_dir, self._records[outcome.run_dir])
 
 
 def format_sweep(spec: SweepSpec, points: Sequence[PointRun]) -> str:
