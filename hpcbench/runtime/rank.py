@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -94,8 +94,22 @@ def check_identity(plan: Plan, identity: RankIdentity, where: str) -> RankPlacem
         raise ConfigError(f"{where}: rank {identity.rank} is not in the plan") from exc
 
 
-def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
-    """Run one rank of the run in ``run_dir``; raises HpcbenchError on failure."""
+@dataclass(frozen=True, slots=True)
+class _RankRun:
+    """What a rank reads from its run directory and environment before it starts, checked."""
+
+    files: RunFiles
+    identity: RankIdentity
+    run_id: str
+    plan: Plan
+    spec: RunSpec
+    placement: RankPlacement
+    host: str
+
+
+def _read_rank_run(run_dir: Path, env: Mapping[str, str]) -> _RankRun:
+    """The rank's identity (from the launcher's or Slurm's variables), its run's plan and spec,
+    and its placement in the plan; ConfigError when they do not fit together."""
     files = RunFiles(run_dir)
     identity = identity_from_env(env)
     info = read_run_info(files.root)
@@ -107,22 +121,28 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
             f"{files.spec}: barrier 'shm' works within one node, the plan has "
             f"{plan.nodes} nodes; use --barrier file"
         )
-    host = hostname()
+    return _RankRun(files, identity, info.run_id, plan, spec, placement, hostname())
+
+
+def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
+    """Run one rank of the run in ``run_dir``; raises HpcbenchError on failure."""
+    run = _read_rank_run(run_dir, env)
+    files, identity, spec, placement = run.files, run.identity, run.spec, run.placement
     log.info(
         "rank %d/%d (local %d, node %d) on %s, run %s",
         identity.rank,
         identity.world_size,
         identity.local_rank,
         identity.node,
-        host,
-        info.run_id,
+        run.host,
+        run.run_id,
     )
 
     # Opened first, so that any later failure of this rank aborts it and the other ranks stop
     # at once instead of waiting for the barrier timeout (under srun nobody else stops them).
     barrier = open_barrier(
         spec.barrier,
-        namespace=barrier_namespace(info.run_id, launch_id(env)),
+        namespace=barrier_namespace(run.run_id, launch_id(env)),
         rank=identity.rank,
         world_size=identity.world_size,
         timeout_s=spec.barrier_timeout_s,
@@ -133,7 +153,7 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
         backend = load_backend(spec.backend)
         model_info = backend.describe(spec)
         writer = _open_writer(
-            files, identity, info.run_id, host, placement, spec, env, binding, model_info
+            files, identity, run.run_id, run.host, placement, spec, env, binding, model_info
         )
         if isinstance(model_info.get("flops_per_image"), int):
             writer.set_attr("flops_per_image", model_info["flops_per_image"])
@@ -163,6 +183,14 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
     _finish_telemetry(writer, sampler, no_telemetry)
     barrier.close()
     _record_devices(writer, pipeline)
+    _close_complete(writer, result, publish, spec)
+    return result
+
+
+def _close_complete(
+    writer: RankMetricsWriter, result: PipelineResult, publish: _StatusPublisher, spec: RunSpec
+) -> None:
+    """Close the rank file as complete, publish the rank done and log what it measured."""
     writer.set_attr("num_devices", len(result.devices))
     writer.set_attr("tail_batches", result.tail_batches)
     path = writer.close(complete=True)
@@ -184,7 +212,6 @@ def run_rank(run_dir: Path, env: Mapping[str, str]) -> PipelineResult:
         unit.rate,
         path,
     )
-    return result
 
 
 def _check_binding(

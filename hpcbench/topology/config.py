@@ -95,40 +95,71 @@ def topology_from_dict(
     path: Sequence[str | int] = ("topology",),
     name: str = "",
 ) -> Topology:
-    """Build a Topology from a validated ``topology:`` block (inline, or ``hwloc_xml:``)."""
+    """Build a Topology from a validated ``topology:`` block (inline, or ``hwloc_xml:``).
+
+    Every error names the file and the key path of the value at fault.
+    """
     path = list(path)
     source = f"site:{where}" + (f"#{name}" if name else "")
     if "hwloc_xml" in raw:
-        extra = sorted(set(raw) - {"hwloc_xml", "notes", "hostname"})
-        if extra:
-            raise ConfigError(
-                f"{where}: {key_path([*path, extra[0]])}: give the topology either inline or as "
-                f"hwloc_xml, not both"
-            )
-        from hpcbench.topology.hwloc import read_hwloc_xml
-
-        xml_path = base / raw["hwloc_xml"]
-        if not xml_path.is_file():
-            raise ConfigError(
-                f"{where}: {key_path([*path, 'hwloc_xml'])}: file not found: {xml_path}"
-            )
-        try:
-            topology = read_hwloc_xml(xml_path)
-        except HpcbenchError as exc:
-            raise ConfigError(f"{where}: {key_path([*path, 'hwloc_xml'])}: {exc}") from None
-        return Topology.build(
-            source=source,
-            cores=topology.cores,
-            numa_nodes=topology.numa_nodes,
-            gpus=topology.gpus,
-            nics=topology.nics,
-            hostname=raw.get("hostname", topology.hostname),
-            notes=(*topology.notes, *raw.get("notes", ())),
-        )
+        return _hwloc_topology(raw, base=base, where=where, path=path, source=source)
     if "numa_nodes" not in raw:
         raise ConfigError(
             f"{where}: {key_path(path)}: needs numa_nodes (an inline topology) or hwloc_xml"
         )
+    cores, numa_nodes = _numa_nodes(raw, where, path)
+    gpus = _gpus(raw, numa_nodes, where, path)
+    nics = _nics(raw, numa_nodes, where, path)
+    try:
+        return Topology.build(
+            source=source,
+            cores=cores,
+            numa_nodes=numa_nodes,
+            gpus=gpus,
+            nics=nics,
+            hostname=raw.get("hostname"),
+            notes=raw.get("notes", ()),
+            where=f"{where}: {key_path(path)}",
+        )
+    except HpcbenchError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _hwloc_topology(
+    raw: Mapping[str, Any], *, base: Path, where: str, path: list[str | int], source: str
+) -> Topology:
+    """A ``topology: {hwloc_xml: FILE}`` block: the file read (relative to the config's
+    folder), with the block's hostname and notes."""
+    extra = sorted(set(raw) - {"hwloc_xml", "notes", "hostname"})
+    if extra:
+        raise ConfigError(
+            f"{where}: {key_path([*path, extra[0]])}: give the topology either inline or as "
+            f"hwloc_xml, not both"
+        )
+    from hpcbench.topology.hwloc import read_hwloc_xml
+
+    xml_path = base / raw["hwloc_xml"]
+    if not xml_path.is_file():
+        raise ConfigError(f"{where}: {key_path([*path, 'hwloc_xml'])}: file not found: {xml_path}")
+    try:
+        topology = read_hwloc_xml(xml_path)
+    except HpcbenchError as exc:
+        raise ConfigError(f"{where}: {key_path([*path, 'hwloc_xml'])}: {exc}") from None
+    return Topology.build(
+        source=source,
+        cores=topology.cores,
+        numa_nodes=topology.numa_nodes,
+        gpus=topology.gpus,
+        nics=topology.nics,
+        hostname=raw.get("hostname", topology.hostname),
+        notes=(*topology.notes, *raw.get("notes", ())),
+    )
+
+
+def _numa_nodes(
+    raw: Mapping[str, Any], where: str, path: list[str | int]
+) -> tuple[list[Core], list[NumaNode]]:
+    """The cores and NUMA nodes of an inline topology; every CPU belongs to one NUMA node."""
     threads_per_core = raw.get("threads_per_core", 1)
     numbering = raw.get("thread_numbering", "blocked")
     owner: dict[int, int] = {}
@@ -178,20 +209,35 @@ def topology_from_dict(
         cores.extend(Core(package=package, numa_node=node_id, cpus=g) for g in groups)
     if not cores:
         raise ConfigError(f"{where}: {key_path([*path, 'numa_nodes'])}: no NUMA node has CPUs")
+    return cores, numa_nodes
+
+
+def _known_numa_node(
+    numa: int | None, numa_nodes: Sequence[NumaNode], where: str, path: list[str | int]
+) -> int | None:
+    """``numa`` when it is None or one of the NUMA nodes; else a ConfigError at ``path``."""
+    ids = sorted(n.id for n in numa_nodes)
+    if numa is not None and numa not in ids:
+        raise ConfigError(
+            f"{where}: {key_path(path)}: NUMA node {numa} does not exist "
+            f"(NUMA nodes: {', '.join(str(n) for n in ids)})"
+        )
+    return numa
+
+
+def _gpus(
+    raw: Mapping[str, Any], numa_nodes: Sequence[NumaNode], where: str, path: list[str | int]
+) -> list[Gpu]:
+    """The GPUs of an inline topology, with their local CPUs (given, else their NUMA node's)."""
     node_cpus = {n.id: n.cpus for n in numa_nodes}
-    all_cpus = set(owner)
+    all_cpus = {c for n in numa_nodes for c in n.cpus}
     gpus: list[Gpu] = []
     index_seen: dict[int, int] = {}
     for i, gpu in enumerate(raw.get("gpus", ())):
         gpath = [*path, "gpus", i]
         index = gpu["index"]
         _claim_id(index, i, index_seen, "GPU index", where, [*gpath, "index"])
-        numa = gpu.get("numa_node")
-        if numa is not None and numa not in node_cpus:
-            raise ConfigError(
-                f"{where}: {key_path([*gpath, 'numa_node'])}: NUMA node {numa} does not exist "
-                f"(NUMA nodes: {', '.join(str(n) for n in sorted(node_cpus))})"
-            )
+        numa = _known_numa_node(gpu.get("numa_node"), numa_nodes, where, [*gpath, "numa_node"])
         if "cpus" in gpu:
             gpu_cpus = cpu_list(gpu["cpus"], where, [*gpath, "cpus"])
             missing = sorted(set(gpu_cpus) - all_cpus)
@@ -216,36 +262,25 @@ def topology_from_dict(
                 memory_mb=gpu.get("memory_mb"),
             )
         )
-    nics: list[Nic] = []
-    for i, nic in enumerate(raw.get("nics", ())):
-        numa = nic.get("numa_node")
-        if numa is not None and numa not in node_cpus:
-            raise ConfigError(
-                f"{where}: {key_path([*path, 'nics', i, 'numa_node'])}: NUMA node {numa} does "
-                f"not exist (NUMA nodes: {', '.join(str(n) for n in sorted(node_cpus))})"
-            )
-        nics.append(
-            Nic(
-                name=nic["name"],
-                kind=nic["kind"],
-                pci_bus_id=nic.get("pci_bus_id"),
-                numa_node=numa,
-                pcie_switch=nic.get("pcie_switch"),
-            )
+    return gpus
+
+
+def _nics(
+    raw: Mapping[str, Any], numa_nodes: Sequence[NumaNode], where: str, path: list[str | int]
+) -> list[Nic]:
+    """The network interfaces of an inline topology."""
+    return [
+        Nic(
+            name=nic["name"],
+            kind=nic["kind"],
+            pci_bus_id=nic.get("pci_bus_id"),
+            numa_node=_known_numa_node(
+                nic.get("numa_node"), numa_nodes, where, [*path, "nics", i, "numa_node"]
+            ),
+            pcie_switch=nic.get("pcie_switch"),
         )
-    try:
-        return Topology.build(
-            source=source,
-            cores=cores,
-            numa_nodes=numa_nodes,
-            gpus=gpus,
-            nics=nics,
-            hostname=raw.get("hostname"),
-            notes=raw.get("notes", ()),
-            where=f"{where}: {key_path(path)}",
-        )
-    except HpcbenchError as exc:
-        raise ConfigError(str(exc)) from None
+        for i, nic in enumerate(raw.get("nics", ()))
+    ]
 
 
 def _numbering_of(topology: Topology) -> tuple[int, str] | None:
