@@ -209,8 +209,12 @@ def archive(outcomes: Sequence[RunOutcome], archive_dir: Path) -> list[RunOutcom
     incomplete, so they can never pass for a complete result. Every run is tried; then one
     ArchiveError lists those that could not be added.
     """
+    ids = archive_runs([o.run_dir for o in outcomes], archive_dir)
+    return [replace(o, archive_id=ids.get(o.run_dir)) for o in outcomes]
+
+
+def archive_runs(run_dirs: Sequence[Path], archive_dir: Path) -> dict[Path, str]:
+    """Add every one of ``run_dirs`` that has a ``summary.json``; the archive id of each added."""
     from hpcbench.archive import add_runs
 
-    results = [o.run_dir for o in outcomes if RunFiles(o.run_dir).summary.is_file()]
-    ids = add_runs(archive_dir, results)
-    return [replace(o, archive_id=ids.get(o.run_dir)) for o in outcomes]
+    return add_runs(archive_dir, [d for d in run_dirs if RunFiles(d).summary.is_file()])

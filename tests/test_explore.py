@@ -213,11 +213,16 @@ def test_local_exploration_is_interleaved_recomputable_and_resumable(tmp_path: P
     assert words[words.index("--ranks") + 1] == str(winner["ranks"])
     assert words[words.index("--backend") + 1] == "cpu"
 
-    # Resume: everything is done, nothing runs again, the figures stay.
-    again = _hpcbench(*args, cwd=tmp_path)
+    # Resume: everything is done, nothing runs again, the figures stay; --archive adds every run.
+    archive = tmp_path / "archive"
+    again = _hpcbench(*args, "--archive", str(archive), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "6 done earlier, 0 to run" in again.stderr
+    assert "archived 6 runs in" in again.stderr
     assert json.loads((out / "explore.json").read_text())["candidates"] == candidates
+    listed = _hpcbench("archive", "list", "-a", str(archive), "--json", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 6
     # Another exploration into the same folder is refused in one line, and nothing is lost.
     other = _hpcbench(*args, "--batch-size", "32", cwd=tmp_path)
     assert other.returncode == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
@@ -17,9 +17,14 @@ from hpcbench.commands.flags import (
     wait_options,
 )
 from hpcbench.resources import install_hint
-from hpcbench.runfiles import RunFiles
 from hpcbench.text import plural
 from hpcbench.topology_source import TopologySource
+
+if TYPE_CHECKING:
+    from hpcbench.explore import ExploreOutcome, SlurmChoice
+    from hpcbench.explore.verdict import Exploration
+    from hpcbench.plan.candidates import CandidateSet
+    from hpcbench.site import NodeType
 
 # Flags of explore itself; every other flag is a run flag that each point shares.
 _EXPLORE_ONLY = frozenset(
@@ -147,111 +152,142 @@ def explore(
     OUT/explore.json and OUT/explore.png. Exits 1 when a run failed.
     """
     from hpcbench.backends.registry import choose_backend
-    from hpcbench.errors import UsageError
-    from hpcbench.explore import LocalTarget, SlurmChoice, run_exploration
-    from hpcbench.explore.picture import write_picture
-    from hpcbench.explore.verdict import Exploration, format_exploration
-    from hpcbench.plan.candidates import enumerate_candidates, request_flags
+    from hpcbench.explore import LocalTarget, run_exploration
+    from hpcbench.plan.candidates import enumerate_candidates
     from hpcbench.plan.planner import PlanRequest
     from hpcbench.runtime.local_run import preflight
     from hpcbench.units import sample_unit
 
-    echo = lambda line: click.echo(line, err=True)  # noqa: E731
-    if kwargs["slurm"] and not source.site:
-        raise UsageError("--slurm needs --site (the site config describes the nodes to use)")
-    for flag in ("nodelist", "python", "time_limit_min"):
-        if kwargs[flag] is not None and not kwargs["slurm"]:
-            raise UsageError(f"--{flag.replace('_limit_min', '-min')} is for --slurm runs")
+    _check_flags(source, kwargs)
     topology, node_type, site = source.load_with_site()
     base = PlanRequest(
         use_hwthreads=kwargs["hwthreads"], accept_warnings=kwargs["accept_warnings"]
     ).with_node_type(node_type)
     candidates = enumerate_candidates(topology, base, kwargs["layouts"])
     for line in candidates.skipped:
-        echo(f"explore: not a candidate: {line}")
+        _echo(f"explore: not a candidate: {line}")
     for c in candidates.candidates:
-        echo(f"explore: candidate {c.label}: {c.how}; layout {c.layout}")
-    names = [p.name for p in ctx.command.params if p.name and p.name not in _EXPLORE_ONLY]
-    spec_names = [n for n in names if n not in _TOPOLOGY]
-    # The flag groups reach this function as typed values; ctx.params keeps every flag's value.
-    settings = {n: ctx.params[n] for n in names}
+        _echo(f"explore: candidate {c.label}: {c.how}; layout {c.layout}")
     if kwargs["dry_run"]:
         order = [c.label for c in candidates.candidates] * kwargs["repeats"]
         click.echo(f"run order ({len(order)} runs): {' '.join(order)}")
         return 0
-
-    def command(exploration: Exploration) -> str:
-        if exploration.best is None:
-            return ""
-        winner = next(
-            r.candidate for r in exploration.results if r.candidate.label == exploration.best
-        )
-        spec_flags = _given_flags(ctx, spec_names)
-        if kwargs["slurm"]:
-            job = _given_flags(ctx, ["site", "partition", "python", "time_limit_min"])
-            parts = ["hpcbench", "render", *job, *request_flags(winner.request), *spec_flags]
-            return " ".join([*parts, "-o", "job.sbatch"])
-        topo = _given_flags(ctx, list(_TOPOLOGY))
-        pinning = _given_flags(ctx, ["use_numactl"])
-        parts = ["hpcbench", "run", *topo, *request_flags(winner.request), *spec_flags, *pinning]
-        return " ".join(parts)
-
     # Reject a spec the ranks would reject before the folder is claimed or a rank started.
     choices = spec_flags.choices()
     spec = choices.resolve(choose_backend(len(topology.gpus)))
     if not kwargs["slurm"]:
         for c in candidates.candidates:
             preflight(spec, c.plan)
-    record = {
-        "topology": topology.source,
-        "settings": {n: _jsonable(v) for n, v in settings.items() if v is not None},
-        "slurm": bool(kwargs["slurm"]),
-        "candidates": [
-            {"label": c.label, "layout": c.layout, "plan": c.plan.to_json()["ranks"]}
-            for c in candidates.candidates
-        ],
-    }
-    slurm = None
-    if kwargs["slurm"] and source.site is not None:
-        slurm = SlurmChoice(
-            site=str(source.site),
-            partition=source.partition,
-            slurm_partition=node_type.slurm.partition if node_type is not None else None,
-            nodelist=kwargs["nodelist"],
-            python=kwargs["python"],
-            time_limit_min=kwargs["time_limit_min"],
-            poll_s=kwargs["poll_s"],
-            timeout_s=kwargs["wait_timeout_s"],
-        )
     outcome = run_exploration(
         candidates,
         out=kwargs["out"],
         repeats=kwargs["repeats"],
         spec=choices,
         local=LocalTarget(topology, node_type, site),
-        record=record,
-        command=command,
+        record=_record(ctx, topology.source, candidates, bool(kwargs["slurm"])),
+        command=lambda exploration: _winner_command(ctx, exploration),
         argv=sys.argv,
-        slurm=slurm,
+        slurm=_slurm_choice(source, node_type, kwargs),
         use_numactl=kwargs["use_numactl"],
-        echo=echo,
+        echo=_echo,
     )
+    _print_outcome(ctx, outcome, sample_unit(spec.model).rate)
+    if kwargs["archive_dir"] is not None:
+        from hpcbench.launch import archive_runs
+
+        ids = archive_runs([p.run_dir for p in outcome.points], kwargs["archive_dir"])
+        _echo(f"archived {plural(len(ids), 'run')} in {kwargs['archive_dir']}")
+    return 1 if outcome.failed else 0
+
+
+def _echo(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _check_flags(source: TopologySource, kwargs: dict[str, Any]) -> None:
+    """The --slurm flags come together: --slurm needs a site, the job flags need --slurm."""
+    from hpcbench.errors import UsageError
+
+    if kwargs["slurm"] and not source.site:
+        raise UsageError("--slurm needs --site (the site config describes the nodes to use)")
+    for flag in ("nodelist", "python", "time_limit_min"):
+        if kwargs[flag] is not None and not kwargs["slurm"]:
+            raise UsageError(f"--{flag.replace('_limit_min', '-min')} is for --slurm runs")
+
+
+def _run_flag_names(ctx: click.Context) -> list[str]:
+    """The flags every point shares (explore's own flags left out)."""
+    return [p.name for p in ctx.command.params if p.name and p.name not in _EXPLORE_ONLY]
+
+
+def _record(
+    ctx: click.Context, topology_source: str, candidates: CandidateSet, slurm: bool
+) -> dict[str, Any]:
+    """What makes this exploration this one: a resumed run must match it (explore-request.json)."""
+    # The flag groups reach the command as typed values; ctx.params keeps every flag's value.
+    settings = {n: ctx.params[n] for n in _run_flag_names(ctx)}
+    return {
+        "topology": topology_source,
+        "settings": {n: _jsonable(v) for n, v in settings.items() if v is not None},
+        "slurm": slurm,
+        "candidates": [
+            {"label": c.label, "layout": c.layout, "plan": c.plan.to_json()["ranks"]}
+            for c in candidates.candidates
+        ],
+    }
+
+
+def _winner_command(ctx: click.Context, exploration: Exploration) -> str:
+    """The command that runs the winner again: the user's flags plus the winner's placement."""
+    from hpcbench.plan.candidates import request_flags
+
+    if exploration.best is None:
+        return ""
+    winner = next(r.candidate for r in exploration.results if r.candidate.label == exploration.best)
+    spec_flags = _given_flags(ctx, [n for n in _run_flag_names(ctx) if n not in _TOPOLOGY])
+    if ctx.params["slurm"]:
+        job = _given_flags(ctx, ["site", "partition", "python", "time_limit_min"])
+        parts = ["hpcbench", "render", *job, *request_flags(winner.request), *spec_flags]
+        return " ".join([*parts, "-o", "job.sbatch"])
+    topo = _given_flags(ctx, list(_TOPOLOGY))
+    pinning = _given_flags(ctx, ["use_numactl"])
+    parts = ["hpcbench", "run", *topo, *request_flags(winner.request), *spec_flags, *pinning]
+    return " ".join(parts)
+
+
+def _slurm_choice(
+    source: TopologySource, node_type: NodeType | None, kwargs: dict[str, Any]
+) -> SlurmChoice | None:
+    """Where and how a --slurm exploration's job array runs; None for a local exploration."""
+    from hpcbench.explore import SlurmChoice
+
+    if not kwargs["slurm"] or source.site is None:
+        return None
+    return SlurmChoice(
+        site=str(source.site),
+        partition=source.partition,
+        slurm_partition=node_type.slurm.partition if node_type is not None else None,
+        nodelist=kwargs["nodelist"],
+        python=kwargs["python"],
+        time_limit_min=kwargs["time_limit_min"],
+        poll_s=kwargs["poll_s"],
+        timeout_s=kwargs["wait_timeout_s"],
+    )
+
+
+def _print_outcome(ctx: click.Context, outcome: ExploreOutcome, rate: str) -> None:
+    """The table and verdict, the picture, the result file and the winner's command."""
+    from hpcbench.explore.picture import write_picture
+    from hpcbench.explore.verdict import format_exploration
+
     exploration = outcome.exploration
-    rate = sample_unit(spec.model).rate
     click.echo(format_exploration(exploration, rate))
     picture = write_picture(exploration, outcome.result_file.with_name("explore.png"), rate)
     if picture is None:
-        echo(f"explore: no picture: matplotlib is not installed ({install_hint('plot')})")
+        _echo(f"explore: no picture: matplotlib is not installed ({install_hint('plot')})")
     else:
         click.echo(f"picture: {picture}")
     click.echo(f"results: {outcome.result_file}")
-    best = command(exploration)
+    best = _winner_command(ctx, exploration)
     if best:
         click.echo(f"run the winner: {best}")
-    if kwargs["archive_dir"] is not None:
-        from hpcbench.archive import add_runs
-
-        done = [p.run_dir for p in outcome.points if RunFiles(p.run_dir).summary.is_file()]
-        ids = add_runs(kwargs["archive_dir"], done)
-        echo(f"archived {plural(len(ids), 'run')} in {kwargs['archive_dir']}")
-    return 1 if outcome.failed else 0
