@@ -34,9 +34,10 @@ aggregate
     job that aggregated itself as its last step has its summary reused. A run that cannot be
     aggregated becomes a failed outcome carrying the error.
 archive
-    With ``--archive DIR``, :func:`archive` adds every run that has a ``summary.json`` (a run
-    whose summary says ``complete: false`` stays marked incomplete there). The command calls it
-    after printing the result, so that an archive that refuses a run never hides the result.
+    With ``--archive DIR``, :func:`archive` (:func:`archive_runs` where the caller holds run
+    directories, as ``explore`` does) adds every run that has a ``summary.json`` (a run whose
+    summary says ``complete: false`` stays marked incomplete there). The command calls it after
+    printing the result, so that an archive that refuses a run never hides the result.
 
 A launch that is interrupted (Ctrl-C, SIGTERM) or whose wait raises is stopped (its ranks or
 jobs are ended where it owns them) and closed (barrier state removed) before the exception
