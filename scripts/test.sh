@@ -15,9 +15,20 @@ if ! "$py/python" -c 'import torch' 2>/dev/null; then
     "$py/python" -m pip install -q torch==2.13.0 2> >(grep -v "^WARNING: Location" >&2)
 fi
 
-echo "== ruff" && "$py/ruff" check hpcbench tests benchmarks && "$py/ruff" format --check hpcbench tests benchmarks
-echo "== mypy" && "$py/mypy"
-echo "== import layers" && "$py/lint-imports"
+# Every check runs, even after one failed (one CI run shows every problem); any failure fails
+# the script at the end. (A check must not sit inside an '&&' list: 'set -e' ignores a failure
+# there, which once let a ruff error through CI.)
+failed=()
+check() {
+    local name=$1
+    shift
+    echo "== $name"
+    "$@" || failed+=("$name")
+}
+check "ruff" "$py/ruff" check hpcbench tests benchmarks
+check "ruff format" "$py/ruff" format --check hpcbench tests benchmarks
+check "mypy" "$py/mypy"
+check "import layers" "$py/lint-imports"
 # The Slurm tests run against a real local cluster (2 slurmd on this host, slurmdbd for sacct).
 # A cluster that is already up with those settings is reused and left running; one started here
 # is stopped on exit. If it cannot start, the slurm tests skip locally and fail under CI=true.
@@ -47,6 +58,11 @@ rc=$?
 set -e
 if [[ $rc -eq 5 ]]; then
     echo "test.sh: pytest collected no tests: failing" >&2
-    exit 1
+    rc=1
+fi
+if ((${#failed[@]})); then
+    names=$(printf '%s, ' "${failed[@]}")
+    echo "test.sh: failed: ${names%, }" >&2
+    ((rc != 0)) || rc=1
 fi
 exit $rc

@@ -97,7 +97,7 @@ def test_a_run_that_cannot_be_aggregated_is_a_failed_outcome_not_a_lost_sweep(
     assert first.status == "failed" and isinstance(first.error, MetricsError)
     assert first.message.endswith("rank-00001.h5 is missing")
     assert second.summary == {"run": "b"}
-    with pytest.raises(MetricsError, match="rank-00001.h5 is missing"):
+    with pytest.raises(MetricsError, match=r"rank-00001\.h5 is missing"):
         first.raise_if_failed()
 
 

@@ -96,3 +96,56 @@ def test_setup_leaves_torch_out_on_a_cpu_only_machine(tmp_path: Path) -> None:
     cpu = _dry_setup(tmp_path, os.environ["PATH"])
     assert _pip_line(cpu).endswith(f"pip install -e {REPO}[plot]")
     assert "NVIDIA" not in cpu
+
+
+def _stub(path: Path, body: str) -> None:
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o700)
+
+
+@pytest.mark.parametrize(
+    ("failing", "pytest_rc", "rc", "named"),
+    [
+        ((), 0, 0, None),
+        (("ruff",), 0, 1, "ruff"),
+        (("mypy", "lint-imports"), 0, 1, "mypy, import layers"),
+        (("ruff",), 3, 3, "ruff"),
+        ((), 5, 1, None),  # pytest collected nothing
+    ],
+)
+def test_ci_fails_on_every_failed_check_after_running_them_all(
+    tmp_path: Path, failing: tuple[str, ...], pytest_rc: int, rc: int, named: str | None
+) -> None:
+    """scripts/test.sh (what CI runs) with stand-ins for set-up, the checkers and pytest: each
+    check and pytest runs even after one failed, and any failure fails the script."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    (repo / "scripts" / "test.sh").write_text((REPO / "scripts" / "test.sh").read_text())
+    (repo / "scripts" / "setup.sh").write_text("exit 0\n")
+    venv = repo / ".venv" / "bin"
+    venv.mkdir(parents=True)
+    calls = tmp_path / "calls"
+    for tool in ("ruff", "mypy", "lint-imports"):
+        # A failing ruff fails its lint ('ruff check'), not its format check.
+        fails = f'[ "$1" != format ] && exit {int(tool in failing)}; exit 0'
+        _stub(venv / tool, f'echo "{tool} $*" >> {calls}; {fails}')
+    # python: 'import torch' succeeds (nothing to install); '-m pytest' exits with pytest_rc.
+    _stub(
+        venv / "python", f'echo "python $*" >> {calls}; [ "$1" = -m ] && exit {pytest_rc}; exit 0'
+    )
+    done = subprocess.run(
+        ["bash", str(repo / "scripts" / "test.sh"), "-q"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "HPCBENCH_SLURM": "0"},
+    )  # fmt: skip
+    assert done.returncode == rc, done.stdout + done.stderr
+    ran = calls.read_text().splitlines()
+    assert [line.split()[0] for line in ran[1:]] == [
+        "ruff",
+        "ruff",
+        "mypy",
+        "lint-imports",
+        "python",
+    ]
+    assert ran[-1] == "python -m pytest -q"
+    failures = [line for line in done.stderr.splitlines() if line.startswith("test.sh: failed: ")]
+    assert failures == ([f"test.sh: failed: {named}"] if named else [])
