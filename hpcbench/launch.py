@@ -39,9 +39,10 @@ archive
     summary says ``complete: false`` stays marked incomplete there). The command calls it after
     printing the result, so that an archive that refuses a run never hides the result.
 
-A launch that is interrupted (Ctrl-C, SIGTERM) or whose wait raises is stopped (its ranks or
-jobs are ended where it owns them) and closed (barrier state removed) before the exception
-goes on.
+A launch that is interrupted (Ctrl-C, SIGTERM) or whose wait raises is stopped and closed
+(barrier state removed) before the exception goes on. A local launch ends its ranks; a Slurm
+launch leaves its job to Slurm, as ``sbatch`` does, and on an interrupt says how to cancel or
+collect it (on a timeout its error says so).
 """
 
 from __future__ import annotations
@@ -148,8 +149,9 @@ class Launch(abc.ABC):
 
         return aggregate_run(outcome.run_dir)
 
-    def stop(self) -> None:  # noqa: B027 - a launch that owns nothing running has nothing to stop
-        """End what runs (an interrupt or an error while waiting)."""
+    def stop(self, reason: BaseException) -> None:  # noqa: B027 - nothing running, nothing to stop
+        """End what runs, or say what is left running; ``reason`` is the interrupt (Ctrl-C,
+        SIGTERM) or the error that ended the wait."""
 
     def close(self) -> None:  # noqa: B027 - most launches hold nothing between the steps
         """Release what ``start`` took (logs, barrier state), whatever happened."""
@@ -183,8 +185,8 @@ def follow(
         launch.start()
         if wait:
             launch.wait()
-    except BaseException:
-        launch.stop()
+    except BaseException as exc:
+        launch.stop(exc)
         raise
     finally:
         launch.close()

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from hpcbench.errors import MetricsError, RunError
+from hpcbench.errors import MetricsError, RunError, SlurmError
 from hpcbench.launch import Launch, Prepared, RunOutcome, execute
 from hpcbench.plan.planner import PlanRequest, make_plan
 from hpcbench.runfiles import RunFiles
@@ -71,8 +71,8 @@ class Recorder(Launch):
             raise MetricsError(f"{outcome.run_dir}: rank-00001.h5 is missing")
         return {"run": outcome.run_dir.name}
 
-    def stop(self) -> None:
-        self.steps.append("stop")
+    def stop(self, reason: BaseException) -> None:
+        self.steps.append(f"stop ({type(reason).__name__})")
 
     def close(self) -> None:
         self.steps.append("close")
@@ -115,7 +115,13 @@ def test_an_interrupted_wait_stops_and_closes_the_launch(
     launch = Recorder(tmp_path, fail_wait=interrupt)
     with pytest.raises(type(interrupt)):
         execute(launch)
-    assert launch.steps == ["prepare", "start", "poll", "stop", "close"]
+    assert launch.steps == [
+        "prepare",
+        "start",
+        "poll",
+        f"stop ({type(interrupt).__name__})",
+        "close",
+    ]
 
 
 def test_the_wait_ends_with_the_launch_s_own_timeout_error(tmp_path: Path) -> None:
@@ -123,7 +129,7 @@ def test_the_wait_ends_with_the_launch_s_own_timeout_error(tmp_path: Path) -> No
     launch.timeout_s = 0.05
     with pytest.raises(RunError, match="two runs did not end"):
         execute(launch)
-    assert launch.steps[-2:] == ["stop", "close"]
+    assert launch.steps[-2:] == ["stop (RunError)", "close"]
 
 
 def _apollo_plan(ranks: int = 2) -> Any:
@@ -163,6 +169,28 @@ def test_submit_dry_run_is_what_prepare_writes(tmp_path: Path) -> None:
     assert (name, dry_text) == (real_name, real_text)
     assert RunFiles(out).job_script.read_text() == dry_text
     assert prepared.run_dirs == (out.resolve(),)
+
+
+def test_a_stopped_slurm_launch_leaves_its_job_and_says_so_on_an_interrupt(
+    tmp_path: Path,
+) -> None:
+    """The job is Slurm's: stop() cancels nothing. After an interrupt it says how to cancel or
+    collect the job; after an error (a wait past its limit) the error says that already."""
+    inputs = job_inputs(JobSettings(site=SITE), PlanRequest(ranks=2), SpecChoices())
+    lines: list[str] = []
+    launch = SlurmJobLaunch(inputs, tmp_path / "run", ["hpcbench", "submit"], echo=lines.append)
+    launch.stop(KeyboardInterrupt())
+    assert lines == []  # nothing submitted yet
+    launch.prepare()
+    launch.job_id = "42"  # as start() records it, without a cluster
+    launch.stop(SlurmError("job 42 still PENDING after 5 s of waiting; it keeps running: ..."))
+    assert lines == []
+    launch.stop(KeyboardInterrupt())
+    run_dir = (tmp_path / "run").resolve()
+    assert lines == [
+        "job 42 keeps running (not cancelled): 'scancel 42' cancels it; once it ended, "
+        f"'hpcbench aggregate {run_dir}' collects it"
+    ]
 
 
 def test_job_array_dry_run_is_what_prepare_writes(tmp_path: Path) -> None:

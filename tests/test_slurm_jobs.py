@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -258,6 +259,48 @@ def test_cancelled_job_says_cancelled(slurm_site: Path, tmp_path: Path) -> None:
     state = _wait(job_id, run_dir, 2)
     assert state.state == "CANCELLED"
     assert explain_failure(state, run_dir, 2).startswith(f"job {job_id} ended CANCELLED")
+
+
+def test_interrupted_submit_leaves_the_job_running_and_says_so(
+    slurm_site: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C while submit follows its job: the job is Slurm's and keeps running; submit says
+    how to cancel or collect it, and exits 130."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcbench", "submit",
+         *_submit_flags(slurm_site, "--duration-s", "120"), "--ranks", "2", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    job_id = ""
+    try:
+        deadline = time.monotonic() + 60.0
+        while not job_id and time.monotonic() < deadline and proc.poll() is None:
+            if (out / "slurm.json").is_file():
+                job_id = json.loads((out / "slurm.json").read_text())["job_id"]
+            time.sleep(0.2)
+        assert job_id, f"submit recorded no job within 60 s: {proc.poll()}"
+        _wait_running(job_id)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        line = (
+            f"job {job_id} keeps running (not cancelled): 'scancel {job_id}' cancels it; "
+            f"once it ended, 'hpcbench aggregate {out.resolve()}' collects it"
+        )
+        said = [x for x in stderr.splitlines() if x]  # click writes a blank line on Ctrl-C
+        assert said[-2:] == [line, "hpcbench: aborted"], stderr
+        queued = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, check=True
+        )
+        assert queued.stdout.strip() == "RUNNING"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        if job_id:
+            subprocess.run(["scancel", job_id], check=False)
+            _wait(job_id, out, 2)
 
 
 def _wait_running(job_id: str, timeout_s: float = 60.0) -> None:

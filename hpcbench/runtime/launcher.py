@@ -294,7 +294,7 @@ class LocalLaunch(Launch):
     def timed_out(self) -> Exception:
         return RunError("ranks did not end")  # unreachable: timeout_s is None
 
-    def stop(self) -> None:
+    def stop(self, reason: BaseException) -> None:
         self._ranks.stop()
 
     def close(self) -> None:

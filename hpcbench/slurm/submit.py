@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcbench.errors import SlurmError, UsageError
+from hpcbench.errors import HpcbenchError, SlurmError, UsageError
 from hpcbench.follow import poll_until, progress_line, progress_phases
 from hpcbench.jsonfile import read_json, write_atomic, write_json_atomic
 from hpcbench.launch import Launch, Prepared, RunOutcome
@@ -562,6 +562,15 @@ class SlurmJobLaunch(Launch):
 
     def aggregate(self, outcome: RunOutcome) -> Mapping[str, Any]:
         return add_job_to_summary(outcome.run_dir, self.record)
+
+    def stop(self, reason: BaseException) -> None:
+        # The job is Slurm's, not ours: interrupting the wait must not cancel a job that may
+        # have queued for hours. A timeout's error already says this; an interrupt's does not.
+        if self.job_id is not None and not isinstance(reason, HpcbenchError):
+            self.echo(
+                f"job {self.job_id} keeps running (not cancelled): 'scancel {self.job_id}' "
+                f"cancels it; once it ended, 'hpcbench aggregate {self.run_dir}' collects it"
+            )
 
 
 def read_job_record(run_dir: Path) -> dict[str, Any]:

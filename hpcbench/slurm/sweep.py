@@ -548,6 +548,15 @@ class JobArrayLaunch(Launch):
     def aggregate(self, outcome: RunOutcome) -> Mapping[str, Any]:
         return add_job_to_summary(outcome.run_dir, self._records[outcome.run_dir])
 
+    def stop(self, reason: BaseException) -> None:
+        # As for one job (SlurmJobLaunch.stop): the array is left to Slurm, and said so.
+        if self.array_id is not None and not isinstance(reason, HpcbenchError):
+            self.echo(
+                f"job array {self.array_id} keeps running (not cancelled): "
+                f"'scancel {self.array_id}' cancels it; once it ended, the same sweep run again "
+                "collects it"
+            )
+
 
 def format_sweep(spec: SweepSpec, points: Sequence[PointRun]) -> str:
     """A table of every point: its settings, status, throughput and run directory."""
