@@ -215,3 +215,20 @@ def test_job_array_dry_run_is_what_prepare_writes(tmp_path: Path) -> None:
     assert real.sent[2][1] == dry.sent[2][1]
     assert Path(real.sent[2][0]).read_text() == real.sent[2][1]
     assert real.run_dirs == tuple(p.run_dir for p in points)
+
+
+def test_a_stopped_job_array_is_left_to_slurm_and_an_interrupt_says_so(tmp_path: Path) -> None:
+    spec = SweepSpec("s", SITE, None, {"ranks": 2}, (("batch_size", (32,)),), tmp_path / "sweep")
+    lines: list[str] = []
+    points = plan_points(spec)
+    launch = JobArrayLaunch(spec, points, spec.out, ["hpcbench", "sweep"], echo=lines.append)
+    launch.stop(KeyboardInterrupt())
+    assert lines == []  # nothing submitted yet
+    launch.array_id = "7"  # as start() records it, without a cluster
+    launch.stop(RunError("job array 7 not finished after 5 s (...); it keeps running: ..."))
+    assert lines == []
+    launch.stop(KeyboardInterrupt())
+    assert lines == [
+        "job array 7 keeps running (not cancelled): 'scancel 7' cancels it; once it ended, the "
+        "same command run again (sweep or explore) collects it"
+    ]

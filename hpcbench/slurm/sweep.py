@@ -517,7 +517,8 @@ class JobArrayLaunch(Launch):
     def timed_out(self) -> Exception:
         return RunError(
             f"job array {self.array_id} not finished after {self.timeout_s:.0f} s "
-            f"({self._last}); it keeps running: run the same sweep again later to collect it"
+            f"({self._last}); it keeps running: once it ended, the same command run again "
+            "collects it"
         )
 
     def outcomes(self) -> list[RunOutcome]:
@@ -553,8 +554,8 @@ class JobArrayLaunch(Launch):
         if self.array_id is not None and not isinstance(reason, HpcbenchError):
             self.echo(
                 f"job array {self.array_id} keeps running (not cancelled): "
-                f"'scancel {self.array_id}' cancels it; once it ended, the same sweep run again "
-                "collects it"
+                f"'scancel {self.array_id}' cancels it; once it ended, the same command run "
+                "again (sweep or explore) collects it"
             )
 
 
