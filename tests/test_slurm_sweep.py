@@ -7,11 +7,12 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from hpcbench.errors import ConfigError, UsageError
+from hpcbench.errors import ConfigError, RunError, UsageError
 from hpcbench.slurm.sweep import format_sweep, load_sweep, run_sweep
 
 
@@ -261,3 +262,46 @@ def test_failed_array_point_is_reported_and_rerun(slurm_site: Path, tmp_path: Pa
     again = run_sweep(spec, poll_s=0.5, timeout_s=200, echo=lambda _: None)
     assert [p.status for p in again] == ["done (earlier)", "failed"]
     assert (tmp_path / "out" / "p001.incomplete-1").is_dir()
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(240)
+def test_array_left_running_is_collected_with_its_records_when_run_again(
+    slurm_site: Path, tmp_path: Path
+) -> None:
+    """A sweep that stopped following its array (here: past its wait) leaves every task's
+    slurm.json PENDING; once the tasks ended, the same sweep collects them, records and all."""
+    spec_path = _write(
+        tmp_path / "left.yaml",
+        f"name: left\nsite: {slurm_site}\n"
+        "base: {backend: cpu, duration_s: 3, warmup_batches: 0, ranks: 1}\n"
+        "grid:\n  batch_size: [4, 8]\n",
+    )
+    spec = load_sweep(spec_path, out=tmp_path / "out")
+    lines: list[str] = []
+    with pytest.raises(RunError, match=r"not finished after 1 s .* the same command run again"):
+        run_sweep(spec, poll_s=0.2, timeout_s=1, echo=lines.append)
+    runs = [tmp_path / "out" / f"p{i:03d}" for i in range(2)]
+    records = [json.loads((run / "slurm.json").read_text()) for run in runs]
+    assert [(r["state"], r["array_task_id"]) for r in records] == [("PENDING", 0), ("PENDING", 1)]
+    array_id = records[0]["job_id"]
+    deadline = time.monotonic() + 120.0
+    while _queued(array_id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _queued(array_id), f"array {array_id} still queued after 120 s"
+    again = run_sweep(spec, poll_s=0.5, timeout_s=60, echo=lines.append)
+    assert [p.status for p in again] == ["done (earlier)"] * 2, format_sweep(spec, again)
+    for point in again:
+        record = json.loads((point.run_dir / "slurm.json").read_text())
+        assert record["state"] == "COMPLETED" and record["job_id"] == array_id, record
+        summary = json.loads((point.run_dir / "summary.json").read_text())
+        assert summary["run"]["slurm_job"] == record
+        assert point.summary is not None and point.summary["run"]["slurm_job"] == record
+
+
+def _queued(job_id: str) -> bool:
+    """Whether Slurm still lists a task of the job (array)."""
+    listed = subprocess.run(
+        ["squeue", "-h", "-j", job_id, "-o", "%i"], capture_output=True, text=True, timeout=30
+    )
+    return bool(listed.stdout.strip())

@@ -361,7 +361,8 @@ def add_job_to_summary(run_dir: Path, record: Mapping[str, Any]) -> dict[str, An
 
     A job rendered by ``render``/``submit`` aggregates itself as its last step, with the rules
     the run was made with; its ``summary.json`` and ``result.h5`` are then reused rather than
-    computed a second time (a large run takes seconds). Job arrays do not aggregate in the job.
+    computed a second time (a large run takes seconds). A job array's task runs its point's
+    job script, so a sweep point's summary is reused the same way.
     """
     from hpcbench.aggregate import aggregate_run
 

@@ -36,6 +36,7 @@ from hpcbench.site import NodeType, SiteConfig
 from hpcbench.slurm.inputs import JobInputs, JobSettings, job_inputs
 from hpcbench.slurm.render import ArrayPoint, render_array
 from hpcbench.slurm.submit import (
+    FINAL_STATES,
     JobState,
     JobTracker,
     PatientPoller,
@@ -44,6 +45,8 @@ from hpcbench.slurm.submit import (
     job_record,
     job_script,
     prepare,
+    put_job_record,
+    refresh_job_record,
     sbatch,
     slurm_version,
 )
@@ -340,9 +343,7 @@ def run_sweep(
     pending = []
     for point in points:
         if is_complete(point.run_dir):
-            from hpcbench.aggregate import read_summary
-
-            summary = read_summary(point.run_dir)
+            summary = _earlier_summary(point.run_dir, echo)
             point.outcome = RunOutcome(point.run_dir, "done (earlier)", summary=summary)
             continue
         set_aside(point.run_dir)
@@ -361,6 +362,22 @@ def run_sweep(
     for point, outcome in zip(pending, execute(launch), strict=True):
         point.outcome = outcome
     return points
+
+
+def _earlier_summary(run_dir: Path, echo: Callable[[str], None]) -> dict[str, Any]:
+    """A point that completed in an earlier run of the sweep: its summary, with its Slurm task's
+    final record put in where that run left before the task ended (interrupted, or past its
+    wait), as 'hpcbench aggregate' would."""
+    from hpcbench.aggregate import read_summary
+
+    summary = read_summary(run_dir)
+    known = (summary.get("run") or {}).get("slurm_job") or {}
+    if known.get("state") in FINAL_STATES:
+        return summary
+    record = refresh_job_record(run_dir, echo)
+    if record is None or record.get("state") not in FINAL_STATES:
+        return summary
+    return put_job_record(run_dir, summary, record)
 
 
 def _point_argv(argv: Sequence[str], point: PointRun) -> list[str]:
@@ -495,6 +512,14 @@ class JobArrayLaunch(Launch):
             p.index: JobTracker(f"{self.array_id}_{p.index}", self.sweep_dir / SUBMITIT_DIR)
             for p in self.pending
         }
+        # Each point records its task at once, PENDING, as submit does for one job: a sweep
+        # left running (interrupted, or past its wait) still knows its tasks when run again.
+        for point in self.pending:
+            task = JobState(f"{self.array_id}_{point.index}", "PENDING")
+            record = job_record(
+                task, submitted_at=submitted_at, script=self.script, version=version
+            )
+            write_json_atomic(RunFiles(point.run_dir).slurm_record, record)
 
     def poll(self) -> bool:
         refresh = True
