@@ -356,6 +356,15 @@ def job_record(
     }
 
 
+def write_job_record(
+    run_dir: Path, state: JobState, *, submitted_at: str, script: Path, version: str | None
+) -> dict[str, Any]:
+    """Write the run's ``slurm.json`` for the job (or array task) in ``state``; the record."""
+    record = job_record(state, submitted_at=submitted_at, script=script, version=version)
+    write_json_atomic(RunFiles(run_dir).slurm_record, record)
+    return record
+
+
 def add_job_to_summary(run_dir: Path, record: Mapping[str, Any]) -> dict[str, Any]:
     """Put the job record into the run's summary (``run.slurm_job``), aggregating if needed.
 
@@ -429,14 +438,13 @@ def refresh_job_record(run_dir: Path, echo: Callable[[str], None] = print) -> di
     if state.state == "UNKNOWN":
         echo(f"hpcbench: note: {kept}: neither sacct nor scontrol knows the job")
         return record
-    fresh = job_record(
+    return write_job_record(
+        run_dir,
         state,
         submitted_at=str(record.get("submitted_at") or ""),
         script=Path(str(record.get("script") or JOB_SCRIPT)),
         version=record.get("slurm_version"),
     )
-    write_json_atomic(path, fresh)
-    return fresh
 
 
 def job_script(inputs: JobInputs, run_dir: Path) -> str:
@@ -525,10 +533,9 @@ class SlurmJobLaunch(Launch):
     def _record(self, state: JobState) -> None:
         assert self.run_dir is not None and self.script is not None
         version, submitted_at = self._submitted
-        self.record = job_record(
-            state, submitted_at=submitted_at, script=self.script, version=version
+        self.record = write_job_record(
+            self.run_dir, state, submitted_at=submitted_at, script=self.script, version=version
         )
-        write_json_atomic(self.run_dir / SLURM_FILE, self.record)
 
     def poll(self) -> bool:
         if self._watch is None:

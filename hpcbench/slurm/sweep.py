@@ -42,13 +42,13 @@ from hpcbench.slurm.submit import (
     PatientPoller,
     add_job_to_summary,
     explain_failure,
-    job_record,
     job_script,
     prepare,
     put_job_record,
     refresh_job_record,
     sbatch,
     slurm_version,
+    write_job_record,
 )
 from hpcbench.spec import RunSpec, SpecChoices
 from hpcbench.text import format_figure, format_table, plural
@@ -515,11 +515,13 @@ class JobArrayLaunch(Launch):
         # Each point records its task at once, PENDING, as submit does for one job: a sweep
         # left running (interrupted, or past its wait) still knows its tasks when run again.
         for point in self.pending:
-            task = JobState(f"{self.array_id}_{point.index}", "PENDING")
-            record = job_record(
-                task, submitted_at=submitted_at, script=self.script, version=version
+            write_job_record(
+                point.run_dir,
+                JobState(f"{self.array_id}_{point.index}", "PENDING"),
+                submitted_at=submitted_at,
+                script=self.script,
+                version=version,
             )
-            write_json_atomic(RunFiles(point.run_dir).slurm_record, record)
 
     def poll(self) -> bool:
         refresh = True
@@ -556,11 +558,9 @@ class JobArrayLaunch(Launch):
                 task = f"{self.array_id}_{point.index}"
                 outcomes.append(RunOutcome(point.run_dir, "pending", task))
                 continue
-            record = job_record(
-                state, submitted_at=submitted_at, script=self.script, version=version
+            self._records[point.run_dir] = write_job_record(
+                point.run_dir, state, submitted_at=submitted_at, script=self.script, version=version
             )
-            write_json_atomic(RunFiles(point.run_dir).slurm_record, record)
-            self._records[point.run_dir] = record
             outcome = RunOutcome(point.run_dir, "done", state.job_id, state.state)
             if state.state != "COMPLETED":
                 array_err = self.sweep_dir / LOGS_DIR / f"slurm-{self.array_id}_{point.index}.err"
